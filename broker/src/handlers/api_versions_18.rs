@@ -1,0 +1,74 @@
+//! ApiVersions (key 18), versions 0-4.
+//! v1: throttle_time_ms. v2: same as v1. v3: flexible, client software name/version (KIP-511),
+//! supported/finalized features. v4: no change (KIP-896 baseline).
+//! A request at a version above 4 gets a v0 response with UNSUPPORTED_VERSION and the list of APIs, so
+//! the client can retry with a version both sides know (KIP-511).
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use streamhouse_protocol::codec::{self, RawRequest};
+
+use super::{ApiSpec, SUPPORTED};
+use crate::error;
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::ApiVersions,
+    min: 0,
+    max: 4,
+};
+
+/// Returns the version to encode the response at, and the response.
+pub fn handle_raw(raw: &RawRequest) -> (i16, ApiVersionsResponse) {
+    let version = raw.header.request_api_version;
+    let api_keys: Vec<ApiVersion> = SUPPORTED
+        .iter()
+        .map(|s| {
+            ApiVersion::default()
+                .with_api_key(s.key as i16)
+                .with_min_version(s.min)
+                .with_max_version(s.max)
+        })
+        .collect();
+    let mut resp = ApiVersionsResponse::default().with_api_keys(api_keys);
+    if !(API.min..=API.max).contains(&version) {
+        return (0, resp.with_error_code(error::UNSUPPORTED_VERSION));
+    }
+    // v3+ carries the client's name and version; an unparsable body is INVALID_REQUEST.
+    if codec::decode_body::<ApiVersionsRequest>(raw.body.clone(), version, "ApiVersions").is_err() {
+        resp = resp.with_error_code(error::INVALID_REQUEST);
+    }
+    (version, resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+
+    fn raw(version: i16) -> RawRequest {
+        let mut b = BytesMut::new();
+        b.put_i16(18);
+        b.put_i16(version);
+        b.put_i32(5);
+        b.put_i16(-1);
+        if version >= 3 {
+            b.put_u8(0); // header tags
+            b.put_slice(&[1, 1, 0]); // empty compact strings, no tags
+        }
+        codec::decode_request_header(b.freeze()).unwrap()
+    }
+
+    #[test]
+    fn lists_every_handler_and_falls_back_to_v0() {
+        let (v, resp) = handle_raw(&raw(3));
+        assert_eq!((v, resp.error_code), (3, 0));
+        assert_eq!(resp.api_keys.len(), SUPPORTED.len());
+        assert!(resp
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::Produce as i16 && k.max_version == 13));
+        let (v, resp) = handle_raw(&raw(99));
+        assert_eq!((v, resp.error_code), (0, error::UNSUPPORTED_VERSION));
+        assert_eq!(resp.api_keys.len(), SUPPORTED.len());
+    }
+}

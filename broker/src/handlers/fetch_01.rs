@@ -1,0 +1,159 @@
+//! Fetch (key 1), versions 4-17.
+//! v4: isolation level, last stable offset, aborted transactions. v5: log start offset. v7: fetch
+//! sessions (KIP-227). v9: current leader epoch. v11: rack id. v12: flexible, diverging epoch.
+//! v13: topic ids instead of names. v15: replica state. v16/v17: node endpoints, replica directory id.
+//! Fetch sessions are declined by answering session id 0, which makes clients send full requests.
+//! A fetch waits up to max_wait_ms for min_bytes, woken by commits rather than by polling storage;
+//! the first partition with data returns at least one whole batch even past the byte limits (KIP-74).
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader, TopicName};
+use std::sync::Arc;
+use std::time::Duration;
+use streamhouse_storage::StorageError;
+
+use super::{str_bytes, ApiSpec, Reply};
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::Fetch,
+    min: 4,
+    max: 17,
+};
+
+/// Upper bound on how long one fetch may wait, whatever the client asks.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: FetchRequest,
+) -> Reply<FetchResponse> {
+    let broker = broker.clone();
+    let version = header.request_api_version;
+    Reply::Later(Box::pin(async move {
+        let mut commits = broker.storage.subscribe_commits();
+        let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            commits.borrow_and_update();
+            let (resp, bytes, errors) = read_all(&broker, version, &req).await;
+            let satisfied = bytes >= req.min_bytes.max(0) as usize || errors;
+            if satisfied || tokio::time::Instant::now() >= deadline {
+                return resp;
+            }
+            // Woken by the next commit (or the deadline), then read again.
+            if tokio::time::timeout_at(deadline, commits.changed())
+                .await
+                .is_err()
+            {
+                return read_all(&broker, version, &req).await.0;
+            }
+        }
+    }))
+}
+
+/// One pass over every requested partition: the response, the record bytes in it, and whether any
+/// partition had an error (which answers the fetch at once, as Kafka does).
+async fn read_all(
+    broker: &Broker,
+    version: i16,
+    req: &FetchRequest,
+) -> (FetchResponse, usize, bool) {
+    let storage = &broker.storage;
+    let max_bytes = if req.max_bytes > 0 {
+        req.max_bytes as usize
+    } else {
+        usize::MAX
+    };
+    let mut remaining = max_bytes;
+    let mut total = 0usize;
+    let mut errors = false;
+    let read_committed = req.isolation_level == 1;
+    let mut responses = Vec::with_capacity(req.topics.len());
+    for ft in &req.topics {
+        let topic = if version >= 13 {
+            storage.topic_by_id(ft.topic_id)
+        } else {
+            storage.topic(&ft.topic)
+        };
+        let mut partitions = Vec::with_capacity(ft.partitions.len());
+        for fp in &ft.partitions {
+            let mut pd = PartitionData::default()
+                .with_partition_index(fp.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+                .with_aborted_transactions(if read_committed { Some(vec![]) } else { None });
+            let partition = topic.as_ref().and_then(|t| {
+                t.partitions
+                    .get(fp.partition.max(0) as usize)
+                    .filter(|_| fp.partition >= 0)
+            });
+            let Some(partition) = partition else {
+                errors = true;
+                let code = if version >= 13 && topic.is_none() {
+                    error::UNKNOWN_TOPIC_ID
+                } else {
+                    error::UNKNOWN_TOPIC_OR_PARTITION
+                };
+                partitions.push(
+                    pd.with_error_code(code)
+                        .with_records(Some(Default::default())),
+                );
+                continue;
+            };
+            let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
+            match storage
+                .read(partition, fp.fetch_offset, limit, total == 0)
+                .await
+            {
+                Ok(r) => {
+                    total += r.records.len();
+                    remaining = remaining.saturating_sub(r.records.len());
+                    pd = pd
+                        .with_high_watermark(r.high_watermark)
+                        .with_last_stable_offset(r.high_watermark)
+                        .with_log_start_offset(r.log_start_offset)
+                        .with_records(Some(r.records));
+                }
+                Err(e) => {
+                    errors = true;
+                    if let StorageError::OffsetOutOfRange {
+                        log_start,
+                        high_watermark,
+                        ..
+                    } = e
+                    {
+                        pd = pd
+                            .with_high_watermark(high_watermark)
+                            .with_last_stable_offset(high_watermark)
+                            .with_log_start_offset(log_start);
+                    }
+                    pd = pd
+                        .with_error_code(e.kafka_error_code())
+                        .with_records(Some(Default::default()));
+                }
+            }
+            partitions.push(pd);
+        }
+        let name = topic
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| ft.topic.0.to_string());
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(str_bytes(&name)))
+                .with_topic_id(ft.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+    (
+        FetchResponse::default()
+            .with_session_id(0)
+            .with_responses(responses),
+        total,
+        errors,
+    )
+}

@@ -1,0 +1,83 @@
+//! ListOffsets (key 2), versions 1-10.
+//! v1: one offset per partition. v2: isolation level. v4: leader epoch. v6: flexible.
+//! v7: MAX_TIMESTAMP (-3, KIP-734). v8: EARLIEST_LOCAL (-4, KIP-405). v9: LATEST_TIERED (-5, KIP-1005).
+//! v10: timeout_ms. Without transactions the last stable offset is the high watermark, so both
+//! isolation levels see the same latest offset.
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, ListOffsetsResponse, RequestHeader};
+use std::sync::Arc;
+use streamhouse_storage::engine::LEADER_EPOCH;
+
+use super::{ApiSpec, Reply};
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::ListOffsets,
+    min: 1,
+    max: 10,
+};
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: ListOffsetsRequest,
+) -> Reply<ListOffsetsResponse> {
+    let storage = &broker.storage;
+    // The leader epoch field exists from v4 on.
+    let epoch = if header.request_api_version >= 4 {
+        LEADER_EPOCH
+    } else {
+        -1
+    };
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let topic = storage.topic(&t.name);
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let r = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1);
+            let Some(part) = topic
+                .as_ref()
+                .and_then(|t| t.partitions.get(p.partition_index as usize))
+                .filter(|_| p.partition_index >= 0)
+            else {
+                partitions.push(r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            };
+            let found = match p.timestamp {
+                LATEST => Ok(Some((part.high_watermark(), -1))),
+                EARLIEST | EARLIEST_LOCAL => Ok(Some((part.log_start_offset(), -1))),
+                // Nothing is tiered: Kafka answers -1 when there is no remote log.
+                LATEST_TIERED => Ok(Some((-1, -1))),
+                MAX_TIMESTAMP => storage.max_timestamp_offset(part).await,
+                ts if ts >= 0 => storage.offset_for_timestamp(part, ts).await,
+                _ => Ok(None),
+            };
+            partitions.push(match found {
+                Ok(Some((offset, ts))) => r
+                    .with_offset(offset)
+                    .with_timestamp(ts)
+                    .with_leader_epoch(epoch),
+                Ok(None) => r.with_leader_epoch(-1),
+                Err(e) => r.with_error_code(e.kafka_error_code()),
+            });
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
+    }
+    Reply::Now(ListOffsetsResponse::default().with_topics(topics))
+}

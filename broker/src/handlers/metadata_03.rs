@@ -1,0 +1,161 @@
+//! Metadata (key 3), versions 0-12.
+//! v1: controller id, is_internal, null = all topics. v2: cluster id. v3: throttle time.
+//! v4: allow_auto_topic_creation. v5: offline replicas. v7: leader epoch. v8: authorized operations.
+//! v9: flexible. v10: topic ids. v11: cluster authorized operations removed. v12: topics by id
+//! with a null name.
+//! This broker is the leader (epoch 0) and only replica of every partition.
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, MetadataRequest, MetadataResponse, RequestHeader, TopicName,
+};
+use std::sync::Arc;
+use streamhouse_storage::{StorageError, Topic};
+use uuid::Uuid;
+
+use super::{str_bytes, valid_topic_name, ApiSpec, Reply, AUTHORIZED_OPERATIONS_OMITTED};
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::Metadata,
+    min: 0,
+    max: 12,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: MetadataRequest,
+) -> Reply<MetadataResponse> {
+    let version = header.request_api_version;
+    let storage = &broker.storage;
+    // v0: an empty list means all topics; v1+: null means all, empty means none.
+    let requested = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(t),
+    };
+    // Before v4 clients cannot say, and Kafka auto-creates for them.
+    let allow_auto_create =
+        (version < 4 || req.allow_auto_topic_creation) && broker.config.auto_create_topics_enable;
+    let mut topics = Vec::new();
+    match requested {
+        None => topics.extend(
+            storage
+                .topics()
+                .iter()
+                .map(|t| topic_metadata(broker, t, req.include_topic_authorized_operations)),
+        ),
+        Some(list) => {
+            for rt in list {
+                let name = rt.name.as_ref().map(|n| n.0.to_string());
+                let found = match &name {
+                    Some(n) => storage.topic(n),
+                    None => storage.topic_by_id(rt.topic_id),
+                };
+                if let Some(t) = found {
+                    topics.push(topic_metadata(
+                        broker,
+                        &t,
+                        req.include_topic_authorized_operations,
+                    ));
+                    continue;
+                }
+                let Some(name) = name else {
+                    topics.push(error_topic(None, rt.topic_id, error::UNKNOWN_TOPIC_ID));
+                    continue;
+                };
+                if !valid_topic_name(&name) {
+                    topics.push(error_topic(
+                        Some(&name),
+                        Uuid::nil(),
+                        error::INVALID_TOPIC_EXCEPTION,
+                    ));
+                } else if allow_auto_create {
+                    match storage
+                        .create_topic(&name, broker.config.num_partitions, Default::default())
+                        .await
+                    {
+                        Ok(t) => {
+                            tracing::info!(topic = %name, partitions = broker.config.num_partitions, "auto-created topic");
+                            topics.push(topic_metadata(
+                                broker,
+                                &t,
+                                req.include_topic_authorized_operations,
+                            ))
+                        }
+                        Err(StorageError::TopicExists(_)) => match storage.topic(&name) {
+                            Some(t) => topics.push(topic_metadata(
+                                broker,
+                                &t,
+                                req.include_topic_authorized_operations,
+                            )),
+                            None => topics.push(error_topic(
+                                Some(&name),
+                                Uuid::nil(),
+                                error::LEADER_NOT_AVAILABLE,
+                            )),
+                        },
+                        Err(e) => {
+                            topics.push(error_topic(Some(&name), Uuid::nil(), e.kafka_error_code()))
+                        }
+                    }
+                } else {
+                    topics.push(error_topic(
+                        Some(&name),
+                        Uuid::nil(),
+                        error::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
+                }
+            }
+        }
+    }
+    let c = &broker.config;
+    Reply::Now(
+        MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(c.node_id))
+                .with_host(str_bytes(&c.advertised_host))
+                .with_port(c.advertised_port)])
+            .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
+            .with_controller_id(BrokerId(c.node_id))
+            .with_topics(topics)
+            .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+    )
+}
+
+fn topic_metadata(broker: &Broker, t: &Topic, include_ops: bool) -> MetadataResponseTopic {
+    let node = BrokerId(broker.config.node_id);
+    let partitions = t
+        .partitions
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.index)
+                .with_leader_id(node)
+                .with_leader_epoch(streamhouse_storage::engine::LEADER_EPOCH)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(&t.name))))
+        .with_topic_id(t.id)
+        .with_partitions(partitions)
+        // All operations when asked (no ACLs here): READ..DESCRIBE_CONFIGS bits of AclOperation.
+        .with_topic_authorized_operations(if include_ops {
+            0b1_1111_1111_1000
+        } else {
+            AUTHORIZED_OPERATIONS_OMITTED
+        })
+}
+
+fn error_topic(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(code)
+        .with_name(name.map(|n| TopicName(str_bytes(n))))
+        .with_topic_id(id)
+        .with_topic_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED)
+}

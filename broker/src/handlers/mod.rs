@@ -1,0 +1,184 @@
+//! One module per Kafka API, named by api key like franz-go's kfake. Each module opens with the
+//! versions it serves and what they added, and declares them in its `API` constant; [`SUPPORTED`] lists
+//! those constants, ApiVersions answers from it and dispatch refuses anything outside it, so the
+//! advertised versions cannot drift from what is implemented.
+
+pub mod api_versions_18;
+pub mod create_topics_19;
+pub mod delete_topics_20;
+pub mod describe_cluster_60;
+pub mod describe_configs_32;
+pub mod fetch_01;
+pub mod init_producer_id_22;
+pub mod list_offsets_02;
+pub mod metadata_03;
+pub mod produce_00;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+use std::sync::Arc;
+use streamhouse_protocol::codec::{self, CodecError, RawRequest};
+
+use crate::Broker;
+
+/// An API and the versions this broker serves of it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSpec {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+pub const SUPPORTED: &[ApiSpec] = &[
+    produce_00::API,
+    fetch_01::API,
+    list_offsets_02::API,
+    metadata_03::API,
+    api_versions_18::API,
+    create_topics_19::API,
+    delete_topics_20::API,
+    init_producer_id_22::API,
+    describe_configs_32::API,
+    describe_cluster_60::API,
+];
+
+pub fn spec(key: ApiKey) -> Option<&'static ApiSpec> {
+    SUPPORTED.iter().find(|s| s.key == key)
+}
+
+/// A response on its way.
+pub type Pending = BoxFuture<'static, Outcome>;
+
+pub enum Outcome {
+    /// The encoded response frame.
+    Respond(Bytes),
+    /// Kafka sends nothing (produce with acks=0).
+    Silent,
+    /// The response could not be encoded: close rather than leave the client waiting forever.
+    Close,
+}
+
+/// What a handler returns: an answer now, one after its in-order part is done, or no answer.
+pub enum Reply<T> {
+    Now(T),
+    Later(BoxFuture<'static, T>),
+    Silent,
+}
+
+/// Encodes a reply in the background of the connection's ordered queue.
+fn pending<T: Encodable + HeaderVersion + Send + 'static>(
+    correlation_id: i32,
+    version: i16,
+    reply: Reply<T>,
+) -> Pending {
+    let encode = move |body: T| match codec::encode_response(correlation_id, version, &body) {
+        Ok(b) => Outcome::Respond(b),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to encode a response; closing the connection");
+            Outcome::Close
+        }
+    };
+    match reply {
+        Reply::Now(body) => {
+            let out = encode(body);
+            Box::pin(async move { out })
+        }
+        Reply::Later(fut) => Box::pin(async move { encode(fut.await) }),
+        Reply::Silent => Box::pin(async { Outcome::Silent }),
+    }
+}
+
+/// Decodes one request frame and starts handling it. An error means the connection must be closed.
+pub async fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, CodecError> {
+    let raw = codec::decode_request_header(frame)?;
+    let version = raw.header.request_api_version;
+    let correlation_id = raw.header.correlation_id;
+    // ApiVersions answers any version (KIP-511: an unknown one gets a v0 answer with the list).
+    if raw.api_key == ApiKey::ApiVersions {
+        let (v, resp) = api_versions_18::handle_raw(&raw);
+        return Ok(pending(correlation_id, v, Reply::Now(resp)));
+    }
+    if !spec(raw.api_key).is_some_and(|s| (s.min..=s.max).contains(&version)) {
+        // Kafka closes the connection on an API or version it does not serve; a well-behaved client
+        // never sends one, because ApiVersions told it what is served.
+        return Err(CodecError::Malformed {
+            what: "request",
+            source: codec::anyhow_like::Error(format!(
+                "{:?} v{version} is not served (see ApiVersions)",
+                raw.api_key
+            )),
+        });
+    }
+    let RawRequest {
+        api_key,
+        header,
+        body,
+    } = raw;
+    macro_rules! serve {
+        ($module:ident, $what:literal) => {{
+            let req = codec::decode_body(body, version, $what)?;
+            pending(
+                correlation_id,
+                version,
+                $module::handle(broker, &header, req).await,
+            )
+        }};
+    }
+    Ok(match api_key {
+        ApiKey::Produce => serve!(produce_00, "Produce"),
+        ApiKey::Fetch => serve!(fetch_01, "Fetch"),
+        ApiKey::ListOffsets => serve!(list_offsets_02, "ListOffsets"),
+        ApiKey::Metadata => serve!(metadata_03, "Metadata"),
+        ApiKey::CreateTopics => serve!(create_topics_19, "CreateTopics"),
+        ApiKey::DeleteTopics => serve!(delete_topics_20, "DeleteTopics"),
+        ApiKey::InitProducerId => serve!(init_producer_id_22, "InitProducerId"),
+        ApiKey::DescribeConfigs => serve!(describe_configs_32, "DescribeConfigs"),
+        ApiKey::DescribeCluster => serve!(describe_cluster_60, "DescribeCluster"),
+        other => {
+            return Err(CodecError::Malformed {
+                what: "request",
+                source: codec::anyhow_like::Error(format!("{other:?} has no handler")),
+            })
+        }
+    })
+}
+
+/// Kafka's topic-name rule (Topic.validate): 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+pub fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Kafka's value for "authorized operations not requested".
+pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_name_rules() {
+        assert!(valid_topic_name("orders.v1_x-2"));
+        for bad in ["", ".", "..", "a b", "ü", &"x".repeat(250)] {
+            assert!(!valid_topic_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_supported_api_has_a_decodable_range() {
+        for s in SUPPORTED {
+            assert!(s.min <= s.max, "{:?}", s.key);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! `streamhouse serve`: run the broker on local disk + SQLite (the embedded default).
+
+use clap::Parser;
+use streamhouse_broker::config::{BrokerConfig, Cli, Command};
+use streamhouse_broker::server::Server;
+use streamhouse_broker::Broker;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let config = BrokerConfig::resolve(args)?;
+    let broker = Broker::open(config).await?;
+    let server = Server::bind(broker.clone()).await?;
+    tracing::info!(
+        listen = %server.local_addr()?,
+        advertised = %format!("{}:{}", broker.config.advertised_host, broker.config.advertised_port),
+        data_dir = %broker.config.data_dir.display(),
+        cluster_id = %broker.cluster_id,
+        "StreamHouse broker started"
+    );
+    server.run(shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

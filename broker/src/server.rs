@@ -1,0 +1,62 @@
+//! The listener: accepts connections up to a limit and hands each to a [`Connection`] task;
+//! on shutdown it stops accepting and lets open connections finish their current request.
+
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::connection::Connection;
+use crate::Broker;
+
+pub struct Server {
+    listener: TcpListener,
+    broker: Arc<Broker>,
+}
+
+impl Server {
+    pub async fn bind(broker: Arc<Broker>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(broker.config.listen).await?;
+        Ok(Server { listener, broker })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        // A permit per connection: past the limit, new clients wait in the accept backlog.
+        let limit = Arc::new(Semaphore::new(self.broker.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (socket, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = self.listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let conn = Connection::new(socket, peer, self.broker.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                conn.run().await;
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: no new connections");
+        let _ = stop_tx.send(true);
+        // Wait (bounded) for open connections to finish what they were doing.
+        let all = self.broker.config.max_connections as u32;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), limit.acquire_many(all)).await;
+    }
+}

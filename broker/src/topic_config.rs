@@ -1,0 +1,266 @@
+//! The topic configurations StreamHouse knows, their defaults and the broker settings behind them, for
+//! CreateTopics validation and DescribeConfigs (kafka-topics --describe shows these).
+
+use crate::config::BrokerConfig;
+
+/// ConfigSource values from Kafka's DescribeConfigs (KIP-226).
+pub const SOURCE_DYNAMIC_TOPIC: i8 = 1;
+pub const SOURCE_STATIC_BROKER: i8 = 4;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+/// ConfigType values (KIP-569).
+pub const TYPE_BOOLEAN: i8 = 1;
+pub const TYPE_STRING: i8 = 2;
+pub const TYPE_INT: i8 = 3;
+pub const TYPE_LONG: i8 = 5;
+pub const TYPE_DOUBLE: i8 = 6;
+pub const TYPE_LIST: i8 = 7;
+
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub config_type: i8,
+    /// The broker setting that supplies the default (a synonym in DescribeConfigs).
+    pub broker_synonym: Option<&'static str>,
+}
+
+const fn def(
+    name: &'static str,
+    default: &'static str,
+    config_type: i8,
+    broker_synonym: Option<&'static str>,
+) -> ConfigDef {
+    ConfigDef {
+        name,
+        default,
+        config_type,
+        broker_synonym,
+    }
+}
+
+/// Topic configurations, as Kafka 4.x names and defaults them.
+pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    def(
+        "cleanup.policy",
+        "delete",
+        TYPE_LIST,
+        Some("log.cleanup.policy"),
+    ),
+    def(
+        "compression.type",
+        "producer",
+        TYPE_STRING,
+        Some("compression.type"),
+    ),
+    def(
+        "delete.retention.ms",
+        "86400000",
+        TYPE_LONG,
+        Some("log.cleaner.delete.retention.ms"),
+    ),
+    def(
+        "file.delete.delay.ms",
+        "60000",
+        TYPE_LONG,
+        Some("log.segment.delete.delay.ms"),
+    ),
+    def(
+        "flush.messages",
+        "9223372036854775807",
+        TYPE_LONG,
+        Some("log.flush.interval.messages"),
+    ),
+    def("flush.ms", "9223372036854775807", TYPE_LONG, None),
+    def(
+        "index.interval.bytes",
+        "4096",
+        TYPE_INT,
+        Some("log.index.interval.bytes"),
+    ),
+    def(
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        TYPE_LONG,
+        Some("log.cleaner.max.compaction.lag.ms"),
+    ),
+    def(
+        "max.message.bytes",
+        "1048588",
+        TYPE_INT,
+        Some("message.max.bytes"),
+    ),
+    def(
+        "message.timestamp.after.max.ms",
+        "3600000",
+        TYPE_LONG,
+        Some("log.message.timestamp.after.max.ms"),
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        TYPE_LONG,
+        Some("log.message.timestamp.before.max.ms"),
+    ),
+    def(
+        "message.timestamp.type",
+        "CreateTime",
+        TYPE_STRING,
+        Some("log.message.timestamp.type"),
+    ),
+    def(
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        TYPE_DOUBLE,
+        Some("log.cleaner.min.cleanable.ratio"),
+    ),
+    def(
+        "min.compaction.lag.ms",
+        "0",
+        TYPE_LONG,
+        Some("log.cleaner.min.compaction.lag.ms"),
+    ),
+    def(
+        "min.insync.replicas",
+        "1",
+        TYPE_INT,
+        Some("min.insync.replicas"),
+    ),
+    def(
+        "preallocate",
+        "false",
+        TYPE_BOOLEAN,
+        Some("log.preallocate"),
+    ),
+    def(
+        "retention.bytes",
+        "-1",
+        TYPE_LONG,
+        Some("log.retention.bytes"),
+    ),
+    def(
+        "retention.ms",
+        "604800000",
+        TYPE_LONG,
+        Some("log.retention.ms"),
+    ),
+    def(
+        "segment.bytes",
+        "1073741824",
+        TYPE_INT,
+        Some("log.segment.bytes"),
+    ),
+    def(
+        "segment.index.bytes",
+        "10485760",
+        TYPE_INT,
+        Some("log.index.size.max.bytes"),
+    ),
+    def(
+        "segment.jitter.ms",
+        "0",
+        TYPE_LONG,
+        Some("log.roll.jitter.ms"),
+    ),
+    def("segment.ms", "604800000", TYPE_LONG, Some("log.roll.ms")),
+    def(
+        "unclean.leader.election.enable",
+        "false",
+        TYPE_BOOLEAN,
+        Some("unclean.leader.election.enable"),
+    ),
+];
+
+pub fn topic_config(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS.iter().find(|c| c.name == name)
+}
+
+/// The default of a topic config on this broker (broker settings override Kafka's defaults).
+pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
+    match def.name {
+        "max.message.bytes" if broker.message_max_bytes != 1_048_588 => {
+            (broker.message_max_bytes.to_string(), SOURCE_STATIC_BROKER)
+        }
+        _ => (def.default.to_string(), SOURCE_DEFAULT),
+    }
+}
+
+/// Checks a topic config value; `Err` holds the message for INVALID_CONFIG.
+pub fn validate(name: &str, value: Option<&str>) -> Result<(), String> {
+    let def = topic_config(name).ok_or_else(|| format!("Unknown topic config name: {name}"))?;
+    let value =
+        value.ok_or_else(|| format!("Null value not supported for topic configs: {name}"))?;
+    let ok = match def.config_type {
+        TYPE_BOOLEAN => matches!(value, "true" | "false"),
+        TYPE_INT => value.parse::<i32>().is_ok(),
+        TYPE_LONG => value.parse::<i64>().is_ok(),
+        TYPE_DOUBLE => value.parse::<f64>().is_ok(),
+        _ => match name {
+            "cleanup.policy" => value
+                .split(',')
+                .all(|p| matches!(p.trim(), "delete" | "compact")),
+            "compression.type" => matches!(
+                value,
+                "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd"
+            ),
+            "message.timestamp.type" => matches!(value, "CreateTime" | "LogAppendTime"),
+            _ => true,
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("Invalid value {value} for configuration {name}"))
+    }
+}
+
+/// Broker configurations shown by DescribeConfigs for the broker resource: (name, value, type).
+pub fn broker_configs(c: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
+    vec![
+        (
+            "advertised.listeners",
+            format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
+            TYPE_STRING,
+        ),
+        (
+            "auto.create.topics.enable",
+            c.auto_create_topics_enable.to_string(),
+            TYPE_BOOLEAN,
+        ),
+        ("broker.id", c.node_id.to_string(), TYPE_INT),
+        ("default.replication.factor", "1".into(), TYPE_INT),
+        (
+            "listeners",
+            format!("PLAINTEXT://{}", c.listen),
+            TYPE_STRING,
+        ),
+        ("log.dirs", c.data_dir.display().to_string(), TYPE_STRING),
+        ("log.retention.ms", "604800000".into(), TYPE_LONG),
+        ("log.segment.bytes", c.segment_bytes.to_string(), TYPE_INT),
+        (
+            "message.max.bytes",
+            c.message_max_bytes.to_string(),
+            TYPE_INT,
+        ),
+        ("node.id", c.node_id.to_string(), TYPE_INT),
+        ("num.partitions", c.num_partitions.to_string(), TYPE_INT),
+        (
+            "socket.request.max.bytes",
+            c.socket_request_max_bytes.to_string(),
+            TYPE_INT,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_names_and_values() {
+        assert!(validate("retention.ms", Some("1000")).is_ok());
+        assert!(validate("retention.ms", Some("soon")).is_err());
+        assert!(validate("cleanup.policy", Some("compact,delete")).is_ok());
+        assert!(validate("no.such.config", Some("1")).is_err());
+        assert!(validate("retention.ms", None).is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! Storage errors, each with the Kafka error code a client should see.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("offset {offset} is out of range [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
+    #[error("out of order sequence number")]
+    OutOfOrderSequence,
+    #[error("producer epoch is older than the current one")]
+    InvalidProducerEpoch,
+    #[error("corrupt block in segment {segment_id} at {position}: {reason}")]
+    CorruptBlock {
+        segment_id: u64,
+        position: u64,
+        reason: &'static str,
+    },
+    #[error("metadata store: {0}")]
+    Metadata(#[from] rusqlite::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the storage engine is shutting down")]
+    ShuttingDown,
+}
+
+impl StorageError {
+    /// The one place storage failures become Kafka error codes.
+    pub fn kafka_error_code(&self) -> i16 {
+        match self {
+            StorageError::TopicExists(_) => 36, // TOPIC_ALREADY_EXISTS
+            StorageError::UnknownTopicOrPartition => 3, // UNKNOWN_TOPIC_OR_PARTITION
+            StorageError::OffsetOutOfRange { .. } => 1, // OFFSET_OUT_OF_RANGE
+            StorageError::OutOfOrderSequence => 45, // OUT_OF_ORDER_SEQUENCE_NUMBER
+            StorageError::InvalidProducerEpoch => 47, // INVALID_PRODUCER_EPOCH
+            StorageError::CorruptBlock { .. } => 56, // KAFKA_STORAGE_ERROR
+            StorageError::Metadata(_) | StorageError::Io(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
+            StorageError::ShuttingDown => 6, // NOT_LEADER_OR_FOLLOWER: retry elsewhere/later
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Idempotent-producer state per (producer id, partition), following Kafka's ProducerStateManager:
+//! the last five batches are remembered so a retried batch is acknowledged with its original offset
+//! instead of being written twice.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use streamhouse_protocol::batch::BatchHeader;
+
+use crate::StorageError;
+
+/// Kafka keeps metadata for this many recent batches per producer and partition
+/// (ProducerStateEntry.NUM_BATCHES_TO_RETAIN), matching max.in.flight.requests.per.connection <= 5.
+pub const BATCHES_TO_RETAIN: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentBatch {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub recent: VecDeque<RecentBatch>,
+}
+
+/// What to do with a batch from an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    Append,
+    /// Already written: acknowledge with the original base offset.
+    Duplicate {
+        base_offset: i64,
+    },
+}
+
+impl ProducerEntry {
+    /// Checks a batch against this entry (`None` for a producer this partition has not seen).
+    /// Mirrors ProducerAppendInfo.checkProducerEpoch / checkSequence and findDuplicateBatch.
+    pub fn check(
+        entry: Option<&ProducerEntry>,
+        h: &BatchHeader,
+    ) -> Result<SequenceCheck, StorageError> {
+        let Some(entry) = entry else {
+            // No state (new producer, or its state is gone): any sequence is accepted.
+            return Ok(SequenceCheck::Append);
+        };
+        if h.producer_epoch < entry.epoch {
+            return Err(StorageError::InvalidProducerEpoch);
+        }
+        if h.producer_epoch == entry.epoch {
+            if let Some(d) = entry
+                .recent
+                .iter()
+                .find(|b| b.first_seq == h.base_sequence && b.last_seq == h.last_sequence())
+            {
+                return Ok(SequenceCheck::Duplicate {
+                    base_offset: d.base_offset,
+                });
+            }
+            let last = entry.recent.back().map(|b| b.last_seq).unwrap_or(-1);
+            if !in_sequence(last, h.base_sequence) {
+                return Err(StorageError::OutOfOrderSequence);
+            }
+        } else if h.base_sequence != 0 {
+            // A bumped epoch must start again at sequence 0.
+            return Err(StorageError::OutOfOrderSequence);
+        }
+        Ok(SequenceCheck::Append)
+    }
+
+    /// Records an appended batch.
+    pub fn record(&mut self, h: &BatchHeader, base_offset: i64) {
+        if h.producer_epoch != self.epoch {
+            self.epoch = h.producer_epoch;
+            self.recent.clear();
+        }
+        if self.recent.len() == BATCHES_TO_RETAIN {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentBatch {
+            first_seq: h.base_sequence,
+            last_seq: h.last_sequence(),
+            base_offset,
+        });
+    }
+}
+
+fn in_sequence(last_seq: i32, next_seq: i32) -> bool {
+    // Sequences wrap from i32::MAX to 0.
+    next_seq == last_seq.wrapping_add(1)
+        || (last_seq == i32::MAX && next_seq == 0)
+        || last_seq == -1 && next_seq == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(epoch: i16, seq: i32, count: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: count - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: 1,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            record_count: count,
+        }
+    }
+
+    #[test]
+    fn sequences_duplicates_and_gaps() {
+        let mut e = ProducerEntry::default();
+        assert_eq!(
+            ProducerEntry::check(None, &header(0, 5, 1)).unwrap(),
+            SequenceCheck::Append
+        );
+        e.record(&header(0, 0, 3), 100);
+        assert_eq!(
+            ProducerEntry::check(Some(&e), &header(0, 3, 2)).unwrap(),
+            SequenceCheck::Append
+        );
+        e.record(&header(0, 3, 2), 103);
+        assert_eq!(
+            ProducerEntry::check(Some(&e), &header(0, 0, 3)).unwrap(),
+            SequenceCheck::Duplicate { base_offset: 100 }
+        );
+        assert!(matches!(
+            ProducerEntry::check(Some(&e), &header(0, 9, 1)),
+            Err(StorageError::OutOfOrderSequence)
+        ));
+        assert!(matches!(
+            ProducerEntry::check(Some(&e), &header(1, 4, 1)),
+            Err(StorageError::OutOfOrderSequence)
+        ));
+        assert_eq!(
+            ProducerEntry::check(Some(&e), &header(1, 0, 1)).unwrap(),
+            SequenceCheck::Append
+        );
+        e.record(&header(1, 0, 1), 105);
+        assert!(matches!(
+            ProducerEntry::check(Some(&e), &header(0, 5, 1)),
+            Err(StorageError::InvalidProducerEpoch)
+        ));
+    }
+
+    #[test]
+    fn only_five_batches_are_remembered() {
+        let mut e = ProducerEntry::default();
+        for i in 0..7 {
+            e.record(&header(0, i, 1), i as i64);
+        }
+        assert_eq!(e.recent.len(), BATCHES_TO_RETAIN);
+        assert_eq!(e.recent.front().unwrap().first_seq, 2);
+    }
+}
