@@ -297,6 +297,7 @@ mod tests {
                 key: Some(bytes::Bytes::from(format!("k{i}"))),
                 value: Some(bytes::Bytes::from(format!("value-{i}"))),
                 headers: Default::default(),
+                delete_horizon: false,
             })
             .collect();
         let mut buf = BytesMut::new();

@@ -183,6 +183,27 @@ mod tests {
                 let _ = crate::codec::fuzz_decode_any(raw.api_key, raw.body, v);
             }
         }
+
+        /// A valid header for every served api and version, then hostile bytes: reaches each decoder.
+        #[test]
+        fn decoding_hostile_bodies_never_panics(
+            key in proptest::sample::select(vec![0i16, 1, 2, 3, 18, 19, 20, 22, 32, 60]),
+            version in 0i16..18,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+        ) {
+            let mut frame = BytesMut::new();
+            frame.put_i16(key);
+            frame.put_i16(version);
+            frame.put_i32(1);
+            frame.put_i16(-1);
+            if ApiKey::try_from(key).map(|k| k.request_header_version(version) >= 2).unwrap_or(false) {
+                frame.put_u8(0);
+            }
+            frame.put_slice(&body);
+            if let Ok(raw) = decode_request_header(frame.freeze()) {
+                let _ = crate::codec::fuzz_decode_any(raw.api_key, raw.body, version);
+            }
+        }
     }
 }
 

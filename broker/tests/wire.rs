@@ -1,0 +1,544 @@
+//! End-to-end over real sockets against an in-process broker: every served API at every served
+//! version gets an answer, hostile input gets an error or a closed connection and never takes the
+//! broker down, and the produce/fetch basics hold.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use streamhouse_broker::config::BrokerConfig;
+use streamhouse_broker::handlers::SUPPORTED;
+use streamhouse_broker::server::Server;
+use streamhouse_broker::Broker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct TestBroker {
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> TestBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::open(BrokerConfig::for_tests(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let server = Server::bind(broker).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    TestBroker {
+        addr,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    next_id: i32,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            next_id: 1,
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Sends a request and returns the response body (header stripped), or None if the broker closed.
+    async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Option<Resp> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str("wire-test")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, key.request_header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        let mut frame = BytesMut::new();
+        frame.put_i32(body.len() as i32);
+        frame.put_slice(&body);
+        self.stream.write_all(&frame).await.ok()?;
+        let mut resp = self.read_frame().await?;
+        assert_eq!(resp.get_i32(), id, "correlation id");
+        if key.response_header_version(version) >= 1 {
+            resp.get_u8(); // no tagged fields expected
+        }
+        Some(Resp::decode(&mut resp, version).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}")))
+    }
+
+    async fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut len))
+            .await
+            .ok()?
+            .ok()?;
+        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut buf).await.ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    /// True if the broker closed the connection (read returns EOF or reset) within a few seconds.
+    async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+async fn api_versions_ok(addr: SocketAddr) {
+    let mut c = Client::connect(addr).await;
+    let r: ApiVersionsResponse = c
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .await
+        .expect("broker answers");
+    assert_eq!(r.error_code, 0);
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+fn batch(records: usize, compression: Compression) -> Bytes {
+    let recs: Vec<Record> = (0..records)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder splits batches where offset - sequence changes; the producer id is -1,
+            // so the broker ignores sequences anyway.
+            sequence: i as i32,
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(format!("value-{i}"))),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce_request(t: &str, data: Bytes, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(topic(t))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(data)),
+            ])])
+}
+
+fn fetch_request(t: &str, id: uuid::Uuid, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(topic(t))
+            .with_topic_id(id)
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+async fn create(c: &mut Client, name: &str, partitions: i32) -> uuid::Uuid {
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(topic(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &req).await.unwrap();
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    r.topics[0].topic_id
+}
+
+#[tokio::test]
+async fn every_served_version_is_answered() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    let id = create(&mut c, "sweep", 1).await;
+    for spec in SUPPORTED {
+        for v in spec.min..=spec.max {
+            macro_rules! call {
+                ($resp:ty, $req:expr) => {{
+                    let r: Option<$resp> = c.call(spec.key, v, &$req).await;
+                    assert!(r.is_some(), "{:?} v{v} got no answer", spec.key);
+                }};
+            }
+            match spec.key {
+                ApiKey::Produce => call!(ProduceResponse, {
+                    let mut r = produce_request("sweep", batch(2, Compression::None), 1);
+                    r.topic_data[0].topic_id = id;
+                    r
+                }),
+                ApiKey::Fetch => call!(FetchResponse, fetch_request("sweep", id, 0, 0)),
+                ApiKey::ListOffsets => call!(
+                    ListOffsetsResponse,
+                    ListOffsetsRequest::default().with_topics(vec![
+                        list_offsets_request::ListOffsetsTopic::default()
+                            .with_name(topic("sweep"))
+                            .with_partitions(vec![
+                                list_offsets_request::ListOffsetsPartition::default()
+                                    .with_timestamp(-1)
+                            ])
+                    ])
+                ),
+                ApiKey::Metadata => call!(
+                    MetadataResponse,
+                    MetadataRequest::default().with_topics(if v == 0 {
+                        Some(vec![])
+                    } else {
+                        None
+                    })
+                ),
+                ApiKey::ApiVersions => call!(ApiVersionsResponse, ApiVersionsRequest::default()),
+                ApiKey::CreateTopics => call!(
+                    CreateTopicsResponse,
+                    CreateTopicsRequest::default().with_topics(vec![
+                        create_topics_request::CreatableTopic::default()
+                            .with_name(topic(&format!("sweep-{v}")))
+                            .with_num_partitions(1)
+                            .with_replication_factor(1)
+                    ])
+                ),
+                ApiKey::DeleteTopics => call!(
+                    DeleteTopicsResponse,
+                    DeleteTopicsRequest::default()
+                        .with_topic_names(if v < 6 { vec![topic("none")] } else { vec![] })
+                        .with_topics(if v >= 6 {
+                            vec![delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(topic("none")))]
+                        } else {
+                            vec![]
+                        })
+                ),
+                ApiKey::InitProducerId => call!(
+                    InitProducerIdResponse,
+                    InitProducerIdRequest::default().with_transaction_timeout_ms(1000)
+                ),
+                ApiKey::DescribeConfigs => call!(
+                    DescribeConfigsResponse,
+                    DescribeConfigsRequest::default()
+                        .with_include_synonyms(v >= 1)
+                        .with_resources(vec![
+                            describe_configs_request::DescribeConfigsResource::default()
+                                .with_resource_type(2)
+                                .with_resource_name(StrBytes::from_static_str("sweep")),
+                            describe_configs_request::DescribeConfigsResource::default()
+                                .with_resource_type(4)
+                                .with_resource_name(StrBytes::from_static_str("1")),
+                        ])
+                ),
+                ApiKey::DescribeCluster => {
+                    call!(DescribeClusterResponse, DescribeClusterRequest::default())
+                }
+                other => panic!("no sweep case for {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn produce_fetch_from_the_middle_of_a_batch_and_long_poll() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    let id = create(&mut c, "mid", 1).await;
+    for compression in [Compression::None, Compression::Zstd] {
+        let r: ProduceResponse = c
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_request("mid", batch(10, compression), -1),
+            )
+            .await
+            .unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0, "{compression:?}: {:?}", p.error_message);
+    }
+    // Offset 5 lies inside the first batch: the whole batch comes back, as in Kafka.
+    let r: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &fetch_request("mid", id, 5, 0))
+        .await
+        .unwrap();
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.high_watermark), (0, 20));
+    let mut records = p.records.clone().unwrap();
+    let sets = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).unwrap();
+    let offsets: Vec<i64> = sets
+        .iter()
+        .flat_map(|s| s.records.iter().map(|r| r.offset))
+        .collect();
+    assert_eq!(offsets, (0..20).collect::<Vec<_>>());
+    assert_eq!(sets[1].records[3].value.as_deref(), Some(&b"value-3"[..]));
+
+    // Past the end: OFFSET_OUT_OF_RANGE.
+    let r: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &fetch_request("mid", id, 21, 0))
+        .await
+        .unwrap();
+    assert_eq!(r.responses[0].partitions[0].error_code, 1);
+
+    // A long-poll at the end is woken by a produce on another connection.
+    let addr = b.addr;
+    let producer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut p = Client::connect(addr).await;
+        let _: Option<ProduceResponse> = p
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_request("mid", batch(1, Compression::None), 1),
+            )
+            .await;
+    });
+    let started = std::time::Instant::now();
+    let r: FetchResponse = c
+        .call(ApiKey::Fetch, 12, &fetch_request("mid", id, 20, 10_000))
+        .await
+        .unwrap();
+    assert!(
+        r.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .is_some_and(|r| !r.is_empty()),
+        "woken with data"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "woken by the commit, not the timeout"
+    );
+    producer.await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_input_never_takes_the_broker_down() {
+    let b = start().await;
+
+    // Garbage bytes.
+    let mut c = Client::connect(b.addr).await;
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(c.closed().await, "garbage closes the connection");
+    api_versions_ok(b.addr).await;
+
+    // A length prefix of 0x7fffffff.
+    let mut c = Client::connect(b.addr).await;
+    c.send_raw(&[0x7f, 0xff, 0xff, 0xff, 0, 18, 0, 0])
+        .await
+        .unwrap();
+    assert!(c.closed().await, "oversized frame closes the connection");
+    api_versions_ok(b.addr).await;
+
+    // A truncated frame, then the client goes away.
+    let mut c = Client::connect(b.addr).await;
+    c.send_raw(&[0, 0, 0, 100, 0, 18, 0, 3]).await.unwrap();
+    drop(c);
+    api_versions_ok(b.addr).await;
+
+    // An unknown api key.
+    let mut c = Client::connect(b.addr).await;
+    c.send_raw(&[0, 0, 0, 10, 0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert!(c.closed().await, "unknown api key closes the connection");
+    api_versions_ok(b.addr).await;
+
+    // A Metadata request claiming 2^31-1 topics.
+    let mut c = Client::connect(b.addr).await;
+    let mut f = BytesMut::new();
+    f.put_i32(14);
+    f.put_i16(3);
+    f.put_i16(4);
+    f.put_i32(9);
+    f.put_i16(-1);
+    f.put_i32(i32::MAX);
+    c.send_raw(&f).await.unwrap();
+    assert!(
+        c.closed().await,
+        "impossible array count closes the connection"
+    );
+    api_versions_ok(b.addr).await;
+
+    // A record batch whose record count is forged under a valid CRC: INVALID_RECORD, nothing stored.
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "forged", 1).await;
+    let mut forged = BytesMut::from(&batch(3, Compression::None)[..]);
+    forged[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
+    forged[23..27].copy_from_slice(&999_999i32.to_be_bytes());
+    let crc = crc32c::crc32c(&forged[21..]);
+    forged[17..21].copy_from_slice(&crc.to_be_bytes());
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("forged", forged.freeze(), -1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 87);
+    // A flipped byte under the old CRC: CORRUPT_MESSAGE.
+    let mut bad = BytesMut::from(&batch(3, Compression::None)[..]);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("forged", bad.freeze(), -1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 2);
+    let r: ListOffsetsResponse = c
+        .call(
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default().with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(topic("forged"))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1)
+                    ]),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].partitions[0].offset, 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn message_too_large_and_unknown_topics() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "big", 1).await;
+    let big: Vec<Record> = vec![Record {
+        transactional: false,
+        control: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 0,
+        key: None,
+        value: Some(Bytes::from(vec![b'x'; 2 << 20])),
+        headers: Default::default(),
+        delete_horizon: false,
+    }];
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &big,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("big", buf.freeze(), -1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("nope", batch(1, Compression::None), -1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 3);
+    let req = MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+        )
+        .with_name(Some(topic("nope")))]));
+    let r: MetadataResponse = c.call(ApiKey::Metadata, 12, &req).await.unwrap();
+    assert_eq!(r.topics[0].error_code, 3);
+    let req = req.with_allow_auto_topic_creation(true);
+    let r: MetadataResponse = c.call(ApiKey::Metadata, 12, &req).await.unwrap();
+    assert_eq!(
+        (r.topics[0].error_code, r.topics[0].partitions.len()),
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn acks_zero_is_silent_and_pipelined_requests_answer_in_order() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "quiet", 1).await;
+    // acks=0: no response; the next request's answer is the next frame.
+    let mut frame = BytesMut::new();
+    for (i, acks) in [(100, 0i16), (101, 1)] {
+        let header = RequestHeader::default()
+            .with_request_api_key(0)
+            .with_request_api_version(9)
+            .with_correlation_id(i);
+        let mut body = BytesMut::new();
+        header.encode(&mut body, 2).unwrap();
+        produce_request("quiet", batch(1, Compression::None), acks)
+            .encode(&mut body, 9)
+            .unwrap();
+        frame.put_i32(body.len() as i32);
+        frame.put_slice(&body);
+    }
+    c.send_raw(&frame).await.unwrap();
+    let mut resp = c.read_frame().await.unwrap();
+    assert_eq!(resp.get_i32(), 101);
+    resp.get_u8();
+    let r = ProduceResponse::decode(&mut resp, 9).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
+    let _ = Arc::new(());
+}
