@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use streamhouse_broker::config::{BrokerConfig, Cli, Command};
-use streamhouse_broker::server::Server;
+use streamhouse_broker::server::{self, Server};
 use streamhouse_broker::Broker;
 use tracing_subscriber::EnvFilter;
 
@@ -14,9 +14,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let Command::Serve(args) = Cli::parse().command;
-    let config = BrokerConfig::resolve(args)?;
+    let mut config = BrokerConfig::resolve(args)?;
+    let listener = server::listen(&mut config).await?;
     let broker = Broker::open(config).await?;
-    let server = Server::bind(broker.clone()).await?;
+    let server = Server::new(listener, broker.clone());
     tracing::info!(
         listen = %server.local_addr()?,
         advertised = %format!("{}:{}", broker.config.advertised_host, broker.config.advertised_port),

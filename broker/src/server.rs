@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::config::BrokerConfig;
 use crate::connection::Connection;
 use crate::Broker;
 
@@ -13,10 +14,19 @@ pub struct Server {
     broker: Arc<Broker>,
 }
 
+/// Binds the configured address. When the port was 0 (any free port) and no advertised listener was
+/// given, the advertised port becomes the one the OS chose, so Metadata points clients at it.
+pub async fn listen(config: &mut BrokerConfig) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(config.listen).await?;
+    if config.advertised_port == 0 {
+        config.advertised_port = listener.local_addr()?.port() as i32;
+    }
+    Ok(listener)
+}
+
 impl Server {
-    pub async fn bind(broker: Arc<Broker>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(broker.config.listen).await?;
-        Ok(Server { listener, broker })
+    pub fn new(listener: TcpListener, broker: Arc<Broker>) -> Server {
+        Server { listener, broker }
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {

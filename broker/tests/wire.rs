@@ -26,10 +26,12 @@ struct TestBroker {
 
 async fn start() -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::open(BrokerConfig::for_tests(dir.path().to_path_buf()))
+    let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
+    let listener = streamhouse_broker::server::listen(&mut config)
         .await
         .unwrap();
-    let server = Server::bind(broker).await.unwrap();
+    let broker = Broker::open(config).await.unwrap();
+    let server = Server::new(listener, broker);
     let addr = server.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {

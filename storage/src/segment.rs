@@ -17,7 +17,7 @@ pub const FILE_HEADER_LEN: u64 = 32;
 pub const BLOCK_MAGIC: u32 = 0x5348_4B31; // "SHK1"
 pub const BLOCK_HEADER_LEN: usize = 64;
 pub const FOOTER_MAGIC: &[u8; 8] = b"SHSEGEND";
-pub const FOOTER_ENTRY_LEN: usize = 48;
+pub const FOOTER_ENTRY_LEN: usize = 52;
 
 pub const CODEC_NONE: u8 = 0;
 pub const CODEC_LZ4: u8 = 1;
@@ -232,7 +232,7 @@ impl ActiveSegment {
             footer.extend_from_slice(&b.partition.to_be_bytes());
             footer.extend_from_slice(&b.base_offset.to_be_bytes());
             footer.extend_from_slice(&b.last_offset.to_be_bytes());
-            footer.extend_from_slice(&(b.position as u32).to_be_bytes());
+            footer.extend_from_slice(&b.position.to_be_bytes());
             footer.extend_from_slice(&b.stored_len.to_be_bytes());
         }
         let crc = crc32c::crc32c(&footer);
