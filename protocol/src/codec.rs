@@ -106,6 +106,33 @@ pub fn encode_response<T: Encodable + HeaderVersion>(
     Ok(buf.freeze())
 }
 
+/// Decodes a body of any api the broker serves, discarding it: the fuzz and property tests use this
+/// to reach every decoder the broker exposes to the network.
+pub fn fuzz_decode_any(key: ApiKey, body: Bytes, version: i16) -> bool {
+    use kafka_protocol::messages::*;
+    macro_rules! try_decode {
+        ($t:ty) => {
+            decode_body::<$t>(body, version, "fuzz").is_ok()
+        };
+    }
+    if !(0..=20).contains(&version) {
+        return false;
+    }
+    match key {
+        ApiKey::Produce => try_decode!(ProduceRequest),
+        ApiKey::Fetch => try_decode!(FetchRequest),
+        ApiKey::ListOffsets => try_decode!(ListOffsetsRequest),
+        ApiKey::Metadata => try_decode!(MetadataRequest),
+        ApiKey::ApiVersions => try_decode!(ApiVersionsRequest),
+        ApiKey::CreateTopics => try_decode!(CreateTopicsRequest),
+        ApiKey::DeleteTopics => try_decode!(DeleteTopicsRequest),
+        ApiKey::InitProducerId => try_decode!(InitProducerIdRequest),
+        ApiKey::DescribeConfigs => try_decode!(DescribeConfigsRequest),
+        ApiKey::DescribeCluster => try_decode!(DescribeClusterRequest),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,32 +231,5 @@ mod tests {
                 let _ = crate::codec::fuzz_decode_any(raw.api_key, raw.body, version);
             }
         }
-    }
-}
-
-/// Decodes a body of any api the broker serves, discarding it: the fuzz and property tests use this
-/// to reach every decoder the broker exposes to the network.
-pub fn fuzz_decode_any(key: ApiKey, body: Bytes, version: i16) -> bool {
-    use kafka_protocol::messages::*;
-    macro_rules! try_decode {
-        ($t:ty) => {
-            decode_body::<$t>(body, version, "fuzz").is_ok()
-        };
-    }
-    if !(0..=20).contains(&version) {
-        return false;
-    }
-    match key {
-        ApiKey::Produce => try_decode!(ProduceRequest),
-        ApiKey::Fetch => try_decode!(FetchRequest),
-        ApiKey::ListOffsets => try_decode!(ListOffsetsRequest),
-        ApiKey::Metadata => try_decode!(MetadataRequest),
-        ApiKey::ApiVersions => try_decode!(ApiVersionsRequest),
-        ApiKey::CreateTopics => try_decode!(CreateTopicsRequest),
-        ApiKey::DeleteTopics => try_decode!(DeleteTopicsRequest),
-        ApiKey::InitProducerId => try_decode!(InitProducerIdRequest),
-        ApiKey::DescribeConfigs => try_decode!(DescribeConfigsRequest),
-        ApiKey::DescribeCluster => try_decode!(DescribeClusterRequest),
-        _ => false,
     }
 }

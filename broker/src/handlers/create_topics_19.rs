@@ -78,7 +78,7 @@ pub async fn handle(
                 error::INVALID_REQUEST,
                 "Both numPartitions or replicationFactor and replicasAssignments were set.".into(),
             )
-        } else if partitions < 1 || partitions > MAX_PARTITIONS {
+        } else if !(1..=MAX_PARTITIONS).contains(&partitions) {
             fail(
                 error::INVALID_PARTITIONS,
                 format!(

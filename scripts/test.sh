@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): on a fresh Debian machine as root it installs what the tests need
+# (kcat, Python clients, Apache Kafka's jars from Maven Central), builds StreamHouse, and runs:
+#   1. lint: cargo fmt --check, cargo clippy -D warnings
+#   2. cargo test: unit tests, wire-level tests (hostile input, every served API version), property tests
+#      of the request decoders, storage recovery, and the rdkafka crate round trip
+#   3. StreamHouse-only end-to-end scenarios (kill -9 durability)
+#   4. compat-tests: the same scenarios against StreamHouse and a real Kafka 4.x, with a table
+#   5. a smoke run of the benchmark harness, so it does not rot
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+scripts/install-deps.sh
+
+step "lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --release --locked -p streamhouse-broker
+export STREAMHOUSE_BIN="$PWD/target/release/streamhouse"
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "StreamHouse-only end-to-end scenarios"
+python3 -m pytest -q -p no:cacheprovider --noconftest compat-tests/streamhouse
+
+if [ -x scripts/bench-server.sh ] && [ "${SKIP_BENCH_SMOKE:-0}" != 1 ]; then
+  step "benchmark smoke run (numbers not meaningful)"
+  scripts/bench-server.sh --smoke --out "${TMPDIR:-/tmp}/streamhouse-bench-smoke"
+fi
+
+step "compat-tests: StreamHouse beside a real Apache Kafka"
+compat-tests/run.sh
