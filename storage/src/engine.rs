@@ -597,7 +597,10 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
+            let started = std::time::Instant::now();
+            let n = pending.len();
             self.flush(pending).await;
+            tracing::debug!(requests = n, bytes = pending_bytes, micros = started.elapsed().as_micros() as u64, "flushed");
         }
         tracing::debug!("writer stopped");
     }
