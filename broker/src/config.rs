@@ -74,6 +74,12 @@ pub struct ServeArgs {
     /// fsync the metadata database at every commit (false: survives a process crash, not a power loss) [default: true]
     #[arg(long, env = "STREAMHOUSE_SYNC_METADATA")]
     pub sync_metadata: Option<bool>,
+    /// How long a new consumer group waits for more members before its first rebalance (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
+    #[arg(long, env = "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Heartbeat interval given to KIP-848 consumers (group.consumer.heartbeat.interval.ms) [default: 5000]
+    #[arg(long, env = "STREAMHOUSE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
+    pub group_consumer_heartbeat_interval_ms: Option<u64>,
 }
 
 /// The same settings as a TOML file spells them (dotted Kafka-style names are accepted too).
@@ -109,6 +115,10 @@ pub struct FileConfig {
     node_id: Option<i32>,
     #[serde(alias = "sync.metadata")]
     sync_metadata: Option<bool>,
+    #[serde(alias = "group.initial.rebalance.delay.ms")]
+    group_initial_rebalance_delay_ms: Option<u64>,
+    #[serde(alias = "group.consumer.heartbeat.interval.ms")]
+    group_consumer_heartbeat_interval_ms: Option<u64>,
 }
 
 /// Resolved configuration.
@@ -130,6 +140,8 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     pub node_id: i32,
     pub sync_metadata: bool,
+    pub group_initial_rebalance_delay: Duration,
+    pub group_consumer_heartbeat_interval: Duration,
 }
 
 impl BrokerConfig {
@@ -195,6 +207,16 @@ impl BrokerConfig {
                 .unwrap_or(10_000),
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             sync_metadata: args.sync_metadata.or(file.sync_metadata).unwrap_or(true),
+            group_initial_rebalance_delay: Duration::from_millis(
+                args.group_initial_rebalance_delay_ms
+                    .or(file.group_initial_rebalance_delay_ms)
+                    .unwrap_or(3000),
+            ),
+            group_consumer_heartbeat_interval: Duration::from_millis(
+                args.group_consumer_heartbeat_interval_ms
+                    .or(file.group_consumer_heartbeat_interval_ms)
+                    .unwrap_or(5000),
+            ),
         };
         anyhow::ensure!(c.num_partitions >= 1, "num.partitions must be at least 1");
         anyhow::ensure!(
@@ -213,6 +235,14 @@ impl BrokerConfig {
         s.cache_bytes = self.cache_bytes;
         s.sync_metadata = self.sync_metadata;
         s
+    }
+
+    pub fn groups(&self) -> crate::group::GroupConfig {
+        crate::group::GroupConfig {
+            initial_rebalance_delay: self.group_initial_rebalance_delay,
+            consumer_heartbeat_interval: self.group_consumer_heartbeat_interval,
+            ..Default::default()
+        }
     }
 
     /// Defaults for tests: a loopback port chosen by the OS and the given data folder.

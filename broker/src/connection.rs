@@ -58,7 +58,7 @@ impl Connection {
                     Outcome::Close => return,
                 },
                 frame = frames.read_frame(), if reading && in_flight.len() < MAX_IN_FLIGHT => match frame {
-                    Ok(Some(frame)) => match handlers::dispatch(&self.broker, frame).await {
+                    Ok(Some(frame)) => match handlers::dispatch(&self.broker, frame, peer).await {
                         Ok(pending) => in_flight.push_back(pending),
                         Err(e) => {
                             // Kafka closes the connection on a request it cannot parse.

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod group;
 pub mod handlers;
 pub mod server;
 pub mod topic_config;
@@ -14,6 +15,7 @@ use streamhouse_storage::Storage;
 pub struct Broker {
     pub config: config::BrokerConfig,
     pub storage: Arc<Storage>,
+    pub groups: Arc<group::GroupCoordinator>,
     pub cluster_id: String,
 }
 
@@ -31,9 +33,11 @@ impl Broker {
                 id
             }
         };
+        let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;
         Ok(Arc::new(Broker {
             config,
             storage,
+            groups,
             cluster_id,
         }))
     }

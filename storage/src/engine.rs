@@ -527,6 +527,11 @@ impl Storage {
         Ok(raw)
     }
 
+    /// The metadata store, for coordinators that keep their state beside the log's.
+    pub fn metadata(&self) -> Arc<dyn MetadataStore> {
+        self.meta.clone()
+    }
+
     pub fn cache_weight(&self) -> u64 {
         self.cache.weight()
     }
@@ -600,7 +605,12 @@ impl Writer {
             let started = std::time::Instant::now();
             let n = pending.len();
             self.flush(pending).await;
-            tracing::debug!(requests = n, bytes = pending_bytes, micros = started.elapsed().as_micros() as u64, "flushed");
+            tracing::debug!(
+                requests = n,
+                bytes = pending_bytes,
+                micros = started.elapsed().as_micros() as u64,
+                "flushed"
+            );
         }
         tracing::debug!("writer stopped");
     }

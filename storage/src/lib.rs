@@ -17,4 +17,4 @@ pub use engine::{
     StorageConfig, Topic,
 };
 pub use error::StorageError;
-pub use metadata::{MetadataStore, SqliteMetadata, TopicConfigs};
+pub use metadata::{MetadataStore, OffsetRecord, SqliteMetadata, TopicConfigs};

@@ -71,6 +71,18 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn commit(&self, commit: &Commit) -> Result<(), StorageError>;
     /// A producer id never handed out before, even across restarts.
     fn allocate_producer_id(&self) -> Result<i64, StorageError>;
+    /// Stores committed offsets (one transaction), replacing earlier commits of the same partitions.
+    fn commit_offsets(&self, offsets: &[OffsetRecord]) -> Result<(), StorageError>;
+    /// Removes committed offsets of a group: the given (topic, partition) pairs, or all with `None`.
+    fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<(), StorageError>;
+    fn load_offsets(&self) -> Result<Vec<OffsetRecord>, StorageError>;
+    /// Saves a group coordinator's state for a group (an opaque document), or removes it with `None`.
+    fn save_group(&self, group_id: &str, state: Option<&str>) -> Result<(), StorageError>;
+    fn load_groups(&self) -> Result<Vec<(String, String)>, StorageError>;
 }
 
 pub struct SqliteMetadata {
@@ -96,7 +108,25 @@ CREATE TABLE IF NOT EXISTS producer_state (
   producer_id INTEGER NOT NULL, topic_id BLOB NOT NULL, partition INTEGER NOT NULL,
   epoch INTEGER NOT NULL, recent TEXT NOT NULL, PRIMARY KEY (producer_id, topic_id, partition));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS group_offsets (
+  group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, committed_offset INTEGER NOT NULL,
+  leader_epoch INTEGER NOT NULL, metadata TEXT, commit_ms INTEGER NOT NULL,
+  PRIMARY KEY (group_id, topic, partition));
+CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, state TEXT NOT NULL);
 ";
+
+/// A committed offset of a consumer group (OffsetCommit), as Kafka keys it: by topic name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetRecord {
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    /// The client's metadata string, returned by OffsetFetch exactly as committed (null stays null).
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
 
 impl SqliteMetadata {
     /// Opens (creating if needed) the database. `synchronous_full` makes each commit fsync the WAL,
@@ -330,11 +360,139 @@ impl MetadataStore for SqliteMetadata {
         )?;
         Ok(id)
     }
+
+    fn commit_offsets(&self, offsets: &[OffsetRecord]) -> Result<(), StorageError> {
+        self.offsets_impl(offsets)
+    }
+
+    fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        match partitions {
+            None => {
+                tx.execute("DELETE FROM group_offsets WHERE group_id = ?1", [group_id])?;
+            }
+            Some(list) => {
+                let mut st =
+                    tx.prepare_cached("DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3")?;
+                for (topic, partition) in list {
+                    st.execute(params![group_id, topic, partition])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_offsets(&self) -> Result<Vec<OffsetRecord>, StorageError> {
+        let conn = self.conn.lock();
+        let mut st = conn.prepare(
+            "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms FROM group_offsets",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(OffsetRecord {
+                group_id: r.get(0)?,
+                topic: r.get(1)?,
+                partition: r.get(2)?,
+                offset: r.get(3)?,
+                leader_epoch: r.get(4)?,
+                metadata: r.get(5)?,
+                commit_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn save_group(&self, group_id: &str, state: Option<&str>) -> Result<(), StorageError> {
+        let conn = self.conn.lock();
+        match state {
+            Some(s) => conn.execute(
+                "INSERT OR REPLACE INTO groups (group_id, state) VALUES (?1, ?2)",
+                params![group_id, s],
+            )?,
+            None => conn.execute("DELETE FROM groups WHERE group_id = ?1", [group_id])?,
+        };
+        Ok(())
+    }
+
+    fn load_groups(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let conn = self.conn.lock();
+        let mut st = conn.prepare("SELECT group_id, state FROM groups")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl SqliteMetadata {
+    fn offsets_impl(&self, offsets: &[OffsetRecord]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for o in offsets {
+                st.execute(params![
+                    o.group_id,
+                    o.topic,
+                    o.partition,
+                    o.offset,
+                    o.leader_epoch,
+                    o.metadata,
+                    o.commit_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_and_groups_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let rec = |p, o, m: Option<&str>| OffsetRecord {
+            group_id: "g".into(),
+            topic: "t".into(),
+            partition: p,
+            offset: o,
+            leader_epoch: 0,
+            metadata: m.map(String::from),
+            commit_ms: 1,
+        };
+        {
+            let m = SqliteMetadata::open(&path, true).unwrap();
+            m.commit_offsets(&[rec(0, 5, Some("meta")), rec(1, 7, None)])
+                .unwrap();
+            m.commit_offsets(&[rec(0, 6, Some(""))]).unwrap();
+            m.save_group("g", Some("{\"generation\":3}")).unwrap();
+            m.save_group("gone", Some("{}")).unwrap();
+            m.save_group("gone", None).unwrap();
+        }
+        let m = SqliteMetadata::open(&path, true).unwrap();
+        let mut got = m.load_offsets().unwrap();
+        got.sort_by_key(|r| r.partition);
+        assert_eq!(got, vec![rec(0, 6, Some("")), rec(1, 7, None)]);
+        assert_eq!(
+            m.load_groups().unwrap(),
+            vec![("g".to_string(), "{\"generation\":3}".to_string())]
+        );
+        m.delete_offsets("g", Some(&[("t".to_string(), 1)]))
+            .unwrap();
+        assert_eq!(m.load_offsets().unwrap().len(), 1);
+        m.delete_offsets("g", None).unwrap();
+        assert!(m.load_offsets().unwrap().is_empty());
+    }
 
     #[test]
     fn topics_blocks_and_producers_survive_reopen() {

@@ -4,20 +4,34 @@
 //! advertised versions cannot drift from what is implemented.
 
 pub mod api_versions_18;
+pub mod consumer_group_describe_69;
+pub mod consumer_group_heartbeat_68;
 pub mod create_topics_19;
+pub mod delete_groups_42;
 pub mod delete_topics_20;
 pub mod describe_cluster_60;
 pub mod describe_configs_32;
+pub mod describe_groups_15;
 pub mod fetch_01;
+pub mod find_coordinator_10;
+pub mod heartbeat_12;
 pub mod init_producer_id_22;
+pub mod join_group_11;
+pub mod leave_group_13;
+pub mod list_groups_16;
 pub mod list_offsets_02;
 pub mod metadata_03;
+pub mod offset_commit_08;
+pub mod offset_delete_47;
+pub mod offset_fetch_09;
 pub mod produce_00;
+pub mod sync_group_14;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use streamhouse_protocol::codec::{self, CodecError, RawRequest};
 
@@ -36,12 +50,25 @@ pub const SUPPORTED: &[ApiSpec] = &[
     fetch_01::API,
     list_offsets_02::API,
     metadata_03::API,
+    offset_commit_08::API,
+    offset_fetch_09::API,
+    find_coordinator_10::API,
+    join_group_11::API,
+    heartbeat_12::API,
+    leave_group_13::API,
+    sync_group_14::API,
+    describe_groups_15::API,
+    list_groups_16::API,
     api_versions_18::API,
     create_topics_19::API,
     delete_topics_20::API,
     init_producer_id_22::API,
     describe_configs_32::API,
+    delete_groups_42::API,
+    offset_delete_47::API,
     describe_cluster_60::API,
+    consumer_group_heartbeat_68::API,
+    consumer_group_describe_69::API,
 ];
 
 pub fn spec(key: ApiKey) -> Option<&'static ApiSpec> {
@@ -91,7 +118,11 @@ fn pending<T: Encodable + HeaderVersion + Send + 'static>(
 }
 
 /// Decodes one request frame and starts handling it. An error means the connection must be closed.
-pub async fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, CodecError> {
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> Result<Pending, CodecError> {
     let raw = codec::decode_request_header(frame)?;
     let version = raw.header.request_api_version;
     let correlation_id = raw.header.correlation_id;
@@ -125,6 +156,14 @@ pub async fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, Cod
                 $module::handle(broker, &header, req).await,
             )
         }};
+        ($module:ident, $what:literal, peer) => {{
+            let req = codec::decode_body(body, version, $what)?;
+            pending(
+                correlation_id,
+                version,
+                $module::handle(broker, &header, req, peer).await,
+            )
+        }};
     }
     Ok(match api_key {
         ApiKey::Produce => serve!(produce_00, "Produce"),
@@ -136,6 +175,23 @@ pub async fn dispatch(broker: &Arc<Broker>, frame: Bytes) -> Result<Pending, Cod
         ApiKey::InitProducerId => serve!(init_producer_id_22, "InitProducerId"),
         ApiKey::DescribeConfigs => serve!(describe_configs_32, "DescribeConfigs"),
         ApiKey::DescribeCluster => serve!(describe_cluster_60, "DescribeCluster"),
+        ApiKey::OffsetCommit => serve!(offset_commit_08, "OffsetCommit"),
+        ApiKey::OffsetFetch => serve!(offset_fetch_09, "OffsetFetch"),
+        ApiKey::FindCoordinator => serve!(find_coordinator_10, "FindCoordinator"),
+        ApiKey::JoinGroup => serve!(join_group_11, "JoinGroup", peer),
+        ApiKey::Heartbeat => serve!(heartbeat_12, "Heartbeat"),
+        ApiKey::LeaveGroup => serve!(leave_group_13, "LeaveGroup"),
+        ApiKey::SyncGroup => serve!(sync_group_14, "SyncGroup"),
+        ApiKey::DescribeGroups => serve!(describe_groups_15, "DescribeGroups"),
+        ApiKey::ListGroups => serve!(list_groups_16, "ListGroups"),
+        ApiKey::DeleteGroups => serve!(delete_groups_42, "DeleteGroups"),
+        ApiKey::OffsetDelete => serve!(offset_delete_47, "OffsetDelete"),
+        ApiKey::ConsumerGroupHeartbeat => {
+            serve!(consumer_group_heartbeat_68, "ConsumerGroupHeartbeat", peer)
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            serve!(consumer_group_describe_69, "ConsumerGroupDescribe")
+        }
         other => {
             return Err(CodecError::Malformed {
                 what: "request",

@@ -1,0 +1,930 @@
+//! The classic rebalance protocol, following Kafka's ClassicGroup state machine:
+//! Empty -> PreparingRebalance -> CompletingRebalance -> Stable, with generations, MEMBER_ID_REQUIRED
+//! (KIP-394), static membership (KIP-345), rebalance and session timeouts. The broker picks the
+//! protocol all members support with the most first-choice votes and passes the leader's assignment
+//! through untouched; assignors (range, roundrobin, cooperative-sticky) run in the clients.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+use crate::error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClassicState {
+    #[default]
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl ClassicState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClassicState::Empty => "Empty",
+            ClassicState::PreparingRebalance => "PreparingRebalance",
+            ClassicState::CompletingRebalance => "CompletingRebalance",
+            ClassicState::Stable => "Stable",
+        }
+    }
+}
+
+/// What a JoinGroup caller gets back.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    pub skip_assignment: bool,
+    /// (member id, instance id, metadata for the chosen protocol): for the leader only.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinResult {
+    fn error(code: i16, member_id: &str) -> JoinResult {
+        JoinResult {
+            error: code,
+            generation: -1,
+            member_id: member_id.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncResult {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+pub struct Member {
+    pub id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    join_waiter: Option<oneshot::Sender<JoinResult>>,
+    sync_waiter: Option<oneshot::Sender<SyncResult>>,
+    last_seen: Instant,
+    join_seq: u64,
+}
+
+impl Member {
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A JoinGroup request, as the coordinator needs it.
+pub struct JoinRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a new dynamic member first gets MEMBER_ID_REQUIRED with its id (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+/// Either an answer now, or one that comes when the rebalance completes.
+pub enum Pending<T> {
+    Now(T),
+    Wait(oneshot::Receiver<T>),
+}
+
+#[derive(Default)]
+pub struct ClassicGroup {
+    pub state: ClassicState,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: Option<String>,
+    pub members: HashMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, until they join or their session times out.
+    pending: HashMap<String, Instant>,
+    /// group.instance.id -> current member id.
+    static_members: HashMap<String, String>,
+    rebalance_deadline: Option<Instant>,
+    initial_delay_until: Option<Instant>,
+    sync_deadline: Option<Instant>,
+    next_seq: u64,
+}
+
+impl ClassicGroup {
+    pub fn join(
+        &mut self,
+        group_id: &str,
+        req: JoinRequest,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Pending<JoinResult> {
+        if !self.members.is_empty() || self.state != ClassicState::Empty {
+            // A group's protocol type is fixed while it has members; at least one protocol must be common.
+            let same_type = self
+                .protocol_type
+                .as_deref()
+                .is_none_or(|t| t == req.protocol_type);
+            let common = self
+                .members
+                .values()
+                .filter(|m| m.id != req.member_id)
+                .all(|m| {
+                    m.protocols
+                        .iter()
+                        .any(|(n, _)| req.protocols.iter().any(|(rn, _)| rn == n))
+                });
+            if !same_type || (!self.members.is_empty() && !common) {
+                return Pending::Now(JoinResult::error(
+                    error::INCONSISTENT_GROUP_PROTOCOL,
+                    &req.member_id,
+                ));
+            }
+        }
+        if req.member_id.is_empty() {
+            self.join_unknown_member(group_id, req, initial_delay, now)
+        } else {
+            self.join_known_member(req, initial_delay, now)
+        }
+    }
+
+    fn join_unknown_member(
+        &mut self,
+        group_id: &str,
+        req: JoinRequest,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Pending<JoinResult> {
+        let new_id = format!(
+            "{}-{}",
+            if req.client_id.is_empty() {
+                "member"
+            } else {
+                &req.client_id
+            },
+            uuid::Uuid::new_v4()
+        );
+        if let Some(instance) = req.instance_id.clone() {
+            if let Some(old_id) = self.static_members.get(&instance).cloned() {
+                return self.replace_static_member(&old_id, new_id, req, initial_delay, now);
+            }
+            // A new static member joins at once, without MEMBER_ID_REQUIRED.
+            self.static_members.insert(instance, new_id.clone());
+            return self.add_member_and_rebalance(new_id, req, initial_delay, now);
+        }
+        if req.require_known_member_id {
+            self.pending
+                .insert(new_id.clone(), now + req.session_timeout);
+            tracing::debug!(group = group_id, member = %new_id, "member id required");
+            return Pending::Now(JoinResult::error(error::MEMBER_ID_REQUIRED, &new_id));
+        }
+        self.add_member_and_rebalance(new_id, req, initial_delay, now)
+    }
+
+    /// KIP-345: a static member rejoining with a new member id takes over the old one's place and
+    /// assignment; in a Stable group with unchanged protocols, the others are not rebalanced.
+    fn replace_static_member(
+        &mut self,
+        old_id: &str,
+        new_id: String,
+        req: JoinRequest,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Pending<JoinResult> {
+        let Some(mut member) = self.members.remove(old_id) else {
+            self.static_members
+                .remove(req.instance_id.as_deref().unwrap_or_default());
+            return self.add_member_and_rebalance(new_id, req, initial_delay, now);
+        };
+        // The old incarnation, if still waiting, is fenced.
+        if let Some(w) = member.join_waiter.take() {
+            let _ = w.send(JoinResult::error(error::FENCED_INSTANCE_ID, old_id));
+        }
+        if let Some(w) = member.sync_waiter.take() {
+            let _ = w.send(SyncResult {
+                error: error::FENCED_INSTANCE_ID,
+                ..Default::default()
+            });
+        }
+        let protocols_unchanged = member.protocols == req.protocols;
+        member.id = new_id.clone();
+        member.client_id = req.client_id.clone();
+        member.client_host = req.client_host.clone();
+        member.session_timeout = req.session_timeout;
+        member.rebalance_timeout = req.rebalance_timeout;
+        member.last_seen = now;
+        if let Some(instance) = &req.instance_id {
+            self.static_members.insert(instance.clone(), new_id.clone());
+        }
+        let was_leader = self.leader.as_deref() == Some(old_id);
+        if was_leader {
+            self.leader = Some(new_id.clone());
+        }
+        if self.state == ClassicState::Stable && protocols_unchanged {
+            let mut result = self.current_result(&new_id);
+            // The leader learns the members but must not reassign (KIP-345 / JoinGroup v9 skip_assignment).
+            if was_leader {
+                result.members = self.member_list();
+                result.skip_assignment = true;
+            }
+            self.members.insert(new_id, member);
+            return Pending::Now(result);
+        }
+        member.protocols = req.protocols;
+        let (tx, rx) = oneshot::channel();
+        member.join_waiter = Some(tx);
+        self.members.insert(new_id, member);
+        if self.state != ClassicState::PreparingRebalance {
+            self.prepare_rebalance(initial_delay, now);
+        }
+        self.maybe_complete_join(now);
+        Pending::Wait(rx)
+    }
+
+    fn add_member_and_rebalance(
+        &mut self,
+        id: String,
+        req: JoinRequest,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Pending<JoinResult> {
+        let (tx, rx) = oneshot::channel();
+        self.next_seq += 1;
+        self.members.insert(
+            id.clone(),
+            Member {
+                id,
+                instance_id: req.instance_id,
+                client_id: req.client_id,
+                client_host: req.client_host,
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                protocol_type: req.protocol_type.clone(),
+                protocols: req.protocols,
+                assignment: Bytes::new(),
+                join_waiter: Some(tx),
+                sync_waiter: None,
+                last_seen: now,
+                join_seq: self.next_seq,
+            },
+        );
+        if self.protocol_type.is_none() {
+            self.protocol_type = Some(req.protocol_type);
+        }
+        if self.state != ClassicState::PreparingRebalance {
+            self.prepare_rebalance(initial_delay, now);
+        }
+        self.maybe_complete_join(now);
+        Pending::Wait(rx)
+    }
+
+    fn join_known_member(
+        &mut self,
+        req: JoinRequest,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Pending<JoinResult> {
+        let id = req.member_id.clone();
+        if self.pending.remove(&id).is_some() {
+            return self.add_member_and_rebalance(id, req, initial_delay, now);
+        }
+        if let Some(instance) = &req.instance_id {
+            if self
+                .static_members
+                .get(instance)
+                .is_some_and(|current| *current != id)
+            {
+                return Pending::Now(JoinResult::error(error::FENCED_INSTANCE_ID, &id));
+            }
+        }
+        let Some(member) = self.members.get_mut(&id) else {
+            return Pending::Now(JoinResult::error(error::UNKNOWN_MEMBER_ID, &id));
+        };
+        member.last_seen = now;
+        let changed = member.protocols != req.protocols;
+        member.session_timeout = req.session_timeout;
+        member.rebalance_timeout = req.rebalance_timeout;
+        match self.state {
+            ClassicState::PreparingRebalance => {
+                member.protocols = req.protocols;
+                let (tx, rx) = oneshot::channel();
+                if let Some(old) = member.join_waiter.replace(tx) {
+                    let _ = old.send(JoinResult::error(error::UNKNOWN_MEMBER_ID, &id));
+                }
+                self.maybe_complete_join(now);
+                Pending::Wait(rx)
+            }
+            ClassicState::CompletingRebalance | ClassicState::Stable
+                if !changed && self.leader.as_deref() != Some(&id) =>
+            {
+                // A follower with nothing new gets the current generation back (Kafka does the same).
+                Pending::Now(self.current_result(&id))
+            }
+            ClassicState::CompletingRebalance if !changed => {
+                let mut r = self.current_result(&id);
+                r.members = self.member_list();
+                Pending::Now(r)
+            }
+            _ => {
+                member.protocols = req.protocols;
+                let (tx, rx) = oneshot::channel();
+                member.join_waiter = Some(tx);
+                self.prepare_rebalance(initial_delay, now);
+                self.maybe_complete_join(now);
+                Pending::Wait(rx)
+            }
+        }
+    }
+
+    fn current_result(&self, member_id: &str) -> JoinResult {
+        JoinResult {
+            error: error::NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id: member_id.to_string(),
+            skip_assignment: false,
+            members: Vec::new(),
+        }
+    }
+
+    fn member_list(&self) -> Vec<(String, Option<String>, Bytes)> {
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        let mut v: Vec<&Member> = self.members.values().collect();
+        v.sort_by_key(|m| m.join_seq);
+        v.iter()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.instance_id.clone(),
+                    m.metadata_for(&protocol),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts (or restarts) a rebalance: everyone must rejoin before the deadline.
+    fn prepare_rebalance(&mut self, initial_delay: Duration, now: Instant) {
+        // Members still waiting for SyncGroup learn that the generation they joined is over.
+        for m in self.members.values_mut() {
+            if let Some(w) = m.sync_waiter.take() {
+                let _ = w.send(SyncResult {
+                    error: error::REBALANCE_IN_PROGRESS,
+                    ..Default::default()
+                });
+            }
+        }
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(60));
+        let first = self.state == ClassicState::Empty;
+        self.state = ClassicState::PreparingRebalance;
+        self.rebalance_deadline = Some(now + timeout);
+        // group.initial.rebalance.delay.ms: a new group waits a moment for the rest of its members.
+        self.initial_delay_until = Some(if first {
+            now + initial_delay.min(timeout)
+        } else {
+            now
+        });
+        self.sync_deadline = None;
+    }
+
+    fn maybe_complete_join(&mut self, now: Instant) -> bool {
+        if self.state != ClassicState::PreparingRebalance {
+            return false;
+        }
+        let all_joined = self.members.values().all(|m| m.join_waiter.is_some());
+        let delay_over = self.initial_delay_until.is_none_or(|t| now >= t);
+        let deadline = self.rebalance_deadline.is_some_and(|t| now >= t);
+        if (all_joined && delay_over && self.pending.is_empty())
+            || deadline
+            || (all_joined && delay_over && deadline)
+        {
+            self.complete_join(now);
+            return true;
+        }
+        // Pending members (MEMBER_ID_REQUIRED) are given until the delay ends to come back.
+        if all_joined
+            && delay_over
+            && !self.pending.is_empty()
+            && self.pending.values().all(|t| *t <= now)
+        {
+            self.pending.clear();
+            self.complete_join(now);
+            return true;
+        }
+        false
+    }
+
+    fn complete_join(&mut self, now: Instant) {
+        // Members that did not rejoin in time are out.
+        let gone: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.join_waiter.is_none())
+            .map(|m| m.id.clone())
+            .collect();
+        for id in gone {
+            self.remove_member(&id);
+        }
+        self.generation += 1;
+        self.rebalance_deadline = None;
+        self.initial_delay_until = None;
+        if self.members.is_empty() {
+            self.state = ClassicState::Empty;
+            self.protocol_name = None;
+            self.leader = None;
+            return;
+        }
+        self.protocol_name = Some(self.select_protocol());
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
+            self.leader = self
+                .members
+                .values()
+                .min_by_key(|m| m.join_seq)
+                .map(|m| m.id.clone());
+        }
+        self.state = ClassicState::CompletingRebalance;
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(60));
+        self.sync_deadline = Some(now + timeout);
+        let members = self.member_list();
+        let leader = self.leader.clone().unwrap_or_default();
+        for m in self.members.values_mut() {
+            m.last_seen = now;
+            m.assignment = Bytes::new();
+            if let Some(w) = m.join_waiter.take() {
+                let _ = w.send(JoinResult {
+                    error: error::NONE,
+                    generation: self.generation,
+                    protocol_type: self.protocol_type.clone(),
+                    protocol_name: self.protocol_name.clone(),
+                    leader: leader.clone(),
+                    member_id: m.id.clone(),
+                    skip_assignment: false,
+                    members: if m.id == leader {
+                        members.clone()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+    }
+
+    /// Kafka's selectProtocol: among protocols every member supports, each member votes for the first
+    /// of them in its own preference order; the most votes wins.
+    fn select_protocol(&self) -> String {
+        let mut members: Vec<&Member> = self.members.values().collect();
+        members.sort_by_key(|m| m.join_seq);
+        let candidates: Vec<&String> = members
+            .first()
+            .map(|m| {
+                m.protocols
+                    .iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| {
+                        members
+                            .iter()
+                            .all(|o| o.protocols.iter().any(|(on, _)| on == *n))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut votes: Vec<(usize, &String)> = candidates.iter().map(|c| (0usize, *c)).collect();
+        for m in &members {
+            if let Some(choice) = m
+                .protocols
+                .iter()
+                .map(|(n, _)| n)
+                .find(|n| candidates.contains(n))
+            {
+                if let Some(v) = votes.iter_mut().find(|(_, c)| *c == choice) {
+                    v.0 += 1;
+                }
+            }
+        }
+        // Ties go to the earliest candidate in the first member's order.
+        let best = votes.iter().map(|(v, _)| *v).max().unwrap_or(0);
+        votes
+            .into_iter()
+            .find(|(v, _)| *v == best)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    }
+
+    fn remove_member(&mut self, id: &str) {
+        if let Some(m) = self.members.remove(id) {
+            if let Some(instance) = &m.instance_id {
+                if self
+                    .static_members
+                    .get(instance)
+                    .is_some_and(|cur| cur == id)
+                {
+                    self.static_members.remove(instance);
+                }
+            }
+            if let Some(w) = m.join_waiter {
+                let _ = w.send(JoinResult::error(error::UNKNOWN_MEMBER_ID, id));
+            }
+            if let Some(w) = m.sync_waiter {
+                let _ = w.send(SyncResult {
+                    error: error::UNKNOWN_MEMBER_ID,
+                    ..Default::default()
+                });
+            }
+        }
+        if self.leader.as_deref() == Some(id) {
+            self.leader = None;
+        }
+    }
+
+    /// Checks a member's identity for Sync/Heartbeat/OffsetCommit (static fencing first, as Kafka does).
+    pub fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> Result<(), i16> {
+        if let Some(instance) = instance_id {
+            match self.static_members.get(instance) {
+                Some(current) if current != member_id => return Err(error::FENCED_INSTANCE_ID),
+                None if !self.members.contains_key(member_id) => {
+                    return Err(error::UNKNOWN_MEMBER_ID)
+                }
+                _ => {}
+            }
+        }
+        if !self.members.contains_key(member_id) {
+            return Err(error::UNKNOWN_MEMBER_ID);
+        }
+        Ok(())
+    }
+
+    pub fn sync(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> (Pending<SyncResult>, bool) {
+        let err = |code| {
+            (
+                Pending::Now(SyncResult {
+                    error: code,
+                    ..Default::default()
+                }),
+                false,
+            )
+        };
+        if let Err(code) = self.check_member(member_id, instance_id) {
+            return err(code);
+        }
+        if generation != self.generation {
+            return err(error::ILLEGAL_GENERATION);
+        }
+        if protocol_type.is_some_and(|t| Some(t) != self.protocol_type.as_deref())
+            || protocol_name.is_some_and(|n| Some(n) != self.protocol_name.as_deref())
+        {
+            return err(error::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        let ok = |a: Bytes, g: &ClassicGroup| SyncResult {
+            error: error::NONE,
+            protocol_type: g.protocol_type.clone(),
+            protocol_name: g.protocol_name.clone(),
+            assignment: a,
+        };
+        match self.state {
+            ClassicState::Empty => err(error::UNKNOWN_MEMBER_ID),
+            ClassicState::PreparingRebalance => err(error::REBALANCE_IN_PROGRESS),
+            ClassicState::Stable => {
+                let a = self
+                    .members
+                    .get(member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
+                if let Some(m) = self.members.get_mut(member_id) {
+                    m.last_seen = now;
+                }
+                (Pending::Now(ok(a, self)), false)
+            }
+            ClassicState::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                if let Some(m) = self.members.get_mut(member_id) {
+                    m.last_seen = now;
+                    m.sync_waiter = Some(tx);
+                }
+                if self.leader.as_deref() != Some(member_id) {
+                    return (Pending::Wait(rx), false);
+                }
+                // The leader's assignment, passed through untouched; members it left out get nothing.
+                let mut by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
+                self.state = ClassicState::Stable;
+                self.sync_deadline = None;
+                let (pt, pn) = (self.protocol_type.clone(), self.protocol_name.clone());
+                for m in self.members.values_mut() {
+                    m.assignment = by_member.remove(&m.id).unwrap_or_default();
+                    if let Some(w) = m.sync_waiter.take() {
+                        let _ = w.send(SyncResult {
+                            error: error::NONE,
+                            protocol_type: pt.clone(),
+                            protocol_name: pn.clone(),
+                            assignment: m.assignment.clone(),
+                        });
+                    }
+                }
+                (Pending::Wait(rx), true)
+            }
+        }
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: Instant,
+    ) -> i16 {
+        if let Err(code) = self.check_member(member_id, instance_id) {
+            return code;
+        }
+        if let Some(m) = self.members.get_mut(member_id) {
+            m.last_seen = now;
+        }
+        match self.state {
+            ClassicState::Empty => error::UNKNOWN_MEMBER_ID,
+            ClassicState::PreparingRebalance => error::REBALANCE_IN_PROGRESS,
+            _ if generation != self.generation => error::ILLEGAL_GENERATION,
+            _ => error::NONE,
+        }
+    }
+
+    /// LeaveGroup for one member (by member id, or by instance id for static members).
+    /// Returns the error code and whether the group changed.
+    pub fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> (i16, bool) {
+        let id = match instance_id {
+            Some(instance) => match self.static_members.get(instance) {
+                Some(current) if member_id.is_empty() || current == member_id => current.clone(),
+                Some(_) => return (error::FENCED_INSTANCE_ID, false),
+                None => return (error::UNKNOWN_MEMBER_ID, false),
+            },
+            None => member_id.to_string(),
+        };
+        if self.pending.remove(&id).is_some() {
+            return (error::NONE, false);
+        }
+        if !self.members.contains_key(&id) {
+            return (error::UNKNOWN_MEMBER_ID, false);
+        }
+        self.remove_member(&id);
+        self.after_removal(initial_delay, now);
+        (error::NONE, true)
+    }
+
+    fn after_removal(&mut self, initial_delay: Duration, now: Instant) {
+        match self.state {
+            ClassicState::Stable | ClassicState::CompletingRebalance => {
+                if self.members.is_empty() {
+                    self.generation += 1;
+                    self.state = ClassicState::Empty;
+                    self.protocol_name = None;
+                    self.leader = None;
+                } else {
+                    self.prepare_rebalance(initial_delay, now);
+                }
+            }
+            ClassicState::PreparingRebalance => {
+                if self.members.is_empty() {
+                    self.complete_join(now);
+                } else {
+                    self.maybe_complete_join(now);
+                }
+            }
+            ClassicState::Empty => {}
+        }
+    }
+
+    /// Timer work: expired sessions, rebalance and sync deadlines. Returns true if the group changed in
+    /// a way worth persisting.
+    pub fn tick(&mut self, group_id: &str, now: Instant) -> bool {
+        self.pending.retain(|_, deadline| *deadline > now);
+        let mut changed = false;
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| {
+                m.join_waiter.is_none()
+                    && self.state != ClassicState::PreparingRebalance
+                    && now > m.last_seen + m.session_timeout
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(group = group_id, member = %id, "member session expired");
+            self.remove_member(&id);
+            changed = true;
+        }
+        if changed {
+            self.after_removal(Duration::ZERO, now);
+        }
+        match self.state {
+            ClassicState::PreparingRebalance => {
+                if self.maybe_complete_join(now) {
+                    changed = true;
+                }
+            }
+            ClassicState::CompletingRebalance if self.sync_deadline.is_some_and(|t| now >= t) => {
+                // The leader never sent the assignment: drop those who have not synced, start over.
+                tracing::info!(group = group_id, "sync timed out; rebalancing");
+                let lagging: Vec<String> = self
+                    .members
+                    .values()
+                    .filter(|m| m.sync_waiter.is_none())
+                    .map(|m| m.id.clone())
+                    .collect();
+                for id in lagging {
+                    self.remove_member(&id);
+                }
+                self.after_removal(Duration::ZERO, now);
+                changed = true;
+            }
+            _ => {}
+        }
+        changed && matches!(self.state, ClassicState::Stable | ClassicState::Empty)
+    }
+
+    /// Topics in the members' consumer-protocol subscriptions.
+    pub fn subscribed_topics(&self) -> Vec<String> {
+        use kafka_protocol::messages::ConsumerProtocolSubscription;
+        use kafka_protocol::protocol::Decodable;
+        let Some(protocol) = &self.protocol_name else {
+            return Vec::new();
+        };
+        let mut topics = Vec::new();
+        for m in self.members.values() {
+            let mut meta = m.metadata_for(protocol);
+            if meta.len() < 2 {
+                continue;
+            }
+            let version = i16::from_be_bytes([meta[0], meta[1]]);
+            let _ = bytes::Buf::advance(&mut meta, 2);
+            if let Ok(sub) = ConsumerProtocolSubscription::decode(&mut meta, version.clamp(0, 3)) {
+                topics.extend(sub.topics.iter().map(|t| t.to_string()));
+            }
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    // ---- persistence ----------------------------------------------------------------------------
+
+    pub fn persist(&self) -> PersistedClassic {
+        let mut members: Vec<&Member> = self.members.values().collect();
+        members.sort_by_key(|m| m.join_seq);
+        PersistedClassic {
+            // A group caught mid-rebalance is saved as of its last completed generation's members.
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone(),
+            stable: self.state == ClassicState::Stable,
+            members: members
+                .into_iter()
+                .map(|m| PersistedMember {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                    protocol_type: m.protocol_type.clone(),
+                    protocols: m
+                        .protocols
+                        .iter()
+                        .map(|(n, b)| PersistedProtocol {
+                            name: n.clone(),
+                            metadata: b.clone(),
+                        })
+                        .collect(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Back from the metadata store: members get a fresh session to come back and heartbeat.
+    pub fn restore(p: PersistedClassic) -> ClassicGroup {
+        let now = Instant::now();
+        let mut g = ClassicGroup {
+            generation: p.generation,
+            protocol_type: p.protocol_type,
+            protocol_name: p.protocol_name,
+            leader: p.leader,
+            ..Default::default()
+        };
+        for (seq, m) in p.members.into_iter().enumerate() {
+            if let Some(instance) = &m.instance_id {
+                g.static_members.insert(instance.clone(), m.id.clone());
+            }
+            g.members.insert(
+                m.id.clone(),
+                Member {
+                    id: m.id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    session_timeout: Duration::from_millis(m.session_timeout_ms),
+                    rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                    protocol_type: m.protocol_type,
+                    protocols: m
+                        .protocols
+                        .into_iter()
+                        .map(|p| (p.name, p.metadata))
+                        .collect(),
+                    assignment: m.assignment,
+                    join_waiter: None,
+                    sync_waiter: None,
+                    last_seen: now,
+                    join_seq: seq as u64,
+                },
+            );
+        }
+        g.next_seq = g.members.len() as u64;
+        g.state = if g.members.is_empty() {
+            ClassicState::Empty
+        } else if p.stable {
+            ClassicState::Stable
+        } else {
+            // Restored mid-rebalance: everyone rejoins.
+            g.prepare_rebalance(Duration::ZERO, now);
+            ClassicState::PreparingRebalance
+        };
+        g
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct PersistedClassic {
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol_name: Option<String>,
+    leader: Option<String>,
+    stable: bool,
+    members: Vec<PersistedMember>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedMember {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout_ms: u64,
+    rebalance_timeout_ms: u64,
+    protocol_type: String,
+    protocols: Vec<PersistedProtocol>,
+    #[serde(with = "super::hex_bytes")]
+    assignment: Bytes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedProtocol {
+    name: String,
+    #[serde(with = "super::hex_bytes")]
+    metadata: Bytes,
+}

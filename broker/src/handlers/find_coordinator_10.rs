@@ -1,0 +1,65 @@
+//! FindCoordinator (key 10), versions 0-6.
+//! v1: key type (group or transaction), throttle time, error message. v3: flexible.
+//! v4: batched coordinator keys (KIP-699). v5/v6: no change for groups (new error codes, share groups).
+//! Every group and transactional id is coordinated by this broker.
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, RequestHeader,
+};
+use std::sync::Arc;
+
+use super::{str_bytes, ApiSpec, Reply};
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::FindCoordinator,
+    min: 0,
+    max: 6,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: FindCoordinatorRequest,
+) -> Reply<FindCoordinatorResponse> {
+    let c = &broker.config;
+    let (node, host, port) = (
+        BrokerId(c.node_id),
+        str_bytes(&c.advertised_host),
+        c.advertised_port,
+    );
+    // Group keys must be non-empty (Kafka answers INVALID_REQUEST for an empty group id).
+    let code_for = |key: &str| {
+        if req.key_type == 0 && key.is_empty() {
+            error::INVALID_REQUEST
+        } else {
+            error::NONE
+        }
+    };
+    if header.request_api_version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .iter()
+            .map(|k| {
+                let code = code_for(k);
+                let c = Coordinator::default()
+                    .with_key(k.clone())
+                    .with_error_code(code);
+                if code == error::NONE {
+                    c.with_node_id(node).with_host(host.clone()).with_port(port)
+                } else {
+                    c.with_node_id(BrokerId(-1)).with_port(-1)
+                }
+            })
+            .collect();
+        return Reply::Now(FindCoordinatorResponse::default().with_coordinators(coordinators));
+    }
+    let code = code_for(&req.key);
+    let resp = FindCoordinatorResponse::default().with_error_code(code);
+    Reply::Now(if code == error::NONE {
+        resp.with_node_id(node).with_host(host).with_port(port)
+    } else {
+        resp.with_node_id(BrokerId(-1)).with_port(-1)
+    })
+}

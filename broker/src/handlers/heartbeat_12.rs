@@ -1,0 +1,38 @@
+//! Heartbeat (key 12), versions 0-4.
+//! v1: throttle time. v3: group.instance.id. v4: flexible.
+//! REBALANCE_IN_PROGRESS tells a member to rejoin; the heartbeat still counts for its session.
+
+use kafka_protocol::messages::{ApiKey, HeartbeatRequest, HeartbeatResponse, RequestHeader};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{ApiSpec, Reply};
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::Heartbeat,
+    min: 0,
+    max: 4,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    req: HeartbeatRequest,
+) -> Reply<HeartbeatResponse> {
+    let code = if req.group_id.is_empty() {
+        error::INVALID_GROUP_ID
+    } else {
+        broker
+            .groups
+            .with_classic(&req.group_id, error::UNKNOWN_MEMBER_ID, |g| {
+                g.heartbeat(
+                    &req.member_id,
+                    req.group_instance_id.as_deref(),
+                    req.generation_id,
+                    Instant::now(),
+                )
+            })
+    };
+    Reply::Now(HeartbeatResponse::default().with_error_code(code))
+}

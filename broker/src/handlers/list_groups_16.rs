@@ -1,0 +1,43 @@
+//! ListGroups (key 16), versions 0-5.
+//! v1: throttle time. v3: flexible. v4: state filter and group state (KIP-518). v5: type filter and
+//! group type (KIP-848). Filters compare case-insensitively, as Kafka does.
+
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{
+    ApiKey, GroupId, ListGroupsRequest, ListGroupsResponse, RequestHeader,
+};
+use std::sync::Arc;
+
+use super::{str_bytes, ApiSpec, Reply};
+use crate::Broker;
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::ListGroups,
+    min: 0,
+    max: 5,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: ListGroupsRequest,
+) -> Reply<ListGroupsResponse> {
+    let version = header.request_api_version;
+    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
+    let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
+    let groups = broker
+        .groups
+        .list()
+        .into_iter()
+        .filter(|(_, _, state, _)| states.is_empty() || states.contains(&state.to_lowercase()))
+        .filter(|(_, _, _, kind)| types.is_empty() || types.contains(&kind.to_string()))
+        .map(|(id, protocol_type, state, kind)| {
+            ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(&id)))
+                .with_protocol_type(str_bytes(&protocol_type))
+                .with_group_state(str_bytes(if version >= 4 { state } else { "" }))
+                .with_group_type(str_bytes(if version >= 5 { kind } else { "" }))
+        })
+        .collect();
+    Reply::Now(ListGroupsResponse::default().with_groups(groups))
+}

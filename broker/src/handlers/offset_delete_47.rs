@@ -1,0 +1,61 @@
+//! OffsetDelete (key 47), version 0 (KIP-496). Committed offsets of a group are deleted per
+//! partition, unless members are subscribed to the topic (GROUP_SUBSCRIBED_TO_TOPIC).
+
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, OffsetDeleteRequest, OffsetDeleteResponse, RequestHeader, TopicName,
+};
+use std::sync::Arc;
+
+use super::{str_bytes, ApiSpec, Reply};
+use crate::Broker;
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::OffsetDelete,
+    min: 0,
+    max: 0,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    _header: &RequestHeader,
+    req: OffsetDeleteRequest,
+) -> Reply<OffsetDeleteResponse> {
+    let broker = broker.clone();
+    Reply::Later(Box::pin(async move {
+        let topics = req
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.to_string(),
+                    t.partitions.iter().map(|p| p.partition_index).collect(),
+                )
+            })
+            .collect();
+        match broker.groups.delete_offsets(&req.group_id, topics).await {
+            Err(code) => OffsetDeleteResponse::default().with_error_code(code),
+            Ok(results) => OffsetDeleteResponse::default().with_topics(
+                results
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        OffsetDeleteResponseTopic::default()
+                            .with_name(TopicName(str_bytes(&t)))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, code)| {
+                                        OffsetDeleteResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        }
+    }))
+}

@@ -1,0 +1,126 @@
+//! OffsetFetch (key 9), versions 1-9.
+//! v2: all partitions of the group with null topics; top-level error code. v3: throttle time.
+//! v5: committed leader epoch. v6: flexible. v7: require_stable. v8: several groups in one request
+//! (KIP-709). v9: member id and epoch for KIP-848 groups.
+//! The committed metadata string comes back exactly as committed; an uncommitted partition is -1.
+
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    ApiKey, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use std::sync::Arc;
+
+use super::{str_bytes, ApiSpec, Reply};
+use crate::group::CommittedOffset;
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::OffsetFetch,
+    min: 1,
+    max: 9,
+};
+
+type Found = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
+fn value(o: &Option<CommittedOffset>) -> (i64, i32, Option<StrBytes>) {
+    match o {
+        Some(o) => (
+            o.offset,
+            o.leader_epoch,
+            Some(str_bytes(o.metadata.as_deref().unwrap_or(""))),
+        ),
+        None => (-1, -1, Some(StrBytes::from_static_str(""))),
+    }
+}
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: OffsetFetchRequest,
+) -> Reply<OffsetFetchResponse> {
+    let version = header.request_api_version;
+    let groups = &broker.groups;
+    if version >= 8 {
+        let out = req
+            .groups
+            .iter()
+            .map(|g| {
+                let wanted = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+                        .collect()
+                });
+                let found: Found = groups.fetch_offsets(&g.group_id, wanted);
+                let topics = found
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        let partitions = parts
+                            .iter()
+                            .map(|(p, o)| {
+                                let (offset, epoch, meta) = value(o);
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(*p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(epoch)
+                                    .with_metadata(meta)
+                            })
+                            .collect();
+                        OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(str_bytes(&t)))
+                            .with_partitions(partitions)
+                    })
+                    .collect();
+                let code = if g.group_id.is_empty() {
+                    error::INVALID_GROUP_ID
+                } else {
+                    error::NONE
+                };
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id.clone())
+                    .with_topics(topics)
+                    .with_error_code(code)
+            })
+            .collect();
+        return Reply::Now(OffsetFetchResponse::default().with_groups(out));
+    }
+    // v1 has no way to ask for "all": topics are always listed.
+    let wanted = req.topics.as_ref().map(|ts| {
+        ts.iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
+            .collect()
+    });
+    let found: Found = groups.fetch_offsets(&req.group_id, wanted);
+    let topics = found
+        .into_iter()
+        .map(|(t, parts)| {
+            let partitions = parts
+                .iter()
+                .map(|(p, o)| {
+                    let (offset, epoch, meta) = value(o);
+                    OffsetFetchResponsePartition::default()
+                        .with_partition_index(*p)
+                        .with_committed_offset(offset)
+                        .with_committed_leader_epoch(epoch)
+                        .with_metadata(meta)
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(str_bytes(&t)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    let code = if req.group_id.is_empty() {
+        error::INVALID_GROUP_ID
+    } else {
+        error::NONE
+    };
+    Reply::Now(
+        OffsetFetchResponse::default()
+            .with_topics(topics)
+            .with_error_code(if version >= 2 { code } else { error::NONE }),
+    )
+}

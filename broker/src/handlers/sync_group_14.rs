@@ -1,0 +1,91 @@
+//! SyncGroup (key 14), versions 0-5.
+//! v1: throttle time. v3: group.instance.id. v4: flexible. v5: protocol type and name in both
+//! request and response (KIP-559). The leader's assignment is passed through untouched; followers
+//! wait for it.
+
+use kafka_protocol::messages::{ApiKey, RequestHeader, SyncGroupRequest, SyncGroupResponse};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{str_bytes, ApiSpec, Reply};
+use crate::group::classic::{Pending, SyncResult};
+use crate::{error, Broker};
+
+pub const API: ApiSpec = ApiSpec {
+    key: ApiKey::SyncGroup,
+    min: 0,
+    max: 5,
+};
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: SyncGroupRequest,
+) -> Reply<SyncGroupResponse> {
+    let version = header.request_api_version;
+    if req.group_id.is_empty() {
+        return Reply::Now(response(
+            version,
+            SyncResult {
+                error: error::INVALID_GROUP_ID,
+                ..Default::default()
+            },
+        ));
+    }
+    let assignments = req
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .collect();
+    let missing = (
+        Pending::Now(SyncResult {
+            error: error::UNKNOWN_MEMBER_ID,
+            ..Default::default()
+        }),
+        false,
+    );
+    let (pending, completed) = broker.groups.with_classic(&req.group_id, missing, |g| {
+        g.sync(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+            req.protocol_type.as_deref(),
+            req.protocol_name.as_deref(),
+            assignments,
+            Instant::now(),
+        )
+    });
+    if completed {
+        // The new generation is settled: keep it, so a restarted broker knows the members and assignment.
+        broker.groups.persist(&req.group_id);
+    }
+    match pending {
+        Pending::Now(r) => Reply::Now(response(version, r)),
+        Pending::Wait(rx) => Reply::Later(Box::pin(async move {
+            response(
+                version,
+                rx.await.unwrap_or(SyncResult {
+                    error: error::REBALANCE_IN_PROGRESS,
+                    ..Default::default()
+                }),
+            )
+        })),
+    }
+}
+
+fn response(version: i16, r: SyncResult) -> SyncGroupResponse {
+    let v5 = version >= 5 && r.error == error::NONE;
+    SyncGroupResponse::default()
+        .with_error_code(r.error)
+        .with_protocol_type(if v5 {
+            r.protocol_type.map(|s| str_bytes(&s))
+        } else {
+            None
+        })
+        .with_protocol_name(if v5 {
+            r.protocol_name.map(|s| str_bytes(&s))
+        } else {
+            None
+        })
+        .with_assignment(r.assignment)
+}
