@@ -122,6 +122,10 @@ async fn api_versions_ok(addr: SocketAddr) {
     assert_eq!(r.error_code, 0);
 }
 
+fn group(name: &str) -> GroupId {
+    GroupId(StrBytes::from_string(name.to_string()))
+}
+
 fn topic(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
@@ -278,6 +282,118 @@ async fn every_served_version_is_answered() {
                 ApiKey::DescribeCluster => {
                     call!(DescribeClusterResponse, DescribeClusterRequest::default())
                 }
+                ApiKey::OffsetCommit => call!(
+                    OffsetCommitResponse,
+                    OffsetCommitRequest::default()
+                        .with_group_id(group("sweep-g"))
+                        .with_generation_id_or_member_epoch(-1)
+                        .with_topics(vec![
+                            offset_commit_request::OffsetCommitRequestTopic::default()
+                                .with_name(topic("sweep"))
+                                .with_partitions(vec![
+                                    offset_commit_request::OffsetCommitRequestPartition::default()
+                                        .with_committed_offset(1)
+                                        .with_committed_metadata(Some(StrBytes::from_static_str(
+                                            "m"
+                                        )))
+                                ])
+                        ])
+                ),
+                ApiKey::OffsetFetch => call!(
+                    OffsetFetchResponse,
+                    if v >= 8 {
+                        OffsetFetchRequest::default().with_groups(vec![
+                            offset_fetch_request::OffsetFetchRequestGroup::default()
+                                .with_group_id(group("sweep-g"))
+                                .with_member_epoch(-1),
+                        ])
+                    } else {
+                        OffsetFetchRequest::default()
+                            .with_group_id(group("sweep-g"))
+                            .with_topics(Some(vec![
+                                offset_fetch_request::OffsetFetchRequestTopic::default()
+                                    .with_name(topic("sweep"))
+                                    .with_partition_indexes(vec![0]),
+                            ]))
+                    }
+                ),
+                ApiKey::FindCoordinator => call!(
+                    FindCoordinatorResponse,
+                    if v >= 4 {
+                        FindCoordinatorRequest::default()
+                            .with_coordinator_keys(vec![StrBytes::from_static_str("g")])
+                    } else {
+                        FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))
+                    }
+                ),
+                ApiKey::JoinGroup => call!(
+                    JoinGroupResponse,
+                    JoinGroupRequest::default()
+                        .with_group_id(group("sweep-j"))
+                        .with_session_timeout_ms(0)
+                        .with_protocol_type(StrBytes::from_static_str("consumer"))
+                ),
+                ApiKey::Heartbeat => call!(
+                    HeartbeatResponse,
+                    HeartbeatRequest::default()
+                        .with_group_id(group("sweep-j"))
+                        .with_member_id(StrBytes::from_static_str("x"))
+                ),
+                ApiKey::LeaveGroup => call!(
+                    LeaveGroupResponse,
+                    if v >= 3 {
+                        LeaveGroupRequest::default()
+                            .with_group_id(group("sweep-j"))
+                            .with_members(vec![leave_group_request::MemberIdentity::default()
+                                .with_member_id(StrBytes::from_static_str("x"))])
+                    } else {
+                        LeaveGroupRequest::default()
+                            .with_group_id(group("sweep-j"))
+                            .with_member_id(StrBytes::from_static_str("x"))
+                    }
+                ),
+                ApiKey::SyncGroup => call!(
+                    SyncGroupResponse,
+                    SyncGroupRequest::default()
+                        .with_group_id(group("sweep-j"))
+                        .with_member_id(StrBytes::from_static_str("x"))
+                ),
+                ApiKey::DescribeGroups => call!(
+                    DescribeGroupsResponse,
+                    DescribeGroupsRequest::default()
+                        .with_groups(vec![group("sweep-g"), group("nope")])
+                ),
+                ApiKey::ListGroups => call!(ListGroupsResponse, ListGroupsRequest::default()),
+                ApiKey::DeleteGroups => call!(
+                    DeleteGroupsResponse,
+                    DeleteGroupsRequest::default().with_groups_names(vec![group("nope")])
+                ),
+                ApiKey::OffsetDelete => call!(
+                    OffsetDeleteResponse,
+                    OffsetDeleteRequest::default()
+                        .with_group_id(group("sweep-g"))
+                        .with_topics(vec![
+                            offset_delete_request::OffsetDeleteRequestTopic::default()
+                                .with_name(topic("other"))
+                                .with_partitions(vec![
+                                    offset_delete_request::OffsetDeleteRequestPartition::default()
+                                ])
+                        ])
+                ),
+                ApiKey::ConsumerGroupHeartbeat => call!(
+                    ConsumerGroupHeartbeatResponse,
+                    ConsumerGroupHeartbeatRequest::default()
+                        .with_group_id(group(&format!("sweep-c{v}")))
+                        .with_member_id(StrBytes::from_string(uuid::Uuid::new_v4().to_string()))
+                        .with_rebalance_timeout_ms(1000)
+                        .with_subscribed_topic_names(Some(vec![topic("sweep")]))
+                        .with_topic_partitions(Some(vec![]))
+                ),
+                ApiKey::ConsumerGroupDescribe => call!(
+                    ConsumerGroupDescribeResponse,
+                    ConsumerGroupDescribeRequest::default()
+                        .with_group_ids(vec![group("sweep-c1"), group("sweep-g")])
+                ),
                 other => panic!("no sweep case for {other:?}"),
             }
         }

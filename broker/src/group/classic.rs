@@ -105,6 +105,17 @@ pub struct JoinRequest {
     pub require_known_member_id: bool,
 }
 
+/// A SyncGroup request, as the coordinator needs it.
+pub struct SyncRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    /// The leader's assignment per member id (empty from followers).
+    pub assignments: Vec<(String, Bytes)>,
+}
+
 /// Either an answer now, or one that comes when the rebalance completes.
 pub enum Pending<T> {
     Now(T),
@@ -418,10 +429,8 @@ impl ClassicGroup {
         let all_joined = self.members.values().all(|m| m.join_waiter.is_some());
         let delay_over = self.initial_delay_until.is_none_or(|t| now >= t);
         let deadline = self.rebalance_deadline.is_some_and(|t| now >= t);
-        if (all_joined && delay_over && self.pending.is_empty())
-            || deadline
-            || (all_joined && delay_over && deadline)
-        {
+        // Kafka's hasAllMembersJoined: every member rejoined and no MEMBER_ID_REQUIRED member is out.
+        if (all_joined && delay_over && self.pending.is_empty()) || deadline {
             self.complete_join(now);
             return true;
         }
@@ -586,16 +595,17 @@ impl ClassicGroup {
         Ok(())
     }
 
-    pub fn sync(
-        &mut self,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
-        protocol_type: Option<&str>,
-        protocol_name: Option<&str>,
-        assignments: Vec<(String, Bytes)>,
-        now: Instant,
-    ) -> (Pending<SyncResult>, bool) {
+    pub fn sync(&mut self, req: SyncRequest, now: Instant) -> (Pending<SyncResult>, bool) {
+        let SyncRequest {
+            member_id,
+            instance_id,
+            generation,
+            protocol_type,
+            protocol_name,
+            assignments,
+        } = req;
+        let (member_id, instance_id) = (member_id.as_str(), instance_id.as_deref());
+        let (protocol_type, protocol_name) = (protocol_type.as_deref(), protocol_name.as_deref());
         let err = |code| {
             (
                 Pending::Now(SyncResult {
@@ -762,11 +772,7 @@ impl ClassicGroup {
             self.after_removal(Duration::ZERO, now);
         }
         match self.state {
-            ClassicState::PreparingRebalance => {
-                if self.maybe_complete_join(now) {
-                    changed = true;
-                }
-            }
+            ClassicState::PreparingRebalance => changed |= self.maybe_complete_join(now),
             ClassicState::CompletingRebalance if self.sync_deadline.is_some_and(|t| now >= t) => {
                 // The leader never sent the assignment: drop those who have not synced, start over.
                 tracing::info!(group = group_id, "sync timed out; rebalancing");
@@ -801,7 +807,7 @@ impl ClassicGroup {
                 continue;
             }
             let version = i16::from_be_bytes([meta[0], meta[1]]);
-            let _ = bytes::Buf::advance(&mut meta, 2);
+            bytes::Buf::advance(&mut meta, 2);
             if let Ok(sub) = ConsumerProtocolSubscription::decode(&mut meta, version.clamp(0, 3)) {
                 topics.extend(sub.topics.iter().map(|t| t.to_string()));
             }
@@ -927,4 +933,197 @@ struct PersistedProtocol {
     name: String,
     #[serde(with = "super::hex_bytes")]
     metadata: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(member: &str, instance: Option<&str>, protocols: &[&str]) -> JoinRequest {
+        JoinRequest {
+            member_id: member.to_string(),
+            instance_id: instance.map(String::from),
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            protocol_type: "consumer".into(),
+            protocols: protocols
+                .iter()
+                .map(|p| (p.to_string(), Bytes::from(p.to_string())))
+                .collect(),
+            require_known_member_id: true,
+        }
+    }
+
+    fn sync(
+        g: &mut ClassicGroup,
+        member: &str,
+        instance: Option<&str>,
+        generation: i32,
+        protocol: Option<(&str, &str)>,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> (Pending<SyncResult>, bool) {
+        let req = SyncRequest {
+            member_id: member.into(),
+            instance_id: instance.map(String::from),
+            generation,
+            protocol_type: protocol.map(|p| p.0.into()),
+            protocol_name: protocol.map(|p| p.1.into()),
+            assignments,
+        };
+        g.sync(req, now)
+    }
+
+    fn now_result<T>(p: Pending<T>) -> T {
+        match p {
+            Pending::Now(t) => t,
+            Pending::Wait(_) => panic!("expected an immediate answer"),
+        }
+    }
+
+    fn waited<T>(p: Pending<T>) -> oneshot::Receiver<T> {
+        match p {
+            Pending::Wait(rx) => rx,
+            Pending::Now(_) => panic!("expected to wait"),
+        }
+    }
+
+    /// Two dynamic members: MEMBER_ID_REQUIRED, one generation, the protocol both support with the
+    /// most votes, the leader's assignment passed through, then a leave rebalancing the other.
+    #[test]
+    fn two_members_rebalance_and_leave() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        let d = Duration::ZERO;
+        let a = now_result(g.join("g", req("", None, &["range", "roundrobin"]), d, t));
+        assert_eq!(a.error, error::MEMBER_ID_REQUIRED);
+        let b = now_result(g.join("g", req("", None, &["roundrobin", "range"]), d, t));
+        let mut ra = waited(g.join("g", req(&a.member_id, None, &["range", "roundrobin"]), d, t));
+        // b is still pending (it got its id but has not come back): the join waits for it.
+        assert!(ra.try_recv().is_err());
+        let mut rb = waited(g.join("g", req(&b.member_id, None, &["roundrobin", "range"]), d, t));
+        let (ja, jb) = (ra.try_recv().unwrap(), rb.try_recv().unwrap());
+        assert_eq!((ja.generation, jb.generation), (1, 1));
+        assert_eq!(
+            ja.protocol_name.as_deref(),
+            Some("range"),
+            "tie goes to the first member's first choice"
+        );
+        assert_eq!(ja.leader, a.member_id);
+        assert_eq!(ja.members.len(), 2);
+        assert!(jb.members.is_empty());
+        let (pb, _) = sync(&mut g, &b.member_id, None, 1, None, vec![], t);
+        let mut sb = waited(pb);
+        let assignments = vec![
+            (a.member_id.clone(), Bytes::from_static(b"A")),
+            (b.member_id.clone(), Bytes::from_static(b"B")),
+        ];
+        let (pa, completed) = sync(
+            &mut g,
+            &a.member_id,
+            None,
+            1,
+            Some(("consumer", "range")),
+            assignments,
+            t,
+        );
+        assert!(completed);
+        assert_eq!(
+            waited(pa).try_recv().unwrap().assignment,
+            Bytes::from_static(b"A")
+        );
+        assert_eq!(sb.try_recv().unwrap().assignment, Bytes::from_static(b"B"));
+        assert_eq!(g.state, ClassicState::Stable);
+        assert_eq!(g.heartbeat(&b.member_id, None, 1, t), error::NONE);
+        assert_eq!(
+            g.heartbeat(&b.member_id, None, 0, t),
+            error::ILLEGAL_GENERATION
+        );
+        assert_eq!(g.heartbeat("nobody", None, 1, t), error::UNKNOWN_MEMBER_ID);
+        assert_eq!(g.leave(&a.member_id, None, d, t), (error::NONE, true));
+        assert_eq!(g.state, ClassicState::PreparingRebalance);
+        assert_eq!(
+            g.heartbeat(&b.member_id, None, 1, t),
+            error::REBALANCE_IN_PROGRESS
+        );
+        let mut rb = waited(g.join("g", req(&b.member_id, None, &["roundrobin", "range"]), d, t));
+        let jb = rb.try_recv().unwrap();
+        assert_eq!(
+            (jb.generation, jb.leader.as_str()),
+            (2, b.member_id.as_str())
+        );
+    }
+
+    /// KIP-345: a static member restarting (new member id, same instance id) gets its assignment back
+    /// without a rebalance; the old member id is fenced.
+    #[test]
+    fn static_member_rejoins_without_rebalance() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        let d = Duration::ZERO;
+        // i1 joins alone (static members skip MEMBER_ID_REQUIRED) and settles generation 1.
+        let j1 = waited(g.join("g", req("", Some("i1"), &["range"]), d, t))
+            .try_recv()
+            .unwrap();
+        let _ = sync(&mut g, &j1.member_id, Some("i1"), 1, None, vec![], t);
+        assert_eq!(g.state, ClassicState::Stable);
+        // i2 joins: i1 must rejoin, generation 2, leader i1 assigns.
+        let mut r2 = waited(g.join("g", req("", Some("i2"), &["range"]), d, t));
+        let mut r1 = waited(g.join("g", req(&j1.member_id, Some("i1"), &["range"]), d, t));
+        let (j1, j2) = (r1.try_recv().unwrap(), r2.try_recv().unwrap());
+        assert_eq!(
+            (j1.generation, j2.generation, j1.leader.as_str()),
+            (2, 2, j1.member_id.as_str())
+        );
+        let assignments = vec![
+            (j1.member_id.clone(), Bytes::from_static(b"one")),
+            (j2.member_id.clone(), Bytes::from_static(b"two")),
+        ];
+        let (_, completed) = sync(&mut g, &j1.member_id, Some("i1"), 2, None, assignments, t);
+        assert!(completed && g.state == ClassicState::Stable);
+        // i2 restarts: unknown member id, same instance id.
+        let j = now_result(g.join("g", req("", Some("i2"), &["range"]), d, t));
+        assert_eq!(
+            (j.error, j.generation),
+            (error::NONE, 2),
+            "no new generation"
+        );
+        assert_eq!(g.state, ClassicState::Stable);
+        assert_ne!(j.member_id, j2.member_id);
+        assert_eq!(
+            g.members[&j.member_id].assignment,
+            Bytes::from_static(b"two"),
+            "assignment kept"
+        );
+        assert_eq!(
+            g.heartbeat(&j2.member_id, Some("i2"), 2, t),
+            error::FENCED_INSTANCE_ID
+        );
+        assert_eq!(g.heartbeat(&j.member_id, Some("i2"), 2, t), error::NONE);
+        assert_eq!(
+            g.heartbeat(&j1.member_id, Some("i1"), 2, t),
+            error::NONE,
+            "the others were not disturbed"
+        );
+    }
+
+    #[test]
+    fn expired_sessions_trigger_a_rebalance() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        let mut r = waited(g.join("g", req("", Some("only"), &["range"]), Duration::ZERO, t));
+        let j = r.try_recv().unwrap();
+        let mine = vec![(j.member_id.clone(), Bytes::from_static(b"x"))];
+        let _ = sync(&mut g, &j.member_id, None, j.generation, None, mine, t);
+        assert_eq!(g.state, ClassicState::Stable);
+        assert!(!g.tick("g", t + Duration::from_secs(5)));
+        assert!(
+            g.tick("g", t + Duration::from_secs(11)),
+            "expiry is worth persisting"
+        );
+        assert_eq!(g.state, ClassicState::Empty);
+        assert!(g.members.is_empty());
+    }
 }

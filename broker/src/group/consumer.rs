@@ -125,11 +125,11 @@ impl ConsumerGroup {
                     self.target.remove(&req.member_id);
                     self.group_epoch += 1;
                 }
-                return HeartbeatResult {
+                HeartbeatResult {
                     member_id: req.member_id,
                     member_epoch: req.member_epoch,
                     ..Default::default()
-                };
+                }
             }
             0 => {
                 if req.subscribed.is_none() && req.regex.is_none() {
@@ -501,4 +501,93 @@ fn intersect(a: &Assignment, b: &Assignment) -> Assignment {
 
 fn subset(a: &Assignment, b: &Assignment) -> bool {
     minus(a, b).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamhouse_storage::StorageConfig;
+
+    fn hb(id: &str, epoch: i32, owned: Option<Assignment>) -> HeartbeatRequest {
+        HeartbeatRequest {
+            member_id: id.into(),
+            member_epoch: epoch,
+            instance_id: None,
+            rack_id: None,
+            rebalance_timeout_ms: 30_000,
+            subscribed: if epoch == 0 {
+                Some(vec!["t".into()])
+            } else {
+                None
+            },
+            regex: None,
+            server_assignor: None,
+            owned,
+            client_id: "c".into(),
+            client_host: "h".into(),
+        }
+    }
+
+    fn count(a: &Option<Assignment>) -> usize {
+        a.as_ref()
+            .map(|a| a.values().map(|s| s.len()).sum())
+            .unwrap_or(0)
+    }
+
+    /// A second member joining: the first must give partitions up (and say so) before the second
+    /// gets them; no partition is ever held by two members.
+    #[tokio::test]
+    async fn revoke_before_reassign() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 4, Default::default())
+            .await
+            .unwrap();
+        let mut g = ConsumerGroup::default();
+        let now = Instant::now();
+        let a = g.heartbeat(hb("a", 0, Some(Assignment::new())), &storage, now);
+        assert_eq!((a.error, a.member_epoch, count(&a.assignment)), (0, 1, 4));
+        let b = g.heartbeat(hb("b", 0, Some(Assignment::new())), &storage, now);
+        assert_eq!(
+            count(&b.assignment),
+            0,
+            "nothing free yet: a still holds everything"
+        );
+        // a is told to keep only its target half.
+        let a2 = g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, now);
+        assert_eq!(count(&a2.assignment), 2);
+        assert_eq!(
+            a2.member_epoch, 1,
+            "epoch moves only once revocation is confirmed"
+        );
+        let b2 = g.heartbeat(
+            hb("b", b.member_epoch, Some(Assignment::new())),
+            &storage,
+            now,
+        );
+        assert_eq!(count(&b2.assignment), 0, "a has not confirmed yet");
+        let a3 = g.heartbeat(hb("a", 1, a2.assignment.clone()), &storage, now);
+        assert_eq!((a3.member_epoch, count(&a3.assignment)), (2, 2));
+        let b3 = g.heartbeat(
+            hb("b", b2.member_epoch, Some(Assignment::new())),
+            &storage,
+            now,
+        );
+        assert_eq!((b3.member_epoch, count(&b3.assignment)), (2, 2));
+        assert!(intersect(
+            a3.assignment.as_ref().unwrap(),
+            b3.assignment.as_ref().unwrap()
+        )
+        .is_empty());
+        assert_eq!(g.state_name(), "Stable");
+        // A stale epoch is fenced; leaving frees the partitions for the other member.
+        assert_eq!(
+            g.heartbeat(hb("b", 7, None), &storage, now).error,
+            error::FENCED_MEMBER_EPOCH
+        );
+        g.heartbeat(hb("b", -1, None), &storage, now);
+        let a4 = g.heartbeat(hb("a", 2, a3.assignment.clone()), &storage, now);
+        assert_eq!(count(&a4.assignment), 4);
+    }
 }

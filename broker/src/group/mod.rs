@@ -55,6 +55,9 @@ pub struct CommittedOffset {
     pub commit_ms: i64,
 }
 
+/// Committed offsets by topic: (topic, [(partition, offset if committed)]).
+pub type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
+
 /// Which protocol a group speaks; a group is one or the other (KIP-848 keeps them apart too).
 pub enum GroupKind {
     Classic(ClassicGroup),
@@ -385,7 +388,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+    ) -> TopicOffsets {
         let groups = self.state.lock();
         let offsets = groups.get(group_id).map(|g| &g.offsets);
         match wanted {

@@ -15,7 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::CommittedOffset;
+use crate::group::{CommittedOffset, TopicOffsets};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -23,8 +23,6 @@ pub const API: ApiSpec = ApiSpec {
     min: 1,
     max: 9,
 };
-
-type Found = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
 
 fn value(o: &Option<CommittedOffset>) -> (i64, i32, Option<StrBytes>) {
     match o {
@@ -54,7 +52,7 @@ pub async fn handle(
                         .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
                         .collect()
                 });
-                let found: Found = groups.fetch_offsets(&g.group_id, wanted);
+                let found: TopicOffsets = groups.fetch_offsets(&g.group_id, wanted);
                 let topics = found
                     .into_iter()
                     .map(|(t, parts)| {
@@ -93,7 +91,7 @@ pub async fn handle(
             .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let found: Found = groups.fetch_offsets(&req.group_id, wanted);
+    let found: TopicOffsets = groups.fetch_offsets(&req.group_id, wanted);
     let topics = found
         .into_iter()
         .map(|(t, parts)| {

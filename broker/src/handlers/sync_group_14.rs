@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::classic::{Pending, SyncResult};
+use crate::group::classic::{Pending, SyncRequest, SyncResult};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -44,17 +44,17 @@ pub async fn handle(
         }),
         false,
     );
-    let (pending, completed) = broker.groups.with_classic(&req.group_id, missing, |g| {
-        g.sync(
-            &req.member_id,
-            req.group_instance_id.as_deref(),
-            req.generation_id,
-            req.protocol_type.as_deref(),
-            req.protocol_name.as_deref(),
-            assignments,
-            Instant::now(),
-        )
-    });
+    let sync = SyncRequest {
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+        generation: req.generation_id,
+        protocol_type: req.protocol_type.as_ref().map(|s| s.to_string()),
+        protocol_name: req.protocol_name.as_ref().map(|s| s.to_string()),
+        assignments,
+    };
+    let (pending, completed) = broker
+        .groups
+        .with_classic(&req.group_id, missing, |g| g.sync(sync, Instant::now()));
     if completed {
         // The new generation is settled: keep it, so a restarted broker knows the members and assignment.
         broker.groups.persist(&req.group_id);
