@@ -1,0 +1,63 @@
+"""Topic administration: Java kafka-topics, kafka-python and confluent admin clients."""
+import re
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import InvalidPartitionsError
+
+from compat_util import kafka_tool, wait_until
+
+
+def test_kafka_topics_lifecycle(broker, topic):
+    B = broker.bootstrap
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--create", "--topic", topic,
+                   "--partitions", 3)
+    assert r.returncode == 0, r.stderr
+    assert f"Created topic {topic}." in r.stdout
+
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--list")
+    assert r.returncode == 0, r.stderr
+    assert topic in r.stdout.split()
+
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--describe", "--topic", topic)
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"Topic: {re.escape(topic)}\s+TopicId: \S+\s+PartitionCount: 3\s", r.stdout), r.stdout
+    leaders = dict(re.findall(r"Partition: (\d+)\s+Leader: (-?\d+)", r.stdout))
+    assert sorted(leaders) == ["0", "1", "2"], r.stdout
+    # The leader shown must be a live broker from the cluster metadata.
+    node_ids = {str(b) for b in AdminClient({"bootstrap.servers": B}).list_topics(timeout=10).brokers}
+    assert set(leaders.values()) <= node_ids, (leaders, node_ids)
+
+    # Creating it again: TOPIC_ALREADY_EXISTS from the broker.
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--create", "--topic", topic,
+                   "--partitions", 3)
+    assert r.returncode != 0
+    assert f"Topic '{topic}' already exists" in r.stdout + r.stderr
+
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--delete", "--topic", topic)
+    assert r.returncode == 0, r.stderr
+    # Deletion propagates asynchronously: wait (bounded) until it is gone.
+    wait_until(lambda: topic not in kafka_tool("kafka-topics", "--bootstrap-server", B,
+                                               "--list").stdout.split(),
+               60, f"{topic} to disappear from --list")
+
+
+def test_kafka_topics_zero_partitions_rejected(broker, topic):
+    # kafka-topics validates this client-side (never reaches the broker) ...
+    r = kafka_tool("kafka-topics", "--bootstrap-server", broker.bootstrap, "--create",
+                   "--topic", topic, "--partitions", 0)
+    assert r.returncode != 0
+    assert "partitions must be greater than 0" in r.stdout + r.stderr
+
+
+def test_create_topics_zero_partitions_broker_error(broker, topic):
+    # ... so also send CreateTopics(num_partitions=0) to the broker itself:
+    # Kafka answers INVALID_PARTITIONS (37) and creates nothing.
+    a = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=30000)
+    try:
+        with pytest.raises(InvalidPartitionsError):
+            a.create_topics([NewTopic(topic, 0, 1)])
+        assert topic not in a.list_topics()
+    finally:
+        a.close()

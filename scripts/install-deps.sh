@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install what compat-tests/ and scripts/kafka/ need on a fresh Debian/Ubuntu
+# machine (run as root, e.g. in CI). Idempotent: only installs what is missing.
+#   apt: kcat, a JRE 17+ and Maven (for the Kafka jars), unzip (kafka.sh), python3-pip
+#   pip: confluent-kafka, kafka-python, pytest, matplotlib (benchmark charts)
+#   Kafka 4.4 jars: scripts/kafka/fetch.sh (Maven Central -> ~/.cache/streamhouse-kafka)
+# Env: PYTHON (default python3), SKIP_KAFKA_FETCH=1 to skip the jar download.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-python3}"
+die() { echo "install-deps.sh: $*" >&2; exit 1; }
+say() { echo "install-deps.sh: $*"; }
+
+apt_pkgs=()
+command -v kcat >/dev/null || apt_pkgs+=(kcat)
+command -v unzip >/dev/null || apt_pkgs+=(unzip)
+command -v mvn >/dev/null || apt_pkgs+=(maven)
+# Kafka 4.x needs Java 17+; Debian's default-jre-headless is 17 (bookworm) or 21 (trixie).
+jv=$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}' || true)
+[ "${jv%%.*}" -ge 17 ] 2>/dev/null || apt_pkgs+=(default-jre-headless)
+command -v "$PY" >/dev/null || apt_pkgs+=(python3)
+"$PY" -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
+
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "need root to apt-get install: ${apt_pkgs[*]}"
+  command -v apt-get >/dev/null || die "no apt-get: install ${apt_pkgs[*]} by hand"
+  say "apt-get install ${apt_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null || die "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null \
+    || die "apt-get install ${apt_pkgs[*]} failed"
+fi
+
+# pip package -> import name
+declare -A mods=([confluent-kafka]=confluent_kafka [kafka-python]=kafka [pytest]=pytest [matplotlib]=matplotlib)
+pip_pkgs=()
+for p in "${!mods[@]}"; do "$PY" -c "import ${mods[$p]}" 2>/dev/null || pip_pkgs+=("$p"); done
+if [ ${#pip_pkgs[@]} -gt 0 ]; then
+  say "pip install ${pip_pkgs[*]}"
+  if ! out=$("$PY" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}" 2>&1); then
+    # Debian's system python refuses pip (PEP 668); on a throwaway CI box that's fine to override.
+    if grep -q externally-managed <<<"$out"; then
+      "$PY" -m pip install -q --disable-pip-version-check --break-system-packages "${pip_pkgs[@]}" \
+        || die "pip install ${pip_pkgs[*]} failed"
+    else
+      echo "$out" >&2; die "pip install ${pip_pkgs[*]} failed"
+    fi
+  fi
+fi
+
+if [ "${SKIP_KAFKA_FETCH:-0}" != 1 ]; then
+  libs=$("$ROOT/scripts/kafka/fetch.sh") || die "fetching the Kafka jars failed (see above)"
+  say "Kafka jars in $libs"
+fi
+say "ok: kcat $(kcat -V 2>/dev/null | awk '/^Version/{print $2}'), $("$PY" -c '
+from importlib.metadata import version as v; import confluent_kafka as c
+print("confluent-kafka", v("confluent-kafka"), "(librdkafka", c.libversion()[0] + "), kafka-python",
+      v("kafka-python") + ", pytest", v("pytest"))')"
