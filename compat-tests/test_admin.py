@@ -61,3 +61,29 @@ def test_create_topics_zero_partitions_broker_error(broker, topic):
         assert topic not in a.list_topics()
     finally:
         a.close()
+
+
+def test_alter_partitions_and_topic_configs(broker, topic):
+    """kafka-topics --alter --partitions and kafka-configs --alter, then --describe shows both."""
+    B = broker.bootstrap
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--create", "--topic", topic, "--partitions", 2,
+                   "--config", "retention.ms=3600000")
+    assert r.returncode == 0, r.stderr
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--alter", "--topic", topic, "--partitions", 5)
+    assert r.returncode == 0, r.stderr
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--alter", "--topic", topic, "--partitions", 3)
+    assert r.returncode != 0 and "would not be an increase" in r.stdout + r.stderr, r.stdout + r.stderr
+    r = kafka_tool("kafka-configs", "--bootstrap-server", B, "--alter", "--entity-type", "topics",
+                   "--entity-name", topic, "--add-config", "max.message.bytes=2000000,cleanup.policy=compact")
+    assert r.returncode == 0, r.stderr
+    r = kafka_tool("kafka-configs", "--bootstrap-server", B, "--alter", "--entity-type", "topics",
+                   "--entity-name", topic, "--delete-config", "retention.ms")
+    assert r.returncode == 0, r.stderr
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--describe", "--topic", topic)
+    assert re.search(r"PartitionCount: 5\s", r.stdout), r.stdout
+    configs = dict(kv.split("=", 1) for kv in re.search(r"Configs: ?(\S*)", r.stdout).group(1).split(",") if kv)
+    assert configs.get("max.message.bytes") == "2000000" and configs.get("cleanup.policy") == "compact", r.stdout
+    assert "retention.ms" not in configs, r.stdout
+    r = kafka_tool("kafka-configs", "--bootstrap-server", B, "--alter", "--entity-type", "topics",
+                   "--entity-name", topic, "--add-config", "no.such.config=1")
+    assert r.returncode != 0

@@ -389,6 +389,27 @@ async fn every_served_version_is_answered() {
                         .with_subscribed_topic_names(Some(vec![topic("sweep")]))
                         .with_topic_partitions(Some(vec![]))
                 ),
+                ApiKey::CreatePartitions => call!(
+                    CreatePartitionsResponse,
+                    CreatePartitionsRequest::default().with_topics(vec![
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(topic("sweep"))
+                            .with_count(1 + v as i32)
+                    ])
+                ),
+                ApiKey::IncrementalAlterConfigs => call!(
+                    IncrementalAlterConfigsResponse,
+                    IncrementalAlterConfigsRequest::default().with_resources(vec![
+                        incremental_alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("sweep"))
+                            .with_configs(vec![
+                                incremental_alter_configs_request::AlterableConfig::default()
+                                    .with_name(StrBytes::from_static_str("retention.ms"))
+                                    .with_value(Some(StrBytes::from_static_str("1000")))
+                            ])
+                    ])
+                ),
                 ApiKey::ConsumerGroupDescribe => call!(
                     ConsumerGroupDescribeResponse,
                     ConsumerGroupDescribeRequest::default()

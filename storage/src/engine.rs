@@ -368,6 +368,66 @@ impl Storage {
         Ok(topic)
     }
 
+    /// Grows a topic to `partitions` partitions; existing partitions and their data are untouched.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: i32,
+    ) -> Result<Arc<Topic>, StorageError> {
+        let topic = self
+            .topic(name)
+            .ok_or(StorageError::UnknownTopicOrPartition)?;
+        let meta = self.meta.clone();
+        let id = topic.id;
+        tokio::task::spawn_blocking(move || meta.add_partitions(id, partitions))
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??;
+        let mut grown: Vec<Arc<Partition>> = topic.partitions.clone();
+        grown.extend(
+            (topic.partitions.len() as i32..partitions).map(|p| Arc::new(Partition::new(id, p))),
+        );
+        Ok(self.replace_topic(&topic, grown, topic.configs.clone()))
+    }
+
+    /// Replaces a topic's configuration overrides.
+    pub async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: TopicConfigs,
+    ) -> Result<Arc<Topic>, StorageError> {
+        let topic = self
+            .topic(name)
+            .ok_or(StorageError::UnknownTopicOrPartition)?;
+        let meta = self.meta.clone();
+        let (id, c) = (topic.id, configs.clone());
+        tokio::task::spawn_blocking(move || meta.set_topic_configs(id, &c))
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??;
+        Ok(self.replace_topic(&topic, topic.partitions.clone(), configs))
+    }
+
+    /// Swaps in a new `Topic` value (topics are immutable once shared), keeping the partitions' state.
+    fn replace_topic(
+        &self,
+        old: &Topic,
+        partitions: Vec<Arc<Partition>>,
+        configs: TopicConfigs,
+    ) -> Arc<Topic> {
+        let topic = Arc::new(Topic {
+            id: old.id,
+            name: old.name.clone(),
+            configs,
+            created_ms: old.created_ms,
+            partitions,
+        });
+        let mut c = self.catalog.write();
+        if c.by_id.contains_key(&old.id) {
+            c.by_name.insert(topic.name.clone(), topic.clone());
+            c.by_id.insert(topic.id, topic.clone());
+        }
+        topic
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<Uuid, StorageError> {
         let topic = self
             .topic(name)

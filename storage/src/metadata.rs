@@ -66,6 +66,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn create_topic(&self, topic: &TopicRecord) -> Result<(), StorageError>;
     /// Removes a topic, its partitions, blocks and producer state.
     fn delete_topic(&self, topic_id: Uuid) -> Result<(), StorageError>;
+    /// Grows a topic to `partitions` partitions (the new ones start empty).
+    fn add_partitions(&self, topic_id: Uuid, partitions: i32) -> Result<(), StorageError>;
+    /// Replaces a topic's configuration overrides.
+    fn set_topic_configs(&self, topic_id: Uuid, configs: &TopicConfigs)
+        -> Result<(), StorageError>;
     fn add_segment(&self, segment: &SegmentRecord) -> Result<(), StorageError>;
     fn delete_segment(&self, segment_id: u64) -> Result<(), StorageError>;
     fn commit(&self, commit: &Commit) -> Result<(), StorageError>;
@@ -262,6 +267,42 @@ impl MetadataStore for SqliteMetadata {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id])?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    fn add_partitions(&self, topic_id: Uuid, partitions: i32) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let id = topic_id.as_bytes().as_slice();
+        let current: i32 = tx.query_row(
+            "SELECT partitions FROM topics WHERE topic_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        for p in current..partitions {
+            tx.execute(
+                "INSERT INTO partitions (topic_id, partition, log_start_offset, high_watermark) VALUES (?1, ?2, 0, 0)",
+                params![id, p],
+            )?;
+        }
+        tx.execute(
+            "UPDATE topics SET partitions = ?2 WHERE topic_id = ?1",
+            params![id, partitions],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_topic_configs(
+        &self,
+        topic_id: Uuid,
+        configs: &TopicConfigs,
+    ) -> Result<(), StorageError> {
+        let json = serde_json::to_string(configs).unwrap_or_else(|_| "{}".into());
+        self.conn.lock().execute(
+            "UPDATE topics SET configs = ?2 WHERE topic_id = ?1",
+            params![topic_id.as_bytes().as_slice(), json],
+        )?;
         Ok(())
     }
 

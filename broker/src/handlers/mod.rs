@@ -6,6 +6,7 @@
 pub mod api_versions_18;
 pub mod consumer_group_describe_69;
 pub mod consumer_group_heartbeat_68;
+pub mod create_partitions_37;
 pub mod create_topics_19;
 pub mod delete_groups_42;
 pub mod delete_topics_20;
@@ -15,6 +16,7 @@ pub mod describe_groups_15;
 pub mod fetch_01;
 pub mod find_coordinator_10;
 pub mod heartbeat_12;
+pub mod incremental_alter_configs_44;
 pub mod init_producer_id_22;
 pub mod join_group_11;
 pub mod leave_group_13;
@@ -64,7 +66,9 @@ pub const SUPPORTED: &[ApiSpec] = &[
     delete_topics_20::API,
     init_producer_id_22::API,
     describe_configs_32::API,
+    create_partitions_37::API,
     delete_groups_42::API,
+    incremental_alter_configs_44::API,
     offset_delete_47::API,
     describe_cluster_60::API,
     consumer_group_heartbeat_68::API,
@@ -186,6 +190,10 @@ pub async fn dispatch(
         ApiKey::ListGroups => serve!(list_groups_16, "ListGroups"),
         ApiKey::DeleteGroups => serve!(delete_groups_42, "DeleteGroups"),
         ApiKey::OffsetDelete => serve!(offset_delete_47, "OffsetDelete"),
+        ApiKey::CreatePartitions => serve!(create_partitions_37, "CreatePartitions"),
+        ApiKey::IncrementalAlterConfigs => {
+            serve!(incremental_alter_configs_44, "IncrementalAlterConfigs")
+        }
         ApiKey::ConsumerGroupHeartbeat => {
             serve!(consumer_group_heartbeat_68, "ConsumerGroupHeartbeat", peer)
         }
