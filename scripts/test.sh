@@ -6,7 +6,7 @@
 #      of the request decoders, storage recovery, and the rdkafka crate round trip
 #   3. StreamHouse-only end-to-end scenarios (kill -9 durability)
 #   4. compat-tests: the same scenarios against StreamHouse and a real Kafka 4.x, with a table
-#   5. a smoke run of the benchmark harness, so it does not rot
+#   5. smoke runs of the criterion micro-benchmarks and of the benchmark harness, so they do not rot
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -30,8 +30,9 @@ cargo test --workspace --locked
 step "StreamHouse-only end-to-end scenarios"
 python3 -m pytest -q -p no:cacheprovider --noconftest compat-tests/streamhouse
 
-if [ -x scripts/bench-server.sh ] && [ "${SKIP_BENCH_SMOKE:-0}" != 1 ]; then
-  step "benchmark smoke run (numbers not meaningful)"
+if [ "${SKIP_BENCH_SMOKE:-0}" != 1 ]; then
+  step "benchmark smoke runs (numbers not meaningful): criterion hot paths once each, then the broker harness"
+  cargo bench --locked -p streamhouse-benchmarks --bench hot_paths -- --test
   scripts/bench-server.sh --smoke --out "${TMPDIR:-/tmp}/streamhouse-bench-smoke"
 fi
 
