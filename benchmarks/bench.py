@@ -194,7 +194,10 @@ class StreamHouse(Broker):
         logf = open(self.work / f"broker-{self.starts}.log", "wb")
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
         self.proc = subprocess.Popen(
-            [str(self.binary), "serve", "--listen", self.bootstrap, "--data-dir", str(self.work / "data")],
+            # The reference Kafka runs with group.initial.rebalance.delay.ms=0 (scripts/kafka/start-broker.sh);
+            # give StreamHouse the same setting so consumer runs do not include a 3 s join delay on one side only.
+            [str(self.binary), "serve", "--listen", self.bootstrap, "--data-dir", str(self.work / "data"),
+             "--group-initial-rebalance-delay-ms", "0"],
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.pid = self.proc.pid
         for _ in range(300):

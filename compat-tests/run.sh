@@ -70,7 +70,8 @@ if [ -z "${COMPAT_BROKERS:-}" ]; then
     port_busy "$SH_PORT" && { echo "run.sh: port $SH_PORT already in use" >&2; exit 2; }
     echo "== starting StreamHouse $SH_BIN on 127.0.0.1:$SH_PORT ($WORK/streamhouse)"
     mkdir -p "$WORK/streamhouse/data"
-    "$SH_BIN" serve --listen "127.0.0.1:$SH_PORT" --data-dir "$WORK/streamhouse/data" \
+    # group.initial.rebalance.delay.ms=0 as on the reference Kafka (scripts/kafka/start-broker.sh).
+    "$SH_BIN" serve --listen "127.0.0.1:$SH_PORT" --data-dir "$WORK/streamhouse/data" --group-initial-rebalance-delay-ms 0 \
       > "$WORK/streamhouse/streamhouse.log" 2>&1 < /dev/null &
     SH_PID=$!
     if ! wait_port 127.0.0.1 "$SH_PORT" 30 "$SH_PID"; then

@@ -32,6 +32,11 @@ pub struct ServeArgs {
     /// host:port given to clients in Metadata, if it differs from --listen (e.g. behind NAT or in Docker)
     #[arg(long, env = "STREAMHOUSE_ADVERTISED_LISTENER")]
     pub advertised_listener: Option<String>,
+    /// Where segments live: `local` (files under --data-dir, the default) or an object store URL,
+    /// `s3://bucket/prefix` (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), `file:///path` or `memory://` (tests) [default: local]
+    #[arg(long, env = "STREAMHOUSE_STORAGE")]
+    pub storage: Option<String>,
     /// Folder for segments and the SQLite metadata database [default: ./data]
     #[arg(long, env = "STREAMHOUSE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -91,6 +96,7 @@ pub struct FileConfig {
     advertised_listener: Option<String>,
     #[serde(alias = "data.dir")]
     data_dir: Option<PathBuf>,
+    storage: Option<String>,
     #[serde(alias = "flush.interval.ms")]
     flush_interval_ms: Option<u64>,
     #[serde(alias = "flush.max.bytes")]
@@ -128,6 +134,8 @@ pub struct BrokerConfig {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub data_dir: PathBuf,
+    /// `None` for local segment files, else an object store URL.
+    pub object_store: Option<String>,
     pub flush_interval: Duration,
     pub flush_max_bytes: usize,
     pub segment_bytes: u64,
@@ -173,6 +181,7 @@ impl BrokerConfig {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./data")),
+            object_store: args.storage.or(file.storage).filter(|s| s != "local"),
             flush_interval: Duration::from_millis(
                 args.flush_interval_ms
                     .or(file.flush_interval_ms)
@@ -234,6 +243,7 @@ impl BrokerConfig {
         s.segment_ms = self.segment_ms;
         s.cache_bytes = self.cache_bytes;
         s.sync_metadata = self.sync_metadata;
+        s.object_store = self.object_store.clone();
         s
     }
 

@@ -35,6 +35,19 @@ impl BlockCache {
         self.inner.insert((segment_id, position), block);
     }
 
+    /// The cached block, or the result of `load` (inserted); concurrent callers for the same block
+    /// wait for the one load in flight instead of issuing their own.
+    pub async fn get_or_load<E>(
+        &self,
+        segment_id: u64,
+        position: u64,
+        load: impl std::future::Future<Output = Result<Bytes, E>>,
+    ) -> Result<Bytes, E> {
+        self.inner
+            .get_or_insert_async(&(segment_id, position), load)
+            .await
+    }
+
     pub fn weight(&self) -> u64 {
         self.inner.weight()
     }

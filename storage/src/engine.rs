@@ -20,6 +20,7 @@ use crate::cache::BlockCache;
 use crate::metadata::{
     Commit, MetadataStore, SegmentRecord, SqliteMetadata, TopicConfigs, TopicRecord,
 };
+use crate::object::ObjectSegments;
 use crate::producer::{ProducerEntry, SequenceCheck};
 use crate::segment::{self, ActiveSegment, BlockMeta};
 use crate::StorageError;
@@ -41,6 +42,9 @@ pub struct StorageConfig {
     pub cache_bytes: u64,
     /// fsync the metadata WAL at every commit (SQLite synchronous=FULL).
     pub sync_metadata: bool,
+    /// Segments in an object store (`s3://bucket/prefix`, `memory://`, `file:///path`) instead of
+    /// local segment files: each flush becomes one object.
+    pub object_store: Option<String>,
 }
 
 impl StorageConfig {
@@ -53,6 +57,7 @@ impl StorageConfig {
             segment_ms: 10 * 60 * 1000,
             cache_bytes: 256 << 20,
             sync_metadata: true,
+            object_store: None,
         }
     }
 }
@@ -187,6 +192,7 @@ pub struct Storage {
     cache: BlockCache,
     writer: mpsc::Sender<AppendRequest>,
     commits: watch::Sender<u64>,
+    objects: Option<Arc<ObjectSegments>>,
 }
 
 impl Storage {
@@ -211,6 +217,10 @@ impl Storage {
         meta: Arc<dyn MetadataStore>,
     ) -> Result<Arc<Storage>, StorageError> {
         let segments_dir = config.data_dir.join("segments");
+        let objects = match &config.object_store {
+            Some(url) => Some(Arc::new(ObjectSegments::open(url)?)),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(4096);
         let (commits, _) = watch::channel(0u64);
         let storage = Arc::new(Storage {
@@ -221,11 +231,20 @@ impl Storage {
             catalog: RwLock::new(Catalog::default()),
             writer: tx,
             commits,
+            objects,
         });
         let st = storage.clone();
-        let writer = tokio::task::spawn_blocking(move || st.recover())
+        let mut writer = tokio::task::spawn_blocking(move || st.recover())
             .await
             .map_err(|_| StorageError::ShuttingDown)??;
+        if let Some(objects) = &storage.objects {
+            // Ids are never reused, not even those of orphaned uploads; then orphans are removed.
+            let known: std::collections::HashSet<u64> =
+                storage.meta.load()?.segments.iter().map(|s| s.id).collect();
+            writer.next_segment_id = writer.next_segment_id.max(objects.max_id().await? + 1);
+            let removed = objects.collect_garbage(&known).await?;
+            tracing::info!(removed, "object store checked for uncommitted uploads");
+        }
         tokio::spawn(writer.run(rx));
         Ok(storage)
     }
@@ -570,21 +589,44 @@ impl Storage {
 
     /// A block's raw batches, from the cache or the segment file.
     async fn block(&self, meta: &BlockMeta) -> Result<Bytes, StorageError> {
-        if let Some(b) = self.cache.get(meta.segment_id, meta.position) {
-            return Ok(b);
-        }
-        let dir = self.segments_dir.clone();
         let m = *meta;
-        let raw = tokio::task::spawn_blocking(move || {
-            let bytes =
-                segment::read_range(&dir, m.segment_id, m.position, m.total_len() as usize)?;
-            segment::decode_block(&m, &bytes)
-        })
-        .await
-        .map_err(|_| StorageError::ShuttingDown)??;
+        // Concurrent misses on one block share a single read (the cache's single-flight insert).
         self.cache
-            .insert(meta.segment_id, meta.position, raw.clone());
-        Ok(raw)
+            .get_or_load(meta.segment_id, meta.position, async move {
+                let bytes = match &self.objects {
+                    Some(objects) => objects
+                        .read_range(m.segment_id, m.position, m.total_len())
+                        .await?
+                        .to_vec(),
+                    None => {
+                        let dir = self.segments_dir.clone();
+                        tokio::task::spawn_blocking(move || {
+                            segment::read_range(
+                                &dir,
+                                m.segment_id,
+                                m.position,
+                                m.total_len() as usize,
+                            )
+                        })
+                        .await
+                        .map_err(|_| StorageError::ShuttingDown)??
+                    }
+                };
+                segment::decode_block(&m, &bytes)
+            })
+            .await
+    }
+
+    /// Object-store request counters (PUTs, GETs, bytes read), when segments live in one.
+    pub fn object_counters(&self) -> Option<(u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.objects.as_ref().map(|o| {
+            (
+                o.puts.load(Relaxed),
+                o.gets.load(Relaxed),
+                o.get_bytes.load(Relaxed),
+            )
+        })
     }
 
     /// The metadata store, for coordinators that keep their state beside the log's.
@@ -802,6 +844,9 @@ impl Writer {
         blocks: &[PartitionBlock],
         producers: Vec<(ProducerKey, ProducerEntry)>,
     ) -> Result<Vec<BlockMeta>, StorageError> {
+        if let Some(objects) = self.storage.objects.clone() {
+            return self.put_and_commit(&objects, blocks, producers).await;
+        }
         let cfg = &self.storage.config;
         let now = now_ms();
         let due = self.active.as_ref().is_none_or(|a| {
@@ -896,6 +941,73 @@ impl Writer {
             }
             return Err(e);
         }
+        for (meta, raw) in metas.iter().zip(raws) {
+            self.storage
+                .cache
+                .insert(meta.segment_id, meta.position, raw);
+        }
+        Ok(metas)
+    }
+}
+
+impl Writer {
+    /// Object-store flush: the blocks of every partition, with the footer index, as one object; PUT
+    /// (retried by the client), then committed. A PUT that succeeds but whose commit fails leaves an
+    /// orphan that the next start removes; the producers get an error and retry.
+    async fn put_and_commit(
+        &mut self,
+        objects: &ObjectSegments,
+        blocks: &[PartitionBlock],
+        producers: Vec<(ProducerKey, ProducerEntry)>,
+    ) -> Result<Vec<BlockMeta>, StorageError> {
+        let id = self.next_segment_id;
+        self.next_segment_id += 1;
+        let now = now_ms();
+        let mut encoded = Vec::new();
+        let mut metas = Vec::with_capacity(blocks.len());
+        let mut raws = Vec::with_capacity(blocks.len());
+        let mut commit = Commit {
+            new_segment: Some(SegmentRecord {
+                id,
+                created_ms: now,
+                sealed: true,
+            }),
+            producers,
+            ..Default::default()
+        };
+        let mut position = segment::FILE_HEADER_LEN;
+        for blk in blocks {
+            let meta = BlockMeta {
+                topic_id: blk.partition.topic_id,
+                partition: blk.partition.index,
+                base_offset: blk.base_offset,
+                last_offset: blk.next_offset - 1,
+                max_timestamp: blk.max_timestamp,
+                segment_id: id,
+                position,
+                stored_len: 0,
+                raw_len: 0,
+                codec: 0,
+                crc: 0,
+            };
+            let (bytes, meta) = segment::encode_block(meta, &blk.raw, blk.compressible);
+            position += bytes.len() as u64;
+            encoded.extend_from_slice(&bytes);
+            metas.push(meta);
+            raws.push(Bytes::copy_from_slice(&blk.raw));
+            commit
+                .high_watermarks
+                .push((meta.topic_id, meta.partition, blk.next_offset));
+        }
+        commit.blocks = metas.clone();
+        objects
+            .put(id, segment::encode_object(id, now, &encoded, &metas))
+            .await?;
+        let meta = self.storage.meta.clone();
+        tokio::task::spawn_blocking(move || meta.commit(&commit))
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??;
+        // Objects just written are served from memory.
         for (meta, raw) in metas.iter().zip(raws) {
             self.storage
                 .cache

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod metadata;
+pub mod object;
 pub mod producer;
 pub mod segment;
 

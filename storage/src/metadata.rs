@@ -340,8 +340,8 @@ impl MetadataStore for SqliteMetadata {
         }
         if let Some(s) = &c.new_segment {
             tx.execute(
-                "INSERT INTO segments (segment_id, created_ms, sealed) VALUES (?1, ?2, 0)",
-                params![s.id as i64, s.created_ms],
+                "INSERT INTO segments (segment_id, created_ms, sealed) VALUES (?1, ?2, ?3)",
+                params![s.id as i64, s.created_ms, s.sealed],
             )?;
         }
         {

@@ -138,13 +138,7 @@ impl ActiveSegment {
             .read(true)
             .write(true)
             .open(segment_path(dir, id))?;
-        let mut header = Vec::with_capacity(FILE_HEADER_LEN as usize);
-        header.extend_from_slice(FILE_MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        header.extend_from_slice(&0u16.to_be_bytes());
-        header.extend_from_slice(&id.to_be_bytes());
-        header.extend_from_slice(&created_ms.to_be_bytes());
-        header.resize(FILE_HEADER_LEN as usize, 0);
+        let header = file_header(id, created_ms);
         file.write_all(&header)?;
         file.sync_data()?;
         // The new directory entry must survive a crash too.
@@ -226,27 +220,55 @@ impl ActiveSegment {
 
     /// Writes the footer index (per-partition extents) and syncs. The segment is read-only afterwards.
     pub fn seal(mut self) -> Result<(), StorageError> {
-        let mut footer = Vec::with_capacity(self.index.len() * FOOTER_ENTRY_LEN + 24);
-        for b in &self.index {
-            footer.extend_from_slice(b.topic_id.as_bytes());
-            footer.extend_from_slice(&b.partition.to_be_bytes());
-            footer.extend_from_slice(&b.base_offset.to_be_bytes());
-            footer.extend_from_slice(&b.last_offset.to_be_bytes());
-            footer.extend_from_slice(&b.position.to_be_bytes());
-            footer.extend_from_slice(&b.stored_len.to_be_bytes());
-        }
-        let crc = crc32c::crc32c(&footer);
         let index_position = self.len;
-        footer.extend_from_slice(&(self.index.len() as u32).to_be_bytes());
-        footer.extend_from_slice(&crc.to_be_bytes());
-        footer.extend_from_slice(&index_position.to_be_bytes());
-        footer.extend_from_slice(FOOTER_MAGIC);
+        let footer = footer(&self.index, index_position);
         self.file.write_all_at(&footer, index_position)?;
         self.file.sync_data()?;
         self.len += footer.len() as u64;
         self.file.flush()?;
         Ok(())
     }
+}
+
+/// The 32-byte segment header (docs/segment-format.md).
+pub fn file_header(id: u64, created_ms: i64) -> Vec<u8> {
+    let mut header = Vec::with_capacity(FILE_HEADER_LEN as usize);
+    header.extend_from_slice(FILE_MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&id.to_be_bytes());
+    header.extend_from_slice(&created_ms.to_be_bytes());
+    header.resize(FILE_HEADER_LEN as usize, 0);
+    header
+}
+
+/// The footer index of a sealed segment: one entry per block, then the trailer.
+pub fn footer(index: &[BlockMeta], index_position: u64) -> Vec<u8> {
+    let mut footer = Vec::with_capacity(index.len() * FOOTER_ENTRY_LEN + 24);
+    for b in index {
+        footer.extend_from_slice(b.topic_id.as_bytes());
+        footer.extend_from_slice(&b.partition.to_be_bytes());
+        footer.extend_from_slice(&b.base_offset.to_be_bytes());
+        footer.extend_from_slice(&b.last_offset.to_be_bytes());
+        footer.extend_from_slice(&b.position.to_be_bytes());
+        footer.extend_from_slice(&b.stored_len.to_be_bytes());
+    }
+    let crc = crc32c::crc32c(&footer);
+    footer.extend_from_slice(&(index.len() as u32).to_be_bytes());
+    footer.extend_from_slice(&crc.to_be_bytes());
+    footer.extend_from_slice(&index_position.to_be_bytes());
+    footer.extend_from_slice(FOOTER_MAGIC);
+    footer
+}
+
+/// A whole sealed segment in one buffer: what one flush becomes in an object store.
+/// `blocks` are encoded blocks whose positions start at [`FILE_HEADER_LEN`].
+pub fn encode_object(id: u64, created_ms: i64, blocks: &[u8], index: &[BlockMeta]) -> Vec<u8> {
+    let mut out = file_header(id, created_ms);
+    out.extend_from_slice(blocks);
+    let index_position = out.len() as u64;
+    out.extend_from_slice(&footer(index, index_position));
+    out
 }
 
 /// Reads `len` bytes at `position` of a segment file.
