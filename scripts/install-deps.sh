@@ -20,6 +20,8 @@ jv=$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specificat
 [ "${jv%%.*}" -ge 17 ] 2>/dev/null || apt_pkgs+=(default-jre-headless)
 command -v "$PY" >/dev/null || apt_pkgs+=(python3)
 "$PY" -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
+# scripts/s3 (the loopback S3 server for the S3-mode tests) installs moto into a venv.
+"$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "need root to apt-get install: ${apt_pkgs[*]}"
@@ -47,6 +49,8 @@ if [ ${#pip_pkgs[@]} -gt 0 ]; then
     fi
   fi
 fi
+
+"$ROOT/scripts/s3/install.sh" || die "installing the loopback S3 server failed"
 
 if [ "${SKIP_KAFKA_FETCH:-0}" != 1 ]; then
   libs=$("$ROOT/scripts/kafka/fetch.sh") || die "fetching the Kafka jars failed (see above)"

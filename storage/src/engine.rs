@@ -31,7 +31,8 @@ pub const LEADER_EPOCH: i32 = 0;
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
-    /// How long the writer gathers produce requests before a flush.
+    /// How long the writer gathers produce requests before a flush, on top of the natural group
+    /// commit (requests arriving while a flush is made durable form the next one).
     pub flush_interval: Duration,
     /// A flush starts early once this many bytes are pending.
     pub flush_max_bytes: usize,
@@ -51,7 +52,7 @@ impl StorageConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            flush_interval: Duration::from_millis(2),
+            flush_interval: Duration::ZERO,
             flush_max_bytes: 8 << 20,
             segment_bytes: 256 << 20,
             segment_ms: 10 * 60 * 1000,
