@@ -4,9 +4,13 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafka_protocol::messages::{produce_request, ApiKey, FetchResponse, ProduceRequest, RequestHeader, TopicName};
+use kafka_protocol::messages::{
+    produce_request, ApiKey, FetchResponse, ProduceRequest, RequestHeader, TopicName,
+};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use streamhouse_protocol::{batch, codec};
 use streamhouse_storage::segment::{decode_block, encode_block, BlockMeta};
 use streamhouse_storage::{AppendBatch, Storage, StorageConfig};
@@ -25,13 +29,24 @@ fn record_batch(n: usize, size: usize, compression: Compression) -> Bytes {
             sequence: i as i32,
             timestamp: 1_700_000_000_000 + i as i64,
             key: Some(Bytes::from(format!("key-{}", i % 100))),
-            value: Some(Bytes::from(format!("{{\"order\":{i},\"payload\":\"{}\"}}", "abcdefgh".repeat(size / 8)))),
+            value: Some(Bytes::from(format!(
+                "{{\"order\":{i},\"payload\":\"{}\"}}",
+                "abcdefgh".repeat(size / 8)
+            ))),
             headers: Default::default(),
             delete_horizon: false,
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).expect("encode");
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode");
     buf.freeze()
 }
 
@@ -41,11 +56,16 @@ fn produce_frame(batch: Bytes) -> Bytes {
         .with_request_api_version(9)
         .with_correlation_id(1)
         .with_client_id(Some(StrBytes::from_static_str("bench")));
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-        produce_request::TopicProduceData::default()
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_static_str("bench")))
-            .with_partition_data(vec![produce_request::PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
-    ]);
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch)),
+            ])]);
     let mut buf = BytesMut::new();
     header.encode(&mut buf, 2).expect("header");
     req.encode(&mut buf, 9).expect("body");
@@ -84,7 +104,10 @@ fn meta() -> BlockMeta {
 
 fn produce_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("produce_append");
-    for (name, compression) in [("uncompressed", Compression::None), ("zstd", Compression::Zstd)] {
+    for (name, compression) in [
+        ("uncompressed", Compression::None),
+        ("zstd", Compression::Zstd),
+    ] {
         let data = record_batch(160, 100, compression);
         g.throughput(Throughput::Bytes(data.len() as u64));
         // What the writer does per batch: validate, copy into the partition's block, patch offsets,
@@ -109,24 +132,42 @@ fn segment_blocks(c: &mut Criterion) {
     }
     g.throughput(Throughput::Bytes(raw.len() as u64));
     for (name, lz4) in [("lz4", true), ("plain", false)] {
-        g.bench_function(BenchmarkId::new("encode", name), |b| b.iter(|| black_box(encode_block(meta(), black_box(&raw), lz4))));
+        g.bench_function(BenchmarkId::new("encode", name), |b| {
+            b.iter(|| black_box(encode_block(meta(), black_box(&raw), lz4)))
+        });
         let (bytes, m) = encode_block(meta(), &raw, lz4);
-        g.bench_function(BenchmarkId::new("decode", name), |b| b.iter(|| black_box(decode_block(&m, black_box(&bytes)).expect("decode"))));
+        g.bench_function(BenchmarkId::new("decode", name), |b| {
+            b.iter(|| black_box(decode_block(&m, black_box(&bytes)).expect("decode")))
+        });
     }
     g.finish();
 }
 
 fn fetch(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = rt.block_on(async {
-        let s = Storage::open(StorageConfig::new(dir.path())).await.expect("open");
-        s.create_topic("bench", 1, Default::default()).await.expect("topic");
+        let s = Storage::open(StorageConfig::new(dir.path()))
+            .await
+            .expect("open");
+        s.create_topic("bench", 1, Default::default())
+            .await
+            .expect("topic");
         let topic = s.topic("bench").expect("topic");
         for _ in 0..64 {
             let data = record_batch(160, 100, Compression::None);
             let header = batch::validate_produce_batch(&data).expect("valid");
-            s.append(vec![AppendBatch { topic: topic.clone(), partition: 0, header, data }]).await;
+            s.append(vec![AppendBatch {
+                topic: topic.clone(),
+                partition: 0,
+                header,
+                data,
+            }])
+            .await;
         }
         s
     });
@@ -138,11 +179,17 @@ fn fetch(c: &mut Criterion) {
     g.bench_function("cached_1MiB_to_response", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let r = storage.read(&partition, 1_000, 1 << 20, true).await.expect("read");
+                let r = storage
+                    .read(&partition, 1_000, 1 << 20, true)
+                    .await
+                    .expect("read");
                 let resp = FetchResponse::default().with_responses(vec![
                     kafka_protocol::messages::fetch_response::FetchableTopicResponse::default()
                         .with_topic(TopicName(StrBytes::from_static_str("bench")))
-                        .with_partitions(vec![kafka_protocol::messages::fetch_response::PartitionData::default().with_records(Some(r.records))]),
+                        .with_partitions(vec![
+                            kafka_protocol::messages::fetch_response::PartitionData::default()
+                                .with_records(Some(r.records)),
+                        ]),
                 ]);
                 black_box(codec::encode_response(1, 12, &resp).expect("encode"))
             })
@@ -151,5 +198,11 @@ fn fetch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, request_decode, produce_append, segment_blocks, fetch);
+criterion_group!(
+    benches,
+    request_decode,
+    produce_append,
+    segment_blocks,
+    fetch
+);
 criterion_main!(benches);
