@@ -868,40 +868,21 @@ impl Writer {
         let mut active = self.active.take();
         let new_segment = commit.new_segment;
 
-        let mut encoded = Vec::new();
-        let mut metas = Vec::with_capacity(blocks.len());
-        let mut raws = Vec::with_capacity(blocks.len());
         let segment_id = new_segment
             .map(|s| s.id)
             .or(active.as_ref().map(|a| a.id))
             .unwrap_or(0);
-        let mut position = active
+        let position = active
             .as_ref()
             .map(|a| a.len())
             .unwrap_or(segment::FILE_HEADER_LEN);
-        for blk in blocks {
-            let meta = BlockMeta {
-                topic_id: blk.partition.topic_id,
-                partition: blk.partition.index,
-                base_offset: blk.base_offset,
-                last_offset: blk.next_offset - 1,
-                max_timestamp: blk.max_timestamp,
-                segment_id,
-                position,
-                stored_len: 0,
-                raw_len: 0,
-                codec: 0,
-                crc: 0,
-            };
-            let (bytes, meta) = segment::encode_block(meta, &blk.raw, blk.compressible);
-            position += bytes.len() as u64;
-            encoded.extend_from_slice(&bytes);
-            metas.push(meta);
-            raws.push(Bytes::copy_from_slice(&blk.raw));
-            commit
-                .high_watermarks
-                .push((meta.topic_id, meta.partition, blk.next_offset));
-        }
+        let EncodedFlush {
+            bytes: encoded,
+            metas,
+            raws,
+            high_watermarks,
+        } = encode_flush(blocks, segment_id, position);
+        commit.high_watermarks = high_watermarks;
         commit.blocks = metas.clone();
         commit.producers = producers;
 
@@ -964,9 +945,6 @@ impl Writer {
         let id = self.next_segment_id;
         self.next_segment_id += 1;
         let now = now_ms();
-        let mut encoded = Vec::new();
-        let mut metas = Vec::with_capacity(blocks.len());
-        let mut raws = Vec::with_capacity(blocks.len());
         let mut commit = Commit {
             new_segment: Some(SegmentRecord {
                 id,
@@ -976,30 +954,13 @@ impl Writer {
             producers,
             ..Default::default()
         };
-        let mut position = segment::FILE_HEADER_LEN;
-        for blk in blocks {
-            let meta = BlockMeta {
-                topic_id: blk.partition.topic_id,
-                partition: blk.partition.index,
-                base_offset: blk.base_offset,
-                last_offset: blk.next_offset - 1,
-                max_timestamp: blk.max_timestamp,
-                segment_id: id,
-                position,
-                stored_len: 0,
-                raw_len: 0,
-                codec: 0,
-                crc: 0,
-            };
-            let (bytes, meta) = segment::encode_block(meta, &blk.raw, blk.compressible);
-            position += bytes.len() as u64;
-            encoded.extend_from_slice(&bytes);
-            metas.push(meta);
-            raws.push(Bytes::copy_from_slice(&blk.raw));
-            commit
-                .high_watermarks
-                .push((meta.topic_id, meta.partition, blk.next_offset));
-        }
+        let EncodedFlush {
+            bytes: encoded,
+            metas,
+            raws,
+            high_watermarks,
+        } = encode_flush(blocks, id, segment::FILE_HEADER_LEN);
+        commit.high_watermarks = high_watermarks;
         commit.blocks = metas.clone();
         objects
             .put(id, segment::encode_object(id, now, &encoded, &metas))
@@ -1028,6 +989,47 @@ impl Storage {
             .filter(|b| b.segment_id == segment_id)
             .collect()
     }
+}
+
+/// A flush's blocks, encoded back to back for one segment from `position` on.
+struct EncodedFlush {
+    bytes: Vec<u8>,
+    metas: Vec<BlockMeta>,
+    /// The uncompressed batches of each block, for the cache.
+    raws: Vec<Bytes>,
+    high_watermarks: Vec<(Uuid, i32, i64)>,
+}
+
+fn encode_flush(blocks: &[PartitionBlock], segment_id: u64, mut position: u64) -> EncodedFlush {
+    let mut out = EncodedFlush {
+        bytes: Vec::new(),
+        metas: Vec::with_capacity(blocks.len()),
+        raws: Vec::with_capacity(blocks.len()),
+        high_watermarks: Vec::with_capacity(blocks.len()),
+    };
+    for blk in blocks {
+        let meta = BlockMeta {
+            topic_id: blk.partition.topic_id,
+            partition: blk.partition.index,
+            base_offset: blk.base_offset,
+            last_offset: blk.next_offset - 1,
+            max_timestamp: blk.max_timestamp,
+            segment_id,
+            position,
+            stored_len: 0,
+            raw_len: 0,
+            codec: 0,
+            crc: 0,
+        };
+        let (bytes, meta) = segment::encode_block(meta, &blk.raw, blk.compressible);
+        position += bytes.len() as u64;
+        out.bytes.extend_from_slice(&bytes);
+        out.metas.push(meta);
+        out.raws.push(Bytes::copy_from_slice(&blk.raw));
+        out.high_watermarks
+            .push((meta.topic_id, meta.partition, blk.next_offset));
+    }
+    out
 }
 
 fn size_of(req: &AppendRequest) -> usize {
