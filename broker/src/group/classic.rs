@@ -263,11 +263,7 @@ impl ClassicGroup {
         let (tx, rx) = oneshot::channel();
         member.join_waiter = Some(tx);
         self.members.insert(new_id, member);
-        if self.state != ClassicState::PreparingRebalance {
-            self.prepare_rebalance(initial_delay, now);
-        }
-        self.maybe_complete_join(now);
-        Pending::Wait(rx)
+        self.wait_for_rebalance(rx, initial_delay, now)
     }
 
     fn add_member_and_rebalance(
@@ -300,6 +296,16 @@ impl ClassicGroup {
         if self.protocol_type.is_none() {
             self.protocol_type = Some(req.protocol_type);
         }
+        self.wait_for_rebalance(rx, initial_delay, now)
+    }
+
+    /// The joining member waits for the rebalance, which starts now unless one is already under way.
+    fn wait_for_rebalance(
+        &mut self,
+        rx: oneshot::Receiver<JoinResult>,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Pending<JoinResult> {
         if self.state != ClassicState::PreparingRebalance {
             self.prepare_rebalance(initial_delay, now);
         }
@@ -358,9 +364,7 @@ impl ClassicGroup {
                 member.protocols = req.protocols;
                 let (tx, rx) = oneshot::channel();
                 member.join_waiter = Some(tx);
-                self.prepare_rebalance(initial_delay, now);
-                self.maybe_complete_join(now);
-                Pending::Wait(rx)
+                self.wait_for_rebalance(rx, initial_delay, now)
             }
         }
     }
