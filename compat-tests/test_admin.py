@@ -87,3 +87,22 @@ def test_alter_partitions_and_topic_configs(broker, topic):
     r = kafka_tool("kafka-configs", "--bootstrap-server", B, "--alter", "--entity-type", "topics",
                    "--entity-name", topic, "--add-config", "no.such.config=1")
     assert r.returncode != 0
+
+
+def test_delete_records_moves_the_earliest_offset(broker, topic, tmp_path):
+    """kafka-delete-records, then kafka-get-offsets --time -2 and a consumer from earliest follow it."""
+    B = broker.bootstrap
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--create", "--topic", topic, "--partitions", 1)
+    assert r.returncode == 0, r.stderr
+    lines = [f"r{i}" for i in range(30)]
+    r = kafka_tool("kafka-console-producer", "--bootstrap-server", B, "--topic", topic, input="\n".join(lines) + "\n")
+    assert r.returncode == 0, r.stderr
+    spec = tmp_path / "delete.json"
+    spec.write_text('{"partitions": [{"topic": "%s", "partition": 0, "offset": 30}], "version": 1}' % topic)
+    r = kafka_tool("kafka-delete-records", "--bootstrap-server", B, "--offset-json-file", spec)
+    assert r.returncode == 0 and "low_watermark: 30" in r.stdout, r.stdout + r.stderr
+    r = kafka_tool("kafka-get-offsets", "--bootstrap-server", B, "--topic", topic, "--time", "-2")
+    assert r.stdout.split() == [f"{topic}:0:30"], r.stdout + r.stderr
+    spec.write_text('{"partitions": [{"topic": "%s", "partition": 0, "offset": 99}], "version": 1}' % topic)
+    r = kafka_tool("kafka-delete-records", "--bootstrap-server", B, "--offset-json-file", spec)
+    assert "OffsetOutOfRange" in r.stdout + r.stderr, r.stdout + r.stderr

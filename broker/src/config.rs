@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// fsync the metadata database at every commit (false: survives a process crash, not a power loss) [default: true]
     #[arg(long, env = "STREAMHOUSE_SYNC_METADATA")]
     pub sync_metadata: Option<bool>,
+    /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms) [default: 300000]
+    #[arg(long, env = "STREAMHOUSE_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
     /// How long a new consumer group waits for more members before its first rebalance (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -123,6 +126,8 @@ pub struct FileConfig {
     node_id: Option<i32>,
     #[serde(alias = "sync.metadata")]
     sync_metadata: Option<bool>,
+    #[serde(alias = "log.retention.check.interval.ms")]
+    retention_check_interval_ms: Option<u64>,
     #[serde(alias = "group.initial.rebalance.delay.ms")]
     group_initial_rebalance_delay_ms: Option<u64>,
     #[serde(alias = "group.consumer.heartbeat.interval.ms")]
@@ -152,6 +157,7 @@ pub struct BrokerConfig {
     pub sync_metadata: bool,
     pub group_initial_rebalance_delay: Duration,
     pub group_consumer_heartbeat_interval: Duration,
+    pub retention_check_interval: Duration,
 }
 
 impl BrokerConfig {
@@ -219,6 +225,12 @@ impl BrokerConfig {
                 .unwrap_or(10_000),
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             sync_metadata: args.sync_metadata.or(file.sync_metadata).unwrap_or(true),
+            retention_check_interval: Duration::from_millis(
+                args.retention_check_interval_ms
+                    .or(file.retention_check_interval_ms)
+                    .unwrap_or(300_000)
+                    .max(100),
+            ),
             group_initial_rebalance_delay: Duration::from_millis(
                 args.group_initial_rebalance_delay_ms
                     .or(file.group_initial_rebalance_delay_ms)
@@ -247,6 +259,7 @@ impl BrokerConfig {
         s.cache_bytes = self.cache_bytes;
         s.sync_metadata = self.sync_metadata;
         s.object_store = self.object_store.clone();
+        s.retention_check_interval = self.retention_check_interval;
         s
     }
 

@@ -410,6 +410,17 @@ async fn every_served_version_is_answered() {
                             ])
                     ])
                 ),
+                ApiKey::DeleteRecords => call!(
+                    DeleteRecordsResponse,
+                    DeleteRecordsRequest::default().with_topics(vec![
+                        delete_records_request::DeleteRecordsTopic::default()
+                            .with_name(topic("sweep"))
+                            .with_partitions(vec![
+                                delete_records_request::DeleteRecordsPartition::default()
+                                    .with_offset(1)
+                            ])
+                    ])
+                ),
                 ApiKey::ConsumerGroupDescribe => call!(
                     ConsumerGroupDescribeResponse,
                     ConsumerGroupDescribeRequest::default()

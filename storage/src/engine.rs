@@ -46,6 +46,8 @@ pub struct StorageConfig {
     /// Segments in an object store (`s3://bucket/prefix`, `memory://`, `file:///path`) instead of
     /// local segment files: each flush becomes one object.
     pub object_store: Option<String>,
+    /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms).
+    pub retention_check_interval: Duration,
 }
 
 impl StorageConfig {
@@ -59,6 +61,7 @@ impl StorageConfig {
             cache_bytes: 256 << 20,
             sync_metadata: true,
             object_store: None,
+            retention_check_interval: Duration::from_secs(300),
         }
     }
 }
@@ -247,6 +250,19 @@ impl Storage {
             tracing::info!(removed, "object store checked for uncommitted uploads");
         }
         tokio::spawn(writer.run(rx));
+        let weak = Arc::downgrade(&storage);
+        let every = storage.config.retention_check_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                if let Err(e) = s.enforce_retention(now_ms()).await {
+                    tracing::warn!(error = %e, "retention pass failed");
+                }
+            }
+        });
         Ok(storage)
     }
 
@@ -407,6 +423,90 @@ impl Storage {
             (topic.partitions.len() as i32..partitions).map(|p| Arc::new(Partition::new(id, p))),
         );
         Ok(self.replace_topic(&topic, grown, topic.configs.clone()))
+    }
+
+    /// DeleteRecords: makes `before` the partition's log start offset (-1: the high watermark). Returns
+    /// the new low watermark. Whole blocks below it leave the index; a batch straddling it stays and
+    /// clients skip its older records, as with Kafka's segments.
+    pub async fn delete_records(
+        &self,
+        partition: &Partition,
+        before: i64,
+    ) -> Result<i64, StorageError> {
+        let (hwm, lso) = {
+            let st = partition.state.read();
+            (st.high_watermark, st.log_start_offset)
+        };
+        let before = if before == -1 { hwm } else { before };
+        if before < 0 || before > hwm {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: before,
+                log_start: lso,
+                high_watermark: hwm,
+            });
+        }
+        if before <= lso {
+            return Ok(lso);
+        }
+        let meta = self.meta.clone();
+        let (topic_id, index) = (partition.topic_id, partition.index);
+        tokio::task::spawn_blocking(move || meta.truncate_head(topic_id, index, before))
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??;
+        let mut st = partition.state.write();
+        st.log_start_offset = st.log_start_offset.max(before);
+        st.blocks.retain(|_, b| b.last_offset >= before);
+        Ok(st.log_start_offset)
+    }
+
+    /// Applies retention.ms and retention.bytes (topic overrides, else Kafka's defaults: 7 days, no
+    /// size limit) by moving log start offsets forward past whole blocks that are too old or too many.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
+        for topic in self.topics() {
+            let ms = topic
+                .configs
+                .get("retention.ms")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(604_800_000);
+            let bytes = topic
+                .configs
+                .get("retention.bytes")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1);
+            for p in &topic.partitions {
+                let cutoff = {
+                    let st = p.state.read();
+                    let mut cutoff = st.log_start_offset;
+                    if ms >= 0 {
+                        // Blocks whose newest record is older than the retention time.
+                        for b in st.blocks.values() {
+                            if b.max_timestamp >= now_ms - ms {
+                                break;
+                            }
+                            cutoff = cutoff.max(b.last_offset + 1);
+                        }
+                    }
+                    if bytes >= 0 {
+                        // Kafka's rule: drop the oldest while what remains is still at least retention.bytes.
+                        let mut excess =
+                            st.blocks.values().map(|b| b.raw_len as i64).sum::<i64>() - bytes;
+                        for b in st.blocks.values() {
+                            if excess - (b.raw_len as i64) < 0 {
+                                break;
+                            }
+                            excess -= b.raw_len as i64;
+                            cutoff = cutoff.max(b.last_offset + 1);
+                        }
+                    }
+                    cutoff.min(st.high_watermark)
+                };
+                if cutoff > p.log_start_offset() {
+                    tracing::info!(topic = %topic.name, partition = p.index, log_start_offset = cutoff, "retention");
+                    self.delete_records(p, cutoff).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replaces a topic's configuration overrides.

@@ -68,6 +68,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn delete_topic(&self, topic_id: Uuid) -> Result<(), StorageError>;
     /// Grows a topic to `partitions` partitions (the new ones start empty).
     fn add_partitions(&self, topic_id: Uuid, partitions: i32) -> Result<(), StorageError>;
+    /// Moves a partition's log start offset forward (DeleteRecords, retention) and drops the index rows
+    /// of blocks that end before it.
+    fn truncate_head(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        log_start_offset: i64,
+    ) -> Result<(), StorageError>;
     /// Replaces a topic's configuration overrides.
     fn set_topic_configs(&self, topic_id: Uuid, configs: &TopicConfigs)
         -> Result<(), StorageError>;
@@ -288,6 +296,27 @@ impl MetadataStore for SqliteMetadata {
         tx.execute(
             "UPDATE topics SET partitions = ?2 WHERE topic_id = ?1",
             params![id, partitions],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn truncate_head(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        log_start_offset: i64,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let id = topic_id.as_bytes().as_slice();
+        tx.execute(
+            "UPDATE partitions SET log_start_offset = MAX(log_start_offset, ?3) WHERE topic_id = ?1 AND partition = ?2",
+            params![id, partition, log_start_offset],
+        )?;
+        tx.execute(
+            "DELETE FROM blocks WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3",
+            params![id, partition, log_start_offset],
         )?;
         tx.commit()?;
         Ok(())

@@ -200,3 +200,101 @@ async fn many_partitions_in_one_flush_and_deleted_topics() {
         matches!(s.create_topic("m", 1, Default::default()).await, Ok(t) if t.partitions[0].high_watermark() == 0)
     );
 }
+
+#[tokio::test]
+async fn delete_records_and_retention_move_the_log_start_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig::new(dir.path());
+    {
+        let s = Storage::open(config.clone()).await.unwrap();
+        let configs = [("retention.bytes".to_string(), "-1".to_string())].into();
+        s.create_topic("r", 2, configs).await.unwrap();
+        let topic = s.topic("r").unwrap();
+        for p in 0..2 {
+            for i in 0..4 {
+                let data = batch(i * 5, 5, -1, Compression::None);
+                let b = AppendBatch {
+                    topic: topic.clone(),
+                    partition: p,
+                    header: validate_produce_batch(&data).unwrap(),
+                    data,
+                };
+                s.append(vec![b]).await;
+            }
+        }
+        let p0 = &topic.partitions[0];
+        assert!(matches!(
+            s.delete_records(p0, 21).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(s.delete_records(p0, 7).await.unwrap(), 7);
+        assert_eq!(
+            s.delete_records(p0, 3).await.unwrap(),
+            7,
+            "never moves back"
+        );
+        assert!(matches!(
+            s.read(p0, 2, 1 << 20, true).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // The batch holding offset 7 (5..9) is still served whole; the one before it is gone.
+        let r = s.read(p0, 7, 1 << 20, true).await.unwrap();
+        assert_eq!(values(&r.records).first().map(|(o, _)| *o), Some(5));
+        // Retention: these records are from 1970, older than the 7-day default: everything goes.
+        s.enforce_retention(engine_now()).await.unwrap();
+        assert_eq!(topic.partitions[1].log_start_offset(), 20);
+        assert_eq!(topic.partitions[1].high_watermark(), 20);
+    }
+    let s = Storage::open(config).await.unwrap();
+    let t = s.topic("r").unwrap();
+    assert_eq!(
+        (
+            t.partitions[0].log_start_offset(),
+            t.partitions[1].log_start_offset()
+        ),
+        (20, 20),
+        "kept across restarts"
+    );
+    assert_eq!(s.delete_records(&t.partitions[0], -1).await.unwrap(), 20);
+}
+
+#[tokio::test]
+async fn retention_bytes_keeps_the_newest_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+    let configs = [
+        ("retention.ms".to_string(), "-1".to_string()),
+        ("retention.bytes".to_string(), "1".to_string()),
+    ]
+    .into();
+    s.create_topic("b", 1, configs).await.unwrap();
+    let topic = s.topic("b").unwrap();
+    for i in 0..3 {
+        let data = batch(i * 2, 2, -1, Compression::None);
+        s.append(vec![AppendBatch {
+            topic: topic.clone(),
+            partition: 0,
+            header: validate_produce_batch(&data).unwrap(),
+            data,
+        }])
+        .await;
+    }
+    s.enforce_retention(engine_now()).await.unwrap();
+    // Only the newest block (offsets 4-5) is kept: it alone exceeds 1 byte, older ones go.
+    assert_eq!(topic.partitions[0].log_start_offset(), 4);
+    let r = s
+        .read(&topic.partitions[0], 4, 1 << 20, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        values(&r.records)
+            .iter()
+            .map(|(o, _)| *o)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+}
+
+fn engine_now() -> i64 {
+    streamhouse_storage::engine::now_ms()
+}

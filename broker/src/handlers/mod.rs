@@ -9,6 +9,7 @@ pub mod consumer_group_heartbeat_68;
 pub mod create_partitions_37;
 pub mod create_topics_19;
 pub mod delete_groups_42;
+pub mod delete_records_21;
 pub mod delete_topics_20;
 pub mod describe_cluster_60;
 pub mod describe_configs_32;
@@ -64,6 +65,7 @@ pub const SUPPORTED: &[ApiSpec] = &[
     api_versions_18::API,
     create_topics_19::API,
     delete_topics_20::API,
+    delete_records_21::API,
     init_producer_id_22::API,
     describe_configs_32::API,
     create_partitions_37::API,
@@ -191,6 +193,7 @@ pub async fn dispatch(
         ApiKey::DeleteGroups => serve!(delete_groups_42, "DeleteGroups"),
         ApiKey::OffsetDelete => serve!(offset_delete_47, "OffsetDelete"),
         ApiKey::CreatePartitions => serve!(create_partitions_37, "CreatePartitions"),
+        ApiKey::DeleteRecords => serve!(delete_records_21, "DeleteRecords"),
         ApiKey::IncrementalAlterConfigs => {
             serve!(incremental_alter_configs_44, "IncrementalAlterConfigs")
         }
