@@ -453,15 +453,7 @@ impl ClassicGroup {
 
     fn complete_join(&mut self, now: Instant) {
         // Members that did not rejoin in time are out.
-        let gone: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| m.join_waiter.is_none())
-            .map(|m| m.id.clone())
-            .collect();
-        for id in gone {
-            self.remove_member(&id);
-        }
+        self.remove_members_where(|m| m.join_waiter.is_none());
         self.generation += 1;
         self.rebalance_deadline = None;
         self.initial_delay_until = None;
@@ -554,6 +546,20 @@ impl ClassicGroup {
             .find(|(v, _)| *v == best)
             .map(|(_, c)| c.clone())
             .unwrap_or_default()
+    }
+
+    /// Removes every member matching `pred`; returns their ids.
+    fn remove_members_where(&mut self, pred: impl Fn(&Member) -> bool) -> Vec<String> {
+        let ids: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| pred(m))
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &ids {
+            self.remove_member(id);
+        }
+        ids
     }
 
     fn remove_member(&mut self, id: &str) {
@@ -757,21 +763,15 @@ impl ClassicGroup {
     pub fn tick(&mut self, group_id: &str, now: Instant) -> bool {
         self.pending.retain(|_, deadline| *deadline > now);
         let mut changed = false;
-        let expired: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| {
-                m.join_waiter.is_none()
-                    && self.state != ClassicState::PreparingRebalance
-                    && now > m.last_seen + m.session_timeout
-            })
-            .map(|m| m.id.clone())
-            .collect();
-        for id in expired {
+        // Members waiting in a rebalance are governed by its deadline, not by their session.
+        let preparing = self.state == ClassicState::PreparingRebalance;
+        let expired = self.remove_members_where(|m| {
+            m.join_waiter.is_none() && !preparing && now > m.last_seen + m.session_timeout
+        });
+        for id in &expired {
             tracing::info!(group = group_id, member = %id, "member session expired");
-            self.remove_member(&id);
-            changed = true;
         }
+        changed |= !expired.is_empty();
         if changed {
             self.after_removal(Duration::ZERO, now);
         }
@@ -780,15 +780,7 @@ impl ClassicGroup {
             ClassicState::CompletingRebalance if self.sync_deadline.is_some_and(|t| now >= t) => {
                 // The leader never sent the assignment: drop those who have not synced, start over.
                 tracing::info!(group = group_id, "sync timed out; rebalancing");
-                let lagging: Vec<String> = self
-                    .members
-                    .values()
-                    .filter(|m| m.sync_waiter.is_none())
-                    .map(|m| m.id.clone())
-                    .collect();
-                for id in lagging {
-                    self.remove_member(&id);
-                }
+                self.remove_members_where(|m| m.sync_waiter.is_none());
                 self.after_removal(Duration::ZERO, now);
                 changed = true;
             }
