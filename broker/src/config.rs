@@ -84,6 +84,21 @@ pub struct ServeArgs {
     /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms) [default: 300000]
     #[arg(long, env = "STREAMHOUSE_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Flushes being made durable at once; they commit in order (object PUTs overlap) [default: 4]
+    #[arg(long, env = "STREAMHOUSE_MAX_INFLIGHT_FLUSHES")]
+    pub max_inflight_flushes: Option<usize>,
+    /// How long a segment nothing refers to any more is kept before its file or object is deleted (Kafka's file.delete.delay.ms) [default: 60000]
+    #[arg(long, env = "STREAMHOUSE_FILE_DELETE_DELAY_MS")]
+    pub file_delete_delay_ms: Option<u64>,
+    /// How often small flush objects are merged into per-partition objects, object stores only; 0 turns compaction off [default: 60000]
+    #[arg(long, env = "STREAMHOUSE_COMPACTION_INTERVAL_MS")]
+    pub compaction_interval_ms: Option<u64>,
+    /// Flush objects younger than this are not compacted yet [default: 30000]
+    #[arg(long, env = "STREAMHOUSE_COMPACTION_MIN_AGE_MS")]
+    pub compaction_min_age_ms: Option<u64>,
+    /// Bytes fetched ahead of a consumer reading from the object store [default: 4194304]
+    #[arg(long, env = "STREAMHOUSE_READ_AHEAD_BYTES")]
+    pub read_ahead_bytes: Option<usize>,
     /// How long a new consumer group waits for more members before its first rebalance (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -128,6 +143,16 @@ pub struct FileConfig {
     sync_metadata: Option<bool>,
     #[serde(alias = "log.retention.check.interval.ms")]
     retention_check_interval_ms: Option<u64>,
+    #[serde(alias = "max.inflight.flushes")]
+    max_inflight_flushes: Option<usize>,
+    #[serde(alias = "file.delete.delay.ms")]
+    file_delete_delay_ms: Option<u64>,
+    #[serde(alias = "compaction.interval.ms")]
+    compaction_interval_ms: Option<u64>,
+    #[serde(alias = "compaction.min.age.ms")]
+    compaction_min_age_ms: Option<u64>,
+    #[serde(alias = "read.ahead.bytes")]
+    read_ahead_bytes: Option<usize>,
     #[serde(alias = "group.initial.rebalance.delay.ms")]
     group_initial_rebalance_delay_ms: Option<u64>,
     #[serde(alias = "group.consumer.heartbeat.interval.ms")]
@@ -158,6 +183,11 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay: Duration,
     pub group_consumer_heartbeat_interval: Duration,
     pub retention_check_interval: Duration,
+    pub max_inflight_flushes: usize,
+    pub file_delete_delay: Duration,
+    pub compaction_interval: Duration,
+    pub compaction_min_age: Duration,
+    pub read_ahead_bytes: usize,
 }
 
 impl BrokerConfig {
@@ -231,6 +261,30 @@ impl BrokerConfig {
                     .unwrap_or(300_000)
                     .max(100),
             ),
+            max_inflight_flushes: args
+                .max_inflight_flushes
+                .or(file.max_inflight_flushes)
+                .unwrap_or(4)
+                .max(1),
+            file_delete_delay: Duration::from_millis(
+                args.file_delete_delay_ms
+                    .or(file.file_delete_delay_ms)
+                    .unwrap_or(60_000),
+            ),
+            compaction_interval: Duration::from_millis(
+                args.compaction_interval_ms
+                    .or(file.compaction_interval_ms)
+                    .unwrap_or(60_000),
+            ),
+            compaction_min_age: Duration::from_millis(
+                args.compaction_min_age_ms
+                    .or(file.compaction_min_age_ms)
+                    .unwrap_or(30_000),
+            ),
+            read_ahead_bytes: args
+                .read_ahead_bytes
+                .or(file.read_ahead_bytes)
+                .unwrap_or(4 << 20),
             group_initial_rebalance_delay: Duration::from_millis(
                 args.group_initial_rebalance_delay_ms
                     .or(file.group_initial_rebalance_delay_ms)
@@ -260,6 +314,11 @@ impl BrokerConfig {
         s.sync_metadata = self.sync_metadata;
         s.object_store = self.object_store.clone();
         s.retention_check_interval = self.retention_check_interval;
+        s.max_inflight_flushes = self.max_inflight_flushes;
+        s.file_delete_delay = self.file_delete_delay;
+        s.compaction_interval = self.compaction_interval;
+        s.compaction_min_age = self.compaction_min_age;
+        s.read_ahead_bytes = self.read_ahead_bytes;
         s
     }
 

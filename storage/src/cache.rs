@@ -1,9 +1,17 @@
-//! A byte-weighted LRU-ish (CLOCK-Pro, via quick_cache) cache of decoded blocks, keyed by segment and
-//! position. Blocks just written are inserted at commit, so tailing consumers never touch the disk.
+//! The block cache: decoded blocks keyed by segment and position, weighted by bytes, in two parts.
+//!
+//! - The *written* part holds blocks inserted at commit, so tailing consumers never touch the disk or
+//!   the object store.
+//! - The *loaded* part holds blocks read back from storage (lagging consumers, read-ahead, restarts).
+//!
+//! A lagging consumer scanning old data only churns the loaded part, so it cannot evict the hot tail
+//! that every up-to-date consumer is reading (cold-read isolation). Each part is CLOCK-Pro-like
+//! (quick_cache); concurrent misses on one block share a single load.
 
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone)]
 struct ByteWeighter;
@@ -14,41 +22,153 @@ impl Weighter<(u64, u64), Bytes> for ByteWeighter {
     }
 }
 
+type Part = Cache<(u64, u64), Bytes, ByteWeighter>;
+
+fn part(capacity_bytes: u64) -> Part {
+    // Item estimate: blocks of ~16 KiB on average.
+    let items = (capacity_bytes / 16_384).max(16) as usize;
+    Cache::with_weighter(items, capacity_bytes.max(1), ByteWeighter)
+}
+
 pub struct BlockCache {
-    inner: Cache<(u64, u64), Bytes, ByteWeighter>,
+    written: Part,
+    loaded: Part,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Hits and misses of block lookups since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub weight: u64,
 }
 
 impl BlockCache {
+    /// Three quarters of the capacity for blocks just written, one quarter for blocks read back.
     pub fn new(capacity_bytes: u64) -> Self {
-        // Item estimate: blocks of ~16 KiB on average.
-        let items = (capacity_bytes / 16_384).max(16) as usize;
+        let loaded = capacity_bytes / 4;
         Self {
-            inner: Cache::with_weighter(items, capacity_bytes.max(1), ByteWeighter),
+            written: part(capacity_bytes - loaded),
+            loaded: part(loaded),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     pub fn get(&self, segment_id: u64, position: u64) -> Option<Bytes> {
-        self.inner.get(&(segment_id, position))
+        let key = (segment_id, position);
+        self.written.get(&key).or_else(|| self.loaded.get(&key))
     }
 
-    pub fn insert(&self, segment_id: u64, position: u64, block: Bytes) {
-        self.inner.insert((segment_id, position), block);
+    /// A block just committed.
+    pub fn insert_written(&self, segment_id: u64, position: u64, block: Bytes) {
+        self.written.insert((segment_id, position), block);
     }
 
-    /// The cached block, or the result of `load` (inserted); concurrent callers for the same block
-    /// wait for the one load in flight instead of issuing their own.
+    /// A block read from storage ahead of need (read-ahead, neighbours fetched by the same GET).
+    pub fn insert_loaded(&self, segment_id: u64, position: u64, block: Bytes) {
+        let key = (segment_id, position);
+        if self.written.get(&key).is_none() {
+            self.loaded.insert(key, block);
+        }
+    }
+
+    /// The cached block, or the result of `load` (kept in the loaded part); concurrent callers for the
+    /// same block wait for the one load in flight instead of issuing their own.
     pub async fn get_or_load<E>(
         &self,
         segment_id: u64,
         position: u64,
         load: impl std::future::Future<Output = Result<Bytes, E>>,
     ) -> Result<Bytes, E> {
-        self.inner
-            .get_or_insert_async(&(segment_id, position), load)
-            .await
+        let key = (segment_id, position);
+        if let Some(b) = self.written.get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        let mut loaded = false;
+        let r = self
+            .loaded
+            .get_or_insert_async(&key, async {
+                loaded = true;
+                load.await
+            })
+            .await;
+        let counter = if loaded { &self.misses } else { &self.hits };
+        counter.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    pub fn contains(&self, segment_id: u64, position: u64) -> bool {
+        let key = (segment_id, position);
+        self.written.contains_key(&key) || self.loaded.contains_key(&key)
     }
 
     pub fn weight(&self) -> u64 {
-        self.inner.weight()
+        self.written.weight() + self.loaded.weight()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            weight: self.weight(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cold_scan_does_not_evict_written_blocks() {
+        let cache = BlockCache::new(4 << 20);
+        let block = Bytes::from(vec![7u8; 16 << 10]);
+        // The hot tail: 64 blocks (1 MiB) just written.
+        for pos in 0..64 {
+            cache.insert_written(1, pos, block.clone());
+        }
+        // A lagging consumer reads 64 MiB of old data, 16 times the cache.
+        for pos in 0..4096u64 {
+            let b = block.clone();
+            let got = cache
+                .get_or_load(2, pos, async move { Ok::<_, ()>(b) })
+                .await;
+            assert!(got.is_ok());
+        }
+        for pos in 0..64 {
+            assert!(cache.get(1, pos).is_some(), "hot block {pos} was evicted");
+        }
+        let stats = cache.stats();
+        assert_eq!(stats.misses, 4096);
+        assert!(stats.weight <= 4 << 20);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_load() {
+        let cache = std::sync::Arc::new(BlockCache::new(1 << 20));
+        let loads = std::sync::Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load(9, 0, async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Ok::<_, ()>(Bytes::from_static(b"block"))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Bytes::from_static(b"block"));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (15, 1));
     }
 }

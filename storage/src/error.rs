@@ -26,6 +26,9 @@ pub enum StorageError {
     Metadata(#[from] rusqlite::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The flush holding a batch (or one sequenced before it) could not be made durable or committed.
+    #[error("flush failed: {0}")]
+    FlushFailed(String),
     #[error("the storage engine is shutting down")]
     ShuttingDown,
 }
@@ -40,7 +43,7 @@ impl StorageError {
             StorageError::OutOfOrderSequence => 45, // OUT_OF_ORDER_SEQUENCE_NUMBER
             StorageError::InvalidProducerEpoch => 47, // INVALID_PRODUCER_EPOCH
             StorageError::CorruptBlock { .. } => 56, // KAFKA_STORAGE_ERROR
-            StorageError::Metadata(_) | StorageError::Io(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
+            StorageError::Metadata(_) | StorageError::Io(_) | StorageError::FlushFailed(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
             StorageError::ShuttingDown => 6, // NOT_LEADER_OR_FOLLOWER: retry elsewhere/later
         }
     }

@@ -38,6 +38,17 @@ pub struct SegmentRecord {
     pub id: u64,
     pub created_ms: i64,
     pub sealed: bool,
+    /// 0: written by a flush (blocks of many partitions); 1: written by compaction (one partition).
+    pub level: u8,
+}
+
+/// Compaction's index switch: blocks replaced by merged blocks in new segments, in one transaction.
+#[derive(Debug, Default)]
+pub struct BlockSwitch {
+    pub segments: Vec<SegmentRecord>,
+    /// (topic, partition, base offset, segment) of the blocks replaced.
+    pub removed: Vec<(Uuid, i32, i64, u64)>,
+    pub added: Vec<BlockMeta>,
 }
 
 /// Everything a flush makes visible, committed atomically.
@@ -50,6 +61,16 @@ pub struct Commit {
     pub producers: Vec<((i64, Uuid, i32), ProducerEntry)>,
 }
 
+impl Commit {
+    /// Nothing to write (a flush whose batches were all duplicates or errors).
+    pub fn is_empty(&self) -> bool {
+        self.new_segment.is_none()
+            && self.sealed_segment.is_none()
+            && self.blocks.is_empty()
+            && self.producers.is_empty()
+    }
+}
+
 /// What the engine loads on start.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -58,6 +79,8 @@ pub struct Snapshot {
     pub segments: Vec<SegmentRecord>,
     pub blocks: Vec<BlockMeta>,
     pub producers: Vec<((i64, Uuid, i32), ProducerEntry)>,
+    /// Segments no block refers to any more, with when they were dropped: deleted after a delay.
+    pub retired: Vec<(u64, i64)>,
 }
 
 pub trait MetadataStore: Send + Sync + 'static {
@@ -69,7 +92,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Grows a topic to `partitions` partitions (the new ones start empty).
     fn add_partitions(&self, topic_id: Uuid, partitions: i32) -> Result<(), StorageError>;
     /// Moves a partition's log start offset forward (DeleteRecords, retention) and drops the index rows
-    /// of blocks that end before it.
+    /// of blocks that end before it. Sealed segments left without blocks are retired.
     fn truncate_head(
         &self,
         topic_id: Uuid,
@@ -82,6 +105,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn add_segment(&self, segment: &SegmentRecord) -> Result<(), StorageError>;
     fn delete_segment(&self, segment_id: u64) -> Result<(), StorageError>;
     fn commit(&self, commit: &Commit) -> Result<(), StorageError>;
+    /// Replaces blocks by merged ones (compaction). A merged block is only added while its partition
+    /// still exists and it ends at or after the log start offset; segments left without blocks are
+    /// retired. Returns the blocks actually added.
+    fn switch_blocks(&self, switch: &BlockSwitch) -> Result<Vec<BlockMeta>, StorageError>;
+    /// The live segments, by id.
+    fn segments(&self) -> Result<Vec<SegmentRecord>, StorageError>;
+    /// Retired segments: (id, when retired).
+    fn retired_segments(&self) -> Result<Vec<(u64, i64)>, StorageError>;
+    /// Forgets retired segments whose files or objects are deleted.
+    fn forget_retired_segments(&self, ids: &[u64]) -> Result<(), StorageError>;
     /// A producer id never handed out before, even across restarts.
     fn allocate_producer_id(&self) -> Result<i64, StorageError>;
     /// Stores committed offsets (one transaction), replacing earlier commits of the same partitions.
@@ -110,7 +143,10 @@ CREATE TABLE IF NOT EXISTS partitions (
   topic_id BLOB NOT NULL, partition INTEGER NOT NULL, log_start_offset INTEGER NOT NULL,
   high_watermark INTEGER NOT NULL, PRIMARY KEY (topic_id, partition));
 CREATE TABLE IF NOT EXISTS segments (
-  segment_id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, sealed INTEGER NOT NULL);
+  segment_id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, sealed INTEGER NOT NULL,
+  level INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS retired_segments (
+  segment_id INTEGER PRIMARY KEY, retired_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
   topic_id BLOB NOT NULL, partition INTEGER NOT NULL, base_offset INTEGER NOT NULL,
   last_offset INTEGER NOT NULL, max_timestamp INTEGER NOT NULL, segment_id INTEGER NOT NULL,
@@ -154,10 +190,72 @@ impl SqliteMetadata {
         )?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.execute_batch(SCHEMA)?;
+        // Databases from before compaction have no segment level column.
+        let has_level = conn
+            .prepare("SELECT 1 FROM pragma_table_info('segments') WHERE name = 'level'")?
+            .exists([])?;
+        if !has_level {
+            conn.execute_batch("ALTER TABLE segments ADD COLUMN level INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
     }
+}
+
+fn segments(conn: &Connection) -> Result<Vec<SegmentRecord>, StorageError> {
+    let mut stmt = conn.prepare(
+        "SELECT segment_id, created_ms, sealed, level FROM segments ORDER BY segment_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SegmentRecord {
+            id: r.get::<_, i64>(0)? as u64,
+            created_ms: r.get(1)?,
+            sealed: r.get(2)?,
+            level: r.get::<_, i64>(3)? as u8,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn retired(conn: &Connection) -> Result<Vec<(u64, i64)>, StorageError> {
+    let mut stmt =
+        conn.prepare("SELECT segment_id, retired_ms FROM retired_segments ORDER BY segment_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn segments_of(
+    tx: &rusqlite::Transaction,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<u64>, StorageError> {
+    let mut stmt = tx.prepare(sql)?;
+    let rows = stmt.query_map(params, |r| Ok(r.get::<_, i64>(0)? as u64))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Moves sealed segments that no block refers to any more from `segments` to `retired_segments`; their
+/// files or objects are deleted after file.delete.delay.ms. (The active local segment is not sealed.)
+fn retire_if_unreferenced(tx: &rusqlite::Transaction, ids: &[u64]) -> Result<(), StorageError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut retire = tx.prepare_cached(
+        "INSERT OR IGNORE INTO retired_segments (segment_id, retired_ms)
+         SELECT segment_id, ?2 FROM segments WHERE segment_id = ?1 AND sealed = 1
+           AND NOT EXISTS (SELECT 1 FROM blocks WHERE segment_id = ?1)",
+    )?;
+    let mut drop_row = tx.prepare_cached(
+        "DELETE FROM segments WHERE segment_id = ?1
+           AND EXISTS (SELECT 1 FROM retired_segments WHERE segment_id = ?1)",
+    )?;
+    for id in ids {
+        retire.execute(params![*id as i64, now])?;
+        drop_row.execute([*id as i64])?;
+    }
+    Ok(())
 }
 
 fn uuid_from(blob: Vec<u8>) -> Uuid {
@@ -193,16 +291,8 @@ impl MetadataStore for SqliteMetadata {
             })
         })?;
         snap.partitions = rows.collect::<Result<_, _>>()?;
-        let mut stmt = conn
-            .prepare("SELECT segment_id, created_ms, sealed FROM segments ORDER BY segment_id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(SegmentRecord {
-                id: r.get::<_, i64>(0)? as u64,
-                created_ms: r.get(1)?,
-                sealed: r.get(2)?,
-            })
-        })?;
-        snap.segments = rows.collect::<Result<_, _>>()?;
+        snap.segments = segments(&conn)?;
+        snap.retired = retired(&conn)?;
         let mut stmt = conn.prepare(
             "SELECT topic_id, partition, base_offset, last_offset, max_timestamp, segment_id, position,
                     stored_len, raw_len, codec, crc FROM blocks ORDER BY topic_id, partition, base_offset",
@@ -271,9 +361,15 @@ impl MetadataStore for SqliteMetadata {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let id = topic_id.as_bytes().as_slice();
+        let segments = segments_of(
+            &tx,
+            "SELECT DISTINCT segment_id FROM blocks WHERE topic_id = ?1",
+            params![id],
+        )?;
         for table in ["topics", "partitions", "blocks", "producer_state"] {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id])?;
         }
+        retire_if_unreferenced(&tx, &segments)?;
         tx.commit()?;
         Ok(())
     }
@@ -314,10 +410,16 @@ impl MetadataStore for SqliteMetadata {
             "UPDATE partitions SET log_start_offset = MAX(log_start_offset, ?3) WHERE topic_id = ?1 AND partition = ?2",
             params![id, partition, log_start_offset],
         )?;
+        let segments = segments_of(
+            &tx,
+            "SELECT DISTINCT segment_id FROM blocks WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3",
+            params![id, partition, log_start_offset],
+        )?;
         tx.execute(
             "DELETE FROM blocks WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3",
             params![id, partition, log_start_offset],
         )?;
+        retire_if_unreferenced(&tx, &segments)?;
         tx.commit()?;
         Ok(())
     }
@@ -337,8 +439,8 @@ impl MetadataStore for SqliteMetadata {
 
     fn add_segment(&self, s: &SegmentRecord) -> Result<(), StorageError> {
         self.conn.lock().execute(
-            "INSERT INTO segments (segment_id, created_ms, sealed) VALUES (?1, ?2, ?3)",
-            params![s.id as i64, s.created_ms, s.sealed],
+            "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
+            params![s.id as i64, s.created_ms, s.sealed, s.level],
         )?;
         Ok(())
     }
@@ -369,8 +471,8 @@ impl MetadataStore for SqliteMetadata {
         }
         if let Some(s) = &c.new_segment {
             tx.execute(
-                "INSERT INTO segments (segment_id, created_ms, sealed) VALUES (?1, ?2, ?3)",
-                params![s.id as i64, s.created_ms, s.sealed],
+                "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
+                params![s.id as i64, s.created_ms, s.sealed, s.level],
             )?;
         }
         {
@@ -415,6 +517,89 @@ impl MetadataStore for SqliteMetadata {
                     recent
                 ])?;
             }
+        }
+        if let Some(id) = c.sealed_segment {
+            // Retention may have dropped every block of the segment while it was active.
+            retire_if_unreferenced(&tx, &[id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn switch_blocks(&self, sw: &BlockSwitch) -> Result<Vec<BlockMeta>, StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for s in &sw.segments {
+            tx.execute(
+                "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
+                params![s.id as i64, s.created_ms, s.sealed, s.level],
+            )?;
+        }
+        {
+            let mut del = tx.prepare_cached(
+                "DELETE FROM blocks WHERE topic_id = ?1 AND partition = ?2 AND base_offset = ?3 AND segment_id = ?4",
+            )?;
+            for (topic_id, partition, base_offset, segment_id) in &sw.removed {
+                del.execute(params![
+                    topic_id.as_bytes().as_slice(),
+                    partition,
+                    base_offset,
+                    *segment_id as i64
+                ])?;
+            }
+        }
+        let mut added = Vec::with_capacity(sw.added.len());
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR IGNORE INTO blocks (topic_id, partition, base_offset, last_offset, max_timestamp,
+                   segment_id, position, stored_len, raw_len, codec, crc)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 FROM partitions
+                 WHERE topic_id = ?1 AND partition = ?2 AND log_start_offset <= ?4",
+            )?;
+            for b in &sw.added {
+                let n = ins.execute(params![
+                    b.topic_id.as_bytes().as_slice(),
+                    b.partition,
+                    b.base_offset,
+                    b.last_offset,
+                    b.max_timestamp,
+                    b.segment_id as i64,
+                    b.position as i64,
+                    b.stored_len as i64,
+                    b.raw_len as i64,
+                    b.codec as i64,
+                    b.crc as i64
+                ])?;
+                if n > 0 {
+                    added.push(*b);
+                }
+            }
+        }
+        let mut touched: Vec<u64> = sw.removed.iter().map(|r| r.3).collect();
+        touched.extend(sw.segments.iter().map(|s| s.id));
+        touched.sort_unstable();
+        touched.dedup();
+        retire_if_unreferenced(&tx, &touched)?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    fn segments(&self) -> Result<Vec<SegmentRecord>, StorageError> {
+        segments(&self.conn.lock())
+    }
+
+    fn retired_segments(&self) -> Result<Vec<(u64, i64)>, StorageError> {
+        retired(&self.conn.lock())
+    }
+
+    fn forget_retired_segments(&self, ids: &[u64]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for id in ids {
+            tx.execute(
+                "DELETE FROM retired_segments WHERE segment_id = ?1",
+                [*id as i64],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -586,6 +771,7 @@ mod tests {
                 id: 1,
                 created_ms: 0,
                 sealed: false,
+                level: 0,
             })
             .unwrap();
             let block = BlockMeta {

@@ -23,6 +23,7 @@ pub struct ObjectSegments {
     pub puts: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
+    pub deletes: AtomicU64,
 }
 
 fn store_error(e: object_store::Error) -> StorageError {
@@ -93,6 +94,7 @@ impl ObjectSegments {
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
+            deletes: AtomicU64::new(0),
         })
     }
 
@@ -111,6 +113,15 @@ impl ObjectSegments {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    /// Deletes a segment object (one already gone is fine).
+    pub async fn delete(&self, id: u64) -> Result<(), StorageError> {
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+        match self.store.delete(&self.path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error(e)),
+        }
     }
 
     /// A ranged GET of only the bytes one block needs.

@@ -1,68 +1,12 @@
 //! The storage engine end to end: appends survive a restart, uncommitted segment files are removed,
 //! retried idempotent batches are not written twice, and reads honour offsets and byte limits.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use streamhouse_protocol::batch::validate_produce_batch;
 use streamhouse_storage::{AppendBatch, Storage, StorageConfig, StorageError};
 
-fn batch(first_seq: i32, n: usize, producer_id: i64, compression: Compression) -> Bytes {
-    let recs: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: first_seq + i as i32,
-            timestamp: 10_000 + (first_seq as i64 + i as i64) * 10,
-            key: None,
-            value: Some(Bytes::from(format!("v{}", first_seq as usize + i))),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
-
-fn append_batch(storage: &Storage, topic: &str, data: Bytes) -> AppendBatch {
-    AppendBatch {
-        topic: storage.topic(topic).unwrap(),
-        partition: 0,
-        header: validate_produce_batch(&data).unwrap(),
-        data,
-    }
-}
-
-fn values(records: &Bytes) -> Vec<(i64, String)> {
-    let mut b = records.clone();
-    kafka_protocol::records::RecordBatchDecoder::decode_all(&mut b)
-        .unwrap()
-        .iter()
-        .flat_map(|s| {
-            s.records.iter().map(|r| {
-                (
-                    r.offset,
-                    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
-                )
-            })
-        })
-        .collect()
-}
+mod common;
+use common::{append_batch, batch, values};
 
 #[tokio::test]
 async fn appends_survive_restart_and_duplicates_are_not_written_twice() {

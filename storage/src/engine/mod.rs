@@ -16,14 +16,20 @@ use streamhouse_protocol::batch::{self, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+mod maintenance;
+mod writer;
+
+pub use maintenance::CompactionReport;
+
 use crate::cache::BlockCache;
 use crate::metadata::{
-    Commit, MetadataStore, SegmentRecord, SqliteMetadata, TopicConfigs, TopicRecord,
+    Commit, MetadataStore, SegmentRecord, Snapshot, SqliteMetadata, TopicConfigs, TopicRecord,
 };
 use crate::object::ObjectSegments;
 use crate::producer::{ProducerEntry, SequenceCheck};
 use crate::segment::{self, ActiveSegment, BlockMeta};
 use crate::StorageError;
+use writer::Writer;
 
 /// Leader epoch written into every stored batch: a single broker never changes leader.
 pub const LEADER_EPOCH: i32 = 0;
@@ -48,6 +54,19 @@ pub struct StorageConfig {
     pub object_store: Option<String>,
     /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms).
     pub retention_check_interval: Duration,
+    /// Flushes being made durable at once (object PUTs overlap; committed in order).
+    pub max_inflight_flushes: usize,
+    /// How long a segment no block refers to any more is kept before its file or object is deleted, so
+    /// reads that started before it was dropped can finish (Kafka's file.delete.delay.ms).
+    pub file_delete_delay: Duration,
+    /// How often small flush objects are merged into per-partition objects (object stores only; 0: never).
+    pub compaction_interval: Duration,
+    /// Flush objects younger than this are left for the next compaction pass.
+    pub compaction_min_age: Duration,
+    /// Objects at least this large are not compacted again.
+    pub compaction_target_bytes: u64,
+    /// Bytes a sequential reader's next blocks are fetched ahead of it (object stores).
+    pub read_ahead_bytes: usize,
 }
 
 impl StorageConfig {
@@ -62,6 +81,12 @@ impl StorageConfig {
             sync_metadata: true,
             object_store: None,
             retention_check_interval: Duration::from_secs(300),
+            max_inflight_flushes: 4,
+            file_delete_delay: Duration::from_secs(60),
+            compaction_interval: Duration::from_secs(60),
+            compaction_min_age: Duration::from_secs(30),
+            compaction_target_bytes: 64 << 20,
+            read_ahead_bytes: 4 << 20,
         }
     }
 }
@@ -132,6 +157,26 @@ impl Partition {
         }
         out
     }
+    /// `first` and the partition's blocks stored right after it in the same segment, up to
+    /// `max_bytes` stored: what one ranged GET can fetch together.
+    fn run_from(&self, first: &BlockMeta, max_bytes: u64) -> Vec<BlockMeta> {
+        let st = self.state.read();
+        let mut run = vec![*first];
+        let mut end = first.position + first.total_len();
+        let mut bytes = first.total_len();
+        for b in st.blocks.range(first.base_offset + 1..).map(|(_, b)| b) {
+            if b.segment_id != first.segment_id
+                || b.position != end
+                || bytes + b.total_len() > max_bytes
+            {
+                break;
+            }
+            run.push(*b);
+            end += b.total_len();
+            bytes += b.total_len();
+        }
+        run
+    }
     fn all_blocks(&self) -> Vec<BlockMeta> {
         self.state.read().blocks.values().copied().collect()
     }
@@ -197,6 +242,10 @@ pub struct Storage {
     writer: mpsc::Sender<AppendRequest>,
     commits: watch::Sender<u64>,
     objects: Option<Arc<ObjectSegments>>,
+    /// The next segment id; ids are never reused, not even those of uploads never committed.
+    next_segment_id: std::sync::atomic::AtomicU64,
+    /// Read-aheads running at once.
+    read_ahead_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Storage {
@@ -236,33 +285,31 @@ impl Storage {
             writer: tx,
             commits,
             objects,
+            next_segment_id: std::sync::atomic::AtomicU64::new(1),
+            read_ahead_permits: Arc::new(tokio::sync::Semaphore::new(4)),
         });
         let st = storage.clone();
-        let mut writer = tokio::task::spawn_blocking(move || st.recover())
+        let writer = tokio::task::spawn_blocking(move || st.recover())
             .await
             .map_err(|_| StorageError::ShuttingDown)??;
         if let Some(objects) = &storage.objects {
             // Ids are never reused, not even those of orphaned uploads; then orphans are removed.
             let known: std::collections::HashSet<u64> =
                 storage.meta.load()?.segments.iter().map(|s| s.id).collect();
-            writer.next_segment_id = writer.next_segment_id.max(objects.max_id().await? + 1);
+            storage.reserve_segment_ids_above(objects.max_id().await?);
             let removed = objects.collect_garbage(&known).await?;
-            tracing::info!(removed, "object store checked for uncommitted uploads");
+            tracing::info!(removed, "object store checked for unreferenced objects");
         }
+        // Segments dropped before the restart are gone now (no reader can still be using them).
+        let meta = storage.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let ids: Vec<u64> = meta.retired_segments()?.iter().map(|r| r.0).collect();
+            meta.forget_retired_segments(&ids)
+        })
+        .await
+        .map_err(|_| StorageError::ShuttingDown)??;
         tokio::spawn(writer.run(rx));
-        let weak = Arc::downgrade(&storage);
-        let every = storage.config.retention_check_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(s) = weak.upgrade() else { break };
-                if let Err(e) = s.enforce_retention(now_ms()).await {
-                    tracing::warn!(error = %e, "retention pass failed");
-                }
-            }
-        });
+        maintenance::spawn(&storage);
         Ok(storage)
     }
 
@@ -298,38 +345,12 @@ impl Storage {
                 st.log_start_offset = p.log_start_offset;
             }
         }
-        let mut by_segment: HashMap<u64, Vec<BlockMeta>> = HashMap::new();
         for b in &snap.blocks {
             if let Some(part) = partition(&catalog, b.topic_id, b.partition) {
                 part.state.write().blocks.insert(b.base_offset, *b);
-                by_segment.entry(b.segment_id).or_default().push(*b);
             }
         }
-        let known: HashMap<u64, SegmentRecord> = snap.segments.iter().map(|s| (s.id, *s)).collect();
-        let mut max_id = snap.segments.iter().map(|s| s.id).max().unwrap_or(0);
-        for entry in std::fs::read_dir(&self.segments_dir)? {
-            let path = entry?.path();
-            match segment::segment_id_of(&path) {
-                Some(id) if known.contains_key(&id) => {}
-                other => {
-                    tracing::warn!(?path, "removing segment file unknown to the metadata store");
-                    max_id = max_id.max(other.unwrap_or(0));
-                    std::fs::remove_file(&path)?;
-                }
-            }
-        }
-        let mut active = None;
-        for s in snap.segments.iter().filter(|s| !s.sealed) {
-            let blocks = by_segment.remove(&s.id).unwrap_or_default();
-            if active.is_none() && segment::segment_path(&self.segments_dir, s.id).exists() {
-                active = Some(ActiveSegment::reopen(
-                    &self.segments_dir,
-                    s.id,
-                    s.created_ms,
-                    blocks,
-                )?);
-            }
-        }
+        let (active, max_id) = self.reopen_active_segment(&snap)?;
         *self.catalog.write() = catalog;
         tracing::info!(
             topics = snap.topics.len(),
@@ -337,12 +358,73 @@ impl Storage {
             segments = snap.segments.len(),
             "storage recovered"
         );
-        Ok(Writer {
-            storage: self.clone(),
+        self.reserve_segment_ids_above(max_id);
+        Ok(Writer::new(
+            self.clone(),
             active,
-            next_segment_id: max_id + 1,
-            producers: snap.producers.into_iter().collect(),
-        })
+            snap.producers.into_iter().collect(),
+        ))
+    }
+
+    /// Removes local segment files the metadata store does not know (written but never committed, or
+    /// dropped and waiting for deletion) and reopens the active segment, cut back to its last committed
+    /// block. Returns it and the highest segment id seen.
+    fn reopen_active_segment(
+        &self,
+        snap: &Snapshot,
+    ) -> Result<(Option<ActiveSegment>, u64), StorageError> {
+        let known: HashMap<u64, SegmentRecord> = snap.segments.iter().map(|s| (s.id, *s)).collect();
+        let mut max_id = snap
+            .segments
+            .iter()
+            .map(|s| s.id)
+            .chain(snap.retired.iter().map(|r| r.0))
+            .max()
+            .unwrap_or(0);
+        for entry in std::fs::read_dir(&self.segments_dir)? {
+            let path = entry?.path();
+            match segment::segment_id_of(&path) {
+                Some(id) if known.contains_key(&id) => {}
+                other => {
+                    tracing::info!(
+                        ?path,
+                        "removing segment file the metadata store does not reference"
+                    );
+                    max_id = max_id.max(other.unwrap_or(0));
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        let mut active = None;
+        if let Some(s) = snap
+            .segments
+            .iter()
+            .find(|s| !s.sealed && segment::segment_path(&self.segments_dir, s.id).exists())
+        {
+            let blocks = snap
+                .blocks
+                .iter()
+                .filter(|b| b.segment_id == s.id)
+                .copied()
+                .collect();
+            active = Some(ActiveSegment::reopen(
+                &self.segments_dir,
+                s.id,
+                s.created_ms,
+                blocks,
+            )?);
+        }
+        Ok((active, max_id))
+    }
+
+    fn new_segment_id(&self) -> u64 {
+        self.next_segment_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn reserve_segment_ids_above(&self, id: u64) {
+        self.next_segment_id
+            .fetch_max(id + 1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -459,56 +541,6 @@ impl Storage {
         Ok(st.log_start_offset)
     }
 
-    /// Applies retention.ms and retention.bytes (topic overrides, else Kafka's defaults: 7 days, no
-    /// size limit) by moving log start offsets forward past whole blocks that are too old or too many.
-    pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
-        for topic in self.topics() {
-            let ms = topic
-                .configs
-                .get("retention.ms")
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(604_800_000);
-            let bytes = topic
-                .configs
-                .get("retention.bytes")
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(-1);
-            for p in &topic.partitions {
-                let cutoff = {
-                    let st = p.state.read();
-                    let mut cutoff = st.log_start_offset;
-                    if ms >= 0 {
-                        // Blocks whose newest record is older than the retention time.
-                        for b in st.blocks.values() {
-                            if b.max_timestamp >= now_ms - ms {
-                                break;
-                            }
-                            cutoff = cutoff.max(b.last_offset + 1);
-                        }
-                    }
-                    if bytes >= 0 {
-                        // Kafka's rule: drop the oldest while what remains is still at least retention.bytes.
-                        let mut excess =
-                            st.blocks.values().map(|b| b.raw_len as i64).sum::<i64>() - bytes;
-                        for b in st.blocks.values() {
-                            if excess - (b.raw_len as i64) < 0 {
-                                break;
-                            }
-                            excess -= b.raw_len as i64;
-                            cutoff = cutoff.max(b.last_offset + 1);
-                        }
-                    }
-                    cutoff.min(st.high_watermark)
-                };
-                if cutoff > p.log_start_offset() {
-                    tracing::info!(topic = %topic.name, partition = p.index, log_start_offset = cutoff, "retention");
-                    self.delete_records(p, cutoff).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Replaces a topic's configuration overrides.
     pub async fn set_topic_configs(
         &self,
@@ -595,7 +627,7 @@ impl Storage {
     /// Reads whole batches from `offset`, up to `max_bytes`; with `min_one`, the first batch is returned
     /// even if larger (KIP-74), so a consumer can always make progress.
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         partition: &Partition,
         offset: i64,
         max_bytes: usize,
@@ -622,8 +654,12 @@ impl Storage {
         }
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
+        let mut missed = false;
+        let mut next_offset = offset;
         'blocks: for meta in partition.blocks_from(offset, max_bytes.max(1)) {
-            let raw = self.block(&meta).await?;
+            missed |= !self.cache.contains(meta.segment_id, meta.position);
+            let raw = self.block(Some(partition), &meta).await?;
+            next_offset = meta.last_offset + 1;
             for (pos, h) in batch::batches(&raw) {
                 if h.last_offset() < offset || h.base_offset >= hwm {
                     continue;
@@ -636,7 +672,50 @@ impl Storage {
                 total += size;
             }
         }
+        if missed && self.objects.is_some() {
+            // A consumer reading from the store (behind the cached tail): fetch what it reads next.
+            self.read_ahead(partition, next_offset);
+        }
         Ok(result(concat(parts)))
+    }
+
+    /// Loads the blocks after `offset` (up to read_ahead_bytes) into the cache in the background, with
+    /// at most a few read-aheads running at once.
+    fn read_ahead(self: &Arc<Self>, partition: &Partition, offset: i64) {
+        let ahead = self.config.read_ahead_bytes;
+        if ahead == 0 {
+            return;
+        }
+        let Ok(permit) = self.read_ahead_permits.clone().try_acquire_owned() else {
+            return;
+        };
+        let wanted: Vec<BlockMeta> = partition
+            .blocks_from(offset, ahead)
+            .into_iter()
+            .filter(|b| !self.cache.contains(b.segment_id, b.position))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let Some(topic) = self.topic_by_id(partition.topic_id) else {
+            return;
+        };
+        let Some(partition) = topic.partitions.get(partition.index as usize).cloned() else {
+            return;
+        };
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            for meta in wanted {
+                // Blocks fetched by an earlier GET of the same run are cached by now.
+                if !storage.cache.contains(meta.segment_id, meta.position) {
+                    if let Err(e) = storage.block(Some(&partition), &meta).await {
+                        tracing::debug!(error = %e, "read-ahead stopped");
+                        break;
+                    }
+                }
+            }
+        });
     }
 
     /// The first offset whose record timestamp is >= `timestamp`, with that timestamp (ListOffsets).
@@ -650,7 +729,7 @@ impl Storage {
             .into_iter()
             .filter(|b| b.max_timestamp >= timestamp)
         {
-            let raw = self.block(&meta).await?;
+            let raw = self.block(Some(partition), &meta).await?;
             for (pos, h) in batch::batches(&raw) {
                 if h.max_timestamp < timestamp {
                     continue;
@@ -676,7 +755,7 @@ impl Storage {
         else {
             return Ok(None);
         };
-        let raw = self.block(best).await?;
+        let raw = self.block(Some(partition), best).await?;
         let mut found: Option<(i64, i64)> = None;
         for (pos, h) in batch::batches(&raw) {
             for (offset, ts) in records_with_timestamps(&raw.slice(pos..pos + h.total_size())) {
@@ -688,32 +767,60 @@ impl Storage {
         Ok(found)
     }
 
-    /// A block's raw batches, from the cache or the segment file.
-    async fn block(&self, meta: &BlockMeta) -> Result<Bytes, StorageError> {
+    /// A block's raw batches, from the cache or storage. From an object store, one ranged GET also
+    /// fetches the partition's blocks stored right after it in the same object (up to
+    /// read_ahead_bytes; compacted objects hold one partition's blocks back to back), and those go to
+    /// the cache too.
+    async fn block(
+        &self,
+        partition: Option<&Partition>,
+        meta: &BlockMeta,
+    ) -> Result<Bytes, StorageError> {
         let m = *meta;
         // Concurrent misses on one block share a single read (the cache's single-flight insert).
         self.cache
             .get_or_load(meta.segment_id, meta.position, async move {
-                let bytes = match &self.objects {
-                    Some(objects) => objects
-                        .read_range(m.segment_id, m.position, m.total_len())
-                        .await?
-                        .to_vec(),
-                    None => {
-                        let dir = self.segments_dir.clone();
-                        tokio::task::spawn_blocking(move || {
-                            segment::read_range(
-                                &dir,
-                                m.segment_id,
-                                m.position,
-                                m.total_len() as usize,
-                            )
-                        })
-                        .await
-                        .map_err(|_| StorageError::ShuttingDown)??
-                    }
+                let Some(objects) = &self.objects else {
+                    let dir = self.segments_dir.clone();
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        segment::read_range(&dir, m.segment_id, m.position, m.total_len() as usize)
+                    })
+                    .await
+                    .map_err(|_| StorageError::ShuttingDown)??;
+                    return segment::decode_block(&m, &bytes);
                 };
-                segment::decode_block(&m, &bytes)
+                let run = match partition {
+                    Some(p) => p.run_from(&m, self.config.read_ahead_bytes as u64),
+                    None => vec![m],
+                };
+                let end = run
+                    .last()
+                    .map(|b| b.position + b.total_len())
+                    .unwrap_or(m.position + m.total_len());
+                let bytes = objects
+                    .read_range(m.segment_id, m.position, end - m.position)
+                    .await?;
+                let mut first = None;
+                for b in &run {
+                    let at = (b.position - m.position) as usize;
+                    let stored = bytes.get(at..at + b.total_len() as usize).ok_or(
+                        StorageError::CorruptBlock {
+                            segment_id: b.segment_id,
+                            position: b.position,
+                            reason: "object shorter than its index says",
+                        },
+                    )?;
+                    if b.position == m.position {
+                        first = Some(segment::decode_block(b, stored)?);
+                    } else if !self.cache.contains(b.segment_id, b.position) {
+                        self.cache.insert_loaded(
+                            b.segment_id,
+                            b.position,
+                            segment::decode_block(b, stored)?,
+                        );
+                    }
+                }
+                first.ok_or(StorageError::ShuttingDown)
             })
             .await
     }
@@ -737,6 +844,23 @@ impl Storage {
 
     pub fn cache_weight(&self) -> u64 {
         self.cache.weight()
+    }
+
+    /// The segments (files or objects) holding a partition's blocks, by id.
+    pub fn segments_of(&self, partition: &Partition) -> Vec<u64> {
+        let mut ids: Vec<u64> = partition
+            .all_blocks()
+            .iter()
+            .map(|b| b.segment_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Block cache hits and misses since start.
+    pub fn cache_stats(&self) -> crate::cache::CacheStats {
+        self.cache.stats()
     }
 }
 
@@ -766,372 +890,4 @@ fn records_with_timestamps(batch: &Bytes) -> Vec<(i64, i64)> {
             .collect(),
         Err(_) => Vec::new(),
     }
-}
-
-type ProducerKey = (i64, Uuid, i32);
-
-/// Owns the active segment and the producer state; the only task that appends or commits.
-struct Writer {
-    storage: Arc<Storage>,
-    active: Option<ActiveSegment>,
-    next_segment_id: u64,
-    producers: HashMap<ProducerKey, ProducerEntry>,
-}
-
-/// A partition's share of one flush.
-struct PartitionBlock {
-    partition: Arc<Partition>,
-    base_offset: i64,
-    next_offset: i64,
-    max_timestamp: i64,
-    compressible: bool,
-    raw: Vec<u8>,
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
-        let interval = self.storage.config.flush_interval;
-        let max_bytes = self.storage.config.flush_max_bytes;
-        while let Some(first) = rx.recv().await {
-            let mut pending_bytes = size_of(&first);
-            let mut pending = vec![first];
-            let deadline = tokio::time::Instant::now() + interval;
-            while pending_bytes < max_bytes {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(req)) => {
-                        pending_bytes += size_of(&req);
-                        pending.push(req);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            let started = std::time::Instant::now();
-            let n = pending.len();
-            self.flush(pending).await;
-            tracing::debug!(
-                requests = n,
-                bytes = pending_bytes,
-                micros = started.elapsed().as_micros() as u64,
-                "flushed"
-            );
-        }
-        tracing::debug!("writer stopped");
-    }
-
-    async fn flush(&mut self, requests: Vec<AppendRequest>) {
-        let mut results: Vec<Vec<Option<AppendResult>>> = requests
-            .iter()
-            .map(|r| (0..r.batches.len()).map(|_| None).collect())
-            .collect();
-        let mut blocks: Vec<PartitionBlock> = Vec::new();
-        let mut block_of: HashMap<(Uuid, i32), usize> = HashMap::new();
-        let mut undo: HashMap<ProducerKey, Option<ProducerEntry>> = HashMap::new();
-        // Appended (request, batch, block) triples, to fill in results once committed.
-        let mut staged: Vec<(usize, usize, usize, i64)> = Vec::new();
-
-        for (ri, req) in requests.iter().enumerate() {
-            for (bi, b) in req.batches.iter().enumerate() {
-                let live = self.storage.topic_by_id(b.topic.id).is_some();
-                let Some(partition) = b
-                    .topic
-                    .partitions
-                    .get(b.partition as usize)
-                    .filter(|_| live)
-                else {
-                    results[ri][bi] = Some(Err(StorageError::UnknownTopicOrPartition));
-                    continue;
-                };
-                let key = (b.topic.id, b.partition);
-                let slot = *block_of.entry(key).or_insert_with(|| {
-                    let hwm = partition.high_watermark();
-                    blocks.push(PartitionBlock {
-                        partition: partition.clone(),
-                        base_offset: hwm,
-                        next_offset: hwm,
-                        max_timestamp: -1,
-                        compressible: true,
-                        raw: Vec::new(),
-                    });
-                    blocks.len() - 1
-                });
-                let h = &b.header;
-                let pkey = (h.producer_id, b.topic.id, b.partition);
-                if h.has_producer_id() && h.base_sequence >= 0 {
-                    match ProducerEntry::check(self.producers.get(&pkey), h) {
-                        Err(e) => {
-                            results[ri][bi] = Some(Err(e));
-                            continue;
-                        }
-                        Ok(SequenceCheck::Duplicate { base_offset }) => {
-                            let lso = partition.log_start_offset();
-                            results[ri][bi] = Some(Ok(AppendOutcome {
-                                base_offset,
-                                log_start_offset: lso,
-                            }));
-                            continue;
-                        }
-                        Ok(SequenceCheck::Append) => {}
-                    }
-                }
-                let blk = &mut blocks[slot];
-                let base = blk.next_offset;
-                let at = blk.raw.len();
-                blk.raw.extend_from_slice(&b.data);
-                batch::patch_offsets(&mut blk.raw[at..], base, LEADER_EPOCH);
-                blk.next_offset += h.offset_count();
-                blk.max_timestamp = blk.max_timestamp.max(h.max_timestamp);
-                blk.compressible &= h.compression() == 0;
-                if h.has_producer_id() && h.base_sequence >= 0 {
-                    undo.entry(pkey)
-                        .or_insert_with(|| self.producers.get(&pkey).cloned());
-                    self.producers.entry(pkey).or_default().record(h, base);
-                }
-                staged.push((ri, bi, slot, base));
-            }
-        }
-
-        blocks.retain(|b| !b.raw.is_empty());
-        if !blocks.is_empty() {
-            let touched: Vec<_> = undo
-                .keys()
-                .map(|k| (*k, self.producers.get(k).cloned().unwrap_or_default()))
-                .collect();
-            match self.write_and_commit(&blocks, touched).await {
-                Ok(metas) => {
-                    for (blk, meta) in blocks.iter().zip(metas) {
-                        let mut st = blk.partition.state.write();
-                        st.blocks.insert(meta.base_offset, meta);
-                        st.high_watermark = blk.next_offset;
-                    }
-                    self.storage.commits.send_modify(|c| *c += 1);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "flush failed; producers get a retriable error");
-                    for (k, v) in undo {
-                        match v {
-                            Some(v) => self.producers.insert(k, v),
-                            None => self.producers.remove(&k),
-                        };
-                    }
-                    for (ri, bi, _, _) in staged.drain(..) {
-                        results[ri][bi] =
-                            Some(Err(StorageError::Io(std::io::Error::other(e.to_string()))));
-                    }
-                }
-            }
-        }
-        for (ri, bi, slot, base) in staged {
-            let lso = blocks
-                .get(slot)
-                .map(|b| b.partition.log_start_offset())
-                .unwrap_or(0);
-            results[ri][bi] = Some(Ok(AppendOutcome {
-                base_offset: base,
-                log_start_offset: lso,
-            }));
-        }
-        for (req, res) in requests.into_iter().zip(results) {
-            let res = res
-                .into_iter()
-                .map(|r| r.unwrap_or(Err(StorageError::ShuttingDown)))
-                .collect();
-            let _ = req.reply.send(res);
-        }
-    }
-
-    /// Rolls the segment if due, appends and fsyncs the blocks, commits them; returns their index rows.
-    async fn write_and_commit(
-        &mut self,
-        blocks: &[PartitionBlock],
-        producers: Vec<(ProducerKey, ProducerEntry)>,
-    ) -> Result<Vec<BlockMeta>, StorageError> {
-        if let Some(objects) = self.storage.objects.clone() {
-            return self.put_and_commit(&objects, blocks, producers).await;
-        }
-        let cfg = &self.storage.config;
-        let now = now_ms();
-        let due = self.active.as_ref().is_none_or(|a| {
-            !a.is_empty() && (a.len() >= cfg.segment_bytes || now - a.created_ms >= cfg.segment_ms)
-        });
-        let mut commit = Commit::default();
-        let mut old = None;
-        if due {
-            old = self.active.take();
-            commit.sealed_segment = old.as_ref().map(|s| s.id);
-            commit.new_segment = Some(SegmentRecord {
-                id: self.next_segment_id,
-                created_ms: now,
-                sealed: false,
-            });
-            self.next_segment_id += 1;
-        }
-        let mut active = self.active.take();
-        let new_segment = commit.new_segment;
-
-        let segment_id = new_segment
-            .map(|s| s.id)
-            .or(active.as_ref().map(|a| a.id))
-            .unwrap_or(0);
-        let position = active
-            .as_ref()
-            .map(|a| a.len())
-            .unwrap_or(segment::FILE_HEADER_LEN);
-        let EncodedFlush {
-            bytes: encoded,
-            metas,
-            raws,
-            high_watermarks,
-        } = encode_flush(blocks, segment_id, position);
-        commit.high_watermarks = high_watermarks;
-        commit.blocks = metas.clone();
-        commit.producers = producers;
-
-        let storage = self.storage.clone();
-        let (active, result) = tokio::task::spawn_blocking(move || {
-            let dir = &storage.segments_dir;
-            let run = |active: &mut Option<ActiveSegment>| -> Result<(), StorageError> {
-                if let Some(s) = new_segment {
-                    if let Some(old) = old {
-                        old.seal()?;
-                    }
-                    *active = Some(ActiveSegment::create(dir, s.id, s.created_ms)?);
-                }
-                let seg = active.as_mut().ok_or(StorageError::ShuttingDown)?;
-                seg.append_durable(&encoded, &commit.blocks)?;
-                storage.meta.commit(&commit)
-            };
-            let r = run(&mut active);
-            (active, r)
-        })
-        .await
-        .map_err(|_| StorageError::ShuttingDown)?;
-        self.active = active;
-        if let Err(e) = result {
-            // Whatever was appended is not committed: forget the segment handle so the next flush
-            // reopens cleanly from the committed index.
-            if let Some(seg) = self.active.take() {
-                let committed = self.storage.committed_blocks_of(seg.id);
-                let (dir, id, created) =
-                    (self.storage.segments_dir.clone(), seg.id, seg.created_ms);
-                drop(seg);
-                self.active = tokio::task::spawn_blocking(move || {
-                    ActiveSegment::reopen(&dir, id, created, committed).ok()
-                })
-                .await
-                .ok()
-                .flatten();
-            }
-            return Err(e);
-        }
-        for (meta, raw) in metas.iter().zip(raws) {
-            self.storage
-                .cache
-                .insert(meta.segment_id, meta.position, raw);
-        }
-        Ok(metas)
-    }
-}
-
-impl Writer {
-    /// Object-store flush: the blocks of every partition, with the footer index, as one object; PUT
-    /// (retried by the client), then committed. A PUT that succeeds but whose commit fails leaves an
-    /// orphan that the next start removes; the producers get an error and retry.
-    async fn put_and_commit(
-        &mut self,
-        objects: &ObjectSegments,
-        blocks: &[PartitionBlock],
-        producers: Vec<(ProducerKey, ProducerEntry)>,
-    ) -> Result<Vec<BlockMeta>, StorageError> {
-        let id = self.next_segment_id;
-        self.next_segment_id += 1;
-        let now = now_ms();
-        let mut commit = Commit {
-            new_segment: Some(SegmentRecord {
-                id,
-                created_ms: now,
-                sealed: true,
-            }),
-            producers,
-            ..Default::default()
-        };
-        let EncodedFlush {
-            bytes: encoded,
-            metas,
-            raws,
-            high_watermarks,
-        } = encode_flush(blocks, id, segment::FILE_HEADER_LEN);
-        commit.high_watermarks = high_watermarks;
-        commit.blocks = metas.clone();
-        objects
-            .put(id, segment::encode_object(id, now, &encoded, &metas))
-            .await?;
-        let meta = self.storage.meta.clone();
-        tokio::task::spawn_blocking(move || meta.commit(&commit))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
-        // Objects just written are served from memory.
-        for (meta, raw) in metas.iter().zip(raws) {
-            self.storage
-                .cache
-                .insert(meta.segment_id, meta.position, raw);
-        }
-        Ok(metas)
-    }
-}
-
-impl Storage {
-    fn committed_blocks_of(&self, segment_id: u64) -> Vec<BlockMeta> {
-        let c = self.catalog.read();
-        c.by_id
-            .values()
-            .flat_map(|t| t.partitions.iter())
-            .flat_map(|p| p.all_blocks())
-            .filter(|b| b.segment_id == segment_id)
-            .collect()
-    }
-}
-
-/// A flush's blocks, encoded back to back for one segment from `position` on.
-struct EncodedFlush {
-    bytes: Vec<u8>,
-    metas: Vec<BlockMeta>,
-    /// The uncompressed batches of each block, for the cache.
-    raws: Vec<Bytes>,
-    high_watermarks: Vec<(Uuid, i32, i64)>,
-}
-
-fn encode_flush(blocks: &[PartitionBlock], segment_id: u64, mut position: u64) -> EncodedFlush {
-    let mut out = EncodedFlush {
-        bytes: Vec::new(),
-        metas: Vec::with_capacity(blocks.len()),
-        raws: Vec::with_capacity(blocks.len()),
-        high_watermarks: Vec::with_capacity(blocks.len()),
-    };
-    for blk in blocks {
-        let meta = BlockMeta {
-            topic_id: blk.partition.topic_id,
-            partition: blk.partition.index,
-            base_offset: blk.base_offset,
-            last_offset: blk.next_offset - 1,
-            max_timestamp: blk.max_timestamp,
-            segment_id,
-            position,
-            stored_len: 0,
-            raw_len: 0,
-            codec: 0,
-            crc: 0,
-        };
-        let (bytes, meta) = segment::encode_block(meta, &blk.raw, blk.compressible);
-        position += bytes.len() as u64;
-        out.bytes.extend_from_slice(&bytes);
-        out.metas.push(meta);
-        out.raws.push(Bytes::copy_from_slice(&blk.raw));
-        out.high_watermarks
-            .push((meta.topic_id, meta.partition, blk.next_offset));
-    }
-    out
-}
-
-fn size_of(req: &AppendRequest) -> usize {
-    req.batches.iter().map(|b| b.data.len()).sum()
 }

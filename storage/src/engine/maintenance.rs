@@ -1,0 +1,411 @@
+//! Background upkeep: retention, deleting segments nothing refers to any more, and compaction.
+//!
+//! - Retention (every retention_check_interval, Kafka's log.retention.check.interval.ms) moves log start
+//!   offsets past blocks that are too old (retention.ms) or too many (retention.bytes).
+//! - A segment left without blocks (retention, DeleteRecords, deleted topics, compaction) is retired in
+//!   the same metadata transaction; its file or object is deleted file.delete.delay.ms later, so reads
+//!   that had already looked up its blocks can finish.
+//! - Compaction (object stores): flush objects hold the blocks of many partitions, each small. Once older
+//!   than compaction_min_age, a run of them is rewritten as one object per partition, adjacent blocks
+//!   merged into blocks of up to 1 MiB (batches unchanged, only the block framing is rebuilt); the index
+//!   is switched in one metadata transaction and the old objects are retired. A reader of a partition
+//!   then needs one ranged GET for many blocks instead of one GET per flush.
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::*;
+use crate::metadata::BlockSwitch;
+
+/// Raw bytes a merged block grows to at most.
+const MERGED_BLOCK_BYTES: usize = 1 << 20;
+/// Flush objects one compaction pass reads at most.
+const MAX_OBJECTS_PER_PASS: usize = 2048;
+
+/// What one compaction pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Flush objects rewritten.
+    pub objects_in: usize,
+    /// Per-partition objects written.
+    pub objects_out: usize,
+    pub blocks_in: usize,
+    pub blocks_out: usize,
+    pub bytes_out: u64,
+}
+
+/// Starts the retention, deletion and compaction loops; each stops when the storage is dropped.
+pub(super) fn spawn(storage: &Arc<Storage>) {
+    let cfg = &storage.config;
+    every(storage, cfg.retention_check_interval, |s| {
+        Box::pin(async move { s.enforce_retention(now_ms()).await.map(|_| ()) })
+    });
+    let sweep =
+        (cfg.file_delete_delay / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    every(storage, sweep, |s| {
+        Box::pin(async move { s.delete_retired_segments(now_ms()).await.map(|_| ()) })
+    });
+    if storage.objects.is_some() && !cfg.compaction_interval.is_zero() {
+        every(storage, cfg.compaction_interval, |s| {
+            Box::pin(async move { s.compact(now_ms()).await.map(|_| ()) })
+        });
+    }
+}
+
+type Pass = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send>>;
+
+fn every(storage: &Arc<Storage>, period: Duration, pass: fn(Arc<Storage>) -> Pass) {
+    let weak = Arc::downgrade(storage);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else { break };
+            if let Err(e) = pass(s).await {
+                tracing::warn!(error = %e, "background storage pass failed");
+            }
+        }
+    });
+}
+
+impl Storage {
+    /// Applies retention.ms and retention.bytes (topic overrides, else Kafka's defaults: 7 days, no
+    /// size limit) by moving log start offsets forward past whole blocks that are too old or too many.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
+        for topic in self.topics() {
+            let ms = topic
+                .configs
+                .get("retention.ms")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(604_800_000);
+            let bytes = topic
+                .configs
+                .get("retention.bytes")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(-1);
+            for p in &topic.partitions {
+                let cutoff = {
+                    let st = p.state.read();
+                    let mut cutoff = st.log_start_offset;
+                    if ms >= 0 {
+                        // Blocks whose newest record is older than the retention time.
+                        for b in st.blocks.values() {
+                            if b.max_timestamp >= now_ms - ms {
+                                break;
+                            }
+                            cutoff = cutoff.max(b.last_offset + 1);
+                        }
+                    }
+                    if bytes >= 0 {
+                        // Kafka's rule: drop the oldest while what remains is still at least retention.bytes.
+                        let mut excess =
+                            st.blocks.values().map(|b| b.raw_len as i64).sum::<i64>() - bytes;
+                        for b in st.blocks.values() {
+                            if excess - (b.raw_len as i64) < 0 {
+                                break;
+                            }
+                            excess -= b.raw_len as i64;
+                            cutoff = cutoff.max(b.last_offset + 1);
+                        }
+                    }
+                    cutoff.min(st.high_watermark)
+                };
+                if cutoff > p.log_start_offset() {
+                    tracing::info!(topic = %topic.name, partition = p.index, log_start_offset = cutoff, "retention");
+                    self.delete_records(p, cutoff).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the files or objects of segments retired at least file.delete.delay.ms ago. Returns how
+    /// many were deleted.
+    pub async fn delete_retired_segments(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let meta = self.meta.clone();
+        let delay = self.config.file_delete_delay.as_millis() as i64;
+        let due: Vec<u64> = tokio::task::spawn_blocking(move || meta.retired_segments())
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??
+            .into_iter()
+            .filter(|(_, retired_ms)| *retired_ms <= now_ms - delay)
+            .map(|(id, _)| id)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        match &self.objects {
+            Some(objects) => {
+                futures_util::stream::iter(due.clone().into_iter().map(|id| objects.delete(id)))
+                    .buffer_unordered(8)
+                    .try_collect::<Vec<()>>()
+                    .await?;
+            }
+            None => {
+                let dir = self.segments_dir.clone();
+                let ids = due.clone();
+                tokio::task::spawn_blocking(move || {
+                    for id in ids {
+                        match std::fs::remove_file(segment::segment_path(&dir, id)) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                            _ => {}
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|_| StorageError::ShuttingDown)??;
+            }
+        }
+        let meta = self.meta.clone();
+        let ids = due.clone();
+        tokio::task::spawn_blocking(move || meta.forget_retired_segments(&ids))
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??;
+        tracing::debug!(segments = due.len(), "deleted retired segments");
+        Ok(due.len())
+    }
+
+    /// One compaction pass (object stores only): rewrites the oldest run of small flush objects, older
+    /// than compaction_min_age, as one object per partition.
+    pub async fn compact(&self, now_ms: i64) -> Result<CompactionReport, StorageError> {
+        let Some(objects) = self.objects.clone() else {
+            return Ok(CompactionReport::default());
+        };
+        let meta = self.meta.clone();
+        let segments = tokio::task::spawn_blocking(move || meta.segments())
+            .await
+            .map_err(|_| StorageError::ShuttingDown)??;
+        // Live blocks by segment, from the index.
+        let mut by_segment: HashMap<u64, Vec<BlockMeta>> = HashMap::new();
+        for topic in self.topics() {
+            for p in &topic.partitions {
+                for b in p.all_blocks() {
+                    by_segment.entry(b.segment_id).or_default().push(b);
+                }
+            }
+        }
+        let stored = |id: &u64| -> u64 {
+            by_segment
+                .get(id)
+                .map(|bs| bs.iter().map(|b| b.total_len()).sum())
+                .unwrap_or(0)
+        };
+        // The oldest flush objects, in id order, stopping at the first one that is too young or too
+        // large: a partition's blocks in the run are then a contiguous stretch of its log.
+        let min_age = self.config.compaction_min_age.as_millis() as i64;
+        let target = self.config.compaction_target_bytes;
+        let mut run = Vec::new();
+        let mut run_bytes = 0u64;
+        for s in segments.iter().filter(|s| s.level == 0 && s.sealed) {
+            let size = stored(&s.id);
+            if s.created_ms > now_ms - min_age
+                || size >= target
+                || run.len() >= MAX_OBJECTS_PER_PASS
+                || run_bytes >= target * 4
+            {
+                break;
+            }
+            run.push(s.id);
+            run_bytes += size;
+        }
+        let mixed = run.iter().any(|id| {
+            by_segment.get(id).is_some_and(|bs| {
+                bs.iter()
+                    .any(|b| (b.topic_id, b.partition) != (bs[0].topic_id, bs[0].partition))
+            })
+        });
+        if run.is_empty() || (run.len() == 1 && !mixed) {
+            return Ok(CompactionReport::default());
+        }
+
+        // Read each object's live extent with one GET (bypassing the cache: compaction must not
+        // evict what consumers read), and split it into the blocks of each partition.
+        let reads = run.clone().into_iter().filter_map(|id| {
+            let blocks = by_segment.get(&id)?.clone();
+            let start = blocks.iter().map(|b| b.position).min()?;
+            let end = blocks.iter().map(|b| b.position + b.total_len()).max()?;
+            let objects = objects.clone();
+            Some(async move {
+                let bytes = objects.read_range(id, start, end - start).await?;
+                let mut raws = Vec::with_capacity(blocks.len());
+                for b in blocks {
+                    let at = (b.position - start) as usize;
+                    let stored = bytes.get(at..at + b.total_len() as usize).ok_or(
+                        StorageError::CorruptBlock {
+                            segment_id: id,
+                            position: b.position,
+                            reason: "object shorter than its index says",
+                        },
+                    )?;
+                    raws.push((b, segment::decode_block(&b, stored)?));
+                }
+                Ok::<_, StorageError>(raws)
+            })
+        });
+        let read: Vec<Vec<(BlockMeta, Bytes)>> = futures_util::stream::iter(reads)
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        let mut by_partition: BTreeMap<(Uuid, i32), Vec<(BlockMeta, Bytes)>> = BTreeMap::new();
+        for (b, raw) in read.into_iter().flatten() {
+            by_partition
+                .entry((b.topic_id, b.partition))
+                .or_default()
+                .push((b, raw));
+        }
+
+        let mut report = CompactionReport {
+            objects_in: run.len(),
+            ..Default::default()
+        };
+        let mut switch = BlockSwitch::default();
+        let mut uploads = Vec::new();
+        for ((topic_id, partition), mut blocks) in by_partition {
+            blocks.sort_by_key(|(b, _)| b.base_offset);
+            report.blocks_in += blocks.len();
+            let id = self.new_segment_id();
+            let mut bytes = Vec::new();
+            let mut metas = Vec::new();
+            let mut position = segment::FILE_HEADER_LEN;
+            for group in merge_groups(&blocks) {
+                let first = group[0].0;
+                let last = group[group.len() - 1].0;
+                let mut raw = Vec::with_capacity(group.iter().map(|(_, r)| r.len()).sum());
+                for (_, r) in group {
+                    raw.extend_from_slice(r);
+                }
+                // Kept as sent when any batch is compressed by its producer (as at write time).
+                let compressible = batch::batches(&raw).all(|(_, h)| h.compression() == 0);
+                let meta = BlockMeta {
+                    topic_id,
+                    partition,
+                    base_offset: first.base_offset,
+                    last_offset: last.last_offset,
+                    max_timestamp: group
+                        .iter()
+                        .map(|(b, _)| b.max_timestamp)
+                        .max()
+                        .unwrap_or(-1),
+                    segment_id: id,
+                    position,
+                    stored_len: 0,
+                    raw_len: 0,
+                    codec: 0,
+                    crc: 0,
+                };
+                let (encoded, meta) = segment::encode_block(meta, &raw, compressible);
+                position += encoded.len() as u64;
+                bytes.extend_from_slice(&encoded);
+                metas.push(meta);
+            }
+            for (b, _) in &blocks {
+                switch
+                    .removed
+                    .push((b.topic_id, b.partition, b.base_offset, b.segment_id));
+            }
+            report.blocks_out += metas.len();
+            let object = segment::encode_object(id, now_ms, &bytes, &metas);
+            report.bytes_out += object.len() as u64;
+            switch.segments.push(SegmentRecord {
+                id,
+                created_ms: now_ms,
+                sealed: true,
+                level: 1,
+            });
+            switch.added.extend_from_slice(&metas);
+            uploads.push((id, object));
+        }
+        report.objects_out = uploads.len();
+        let ids: Vec<u64> = uploads.iter().map(|(id, _)| *id).collect();
+        let put = futures_util::stream::iter(
+            uploads
+                .into_iter()
+                .map(|(id, object)| objects.put(id, object)),
+        )
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await;
+        let switched = match put {
+            Ok(_) => {
+                let meta = self.meta.clone();
+                tokio::task::spawn_blocking(move || {
+                    meta.switch_blocks(&switch).map(|a| (a, switch))
+                })
+                .await
+                .map_err(|_| StorageError::ShuttingDown)
+                .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        let (added, switch) = match switched {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing refers to the new objects: remove them (or the next start will).
+                for id in ids {
+                    let _ = objects.delete(id).await;
+                }
+                return Err(e);
+            }
+        };
+        // The same switch in memory. A block is only replaced where the index still holds it.
+        let mut removed_by: HashMap<(Uuid, i32), Vec<(i64, u64)>> = HashMap::new();
+        for (t, p, base, seg) in &switch.removed {
+            removed_by.entry((*t, *p)).or_default().push((*base, *seg));
+        }
+        let mut added_by: HashMap<(Uuid, i32), Vec<BlockMeta>> = HashMap::new();
+        for b in added {
+            added_by
+                .entry((b.topic_id, b.partition))
+                .or_default()
+                .push(b);
+        }
+        for (key, removed) in removed_by {
+            let Some(p) = self
+                .topic_by_id(key.0)
+                .and_then(|t| t.partitions.get(key.1 as usize).cloned())
+            else {
+                continue;
+            };
+            let mut st = p.state.write();
+            for (base, seg) in removed {
+                if st.blocks.get(&base).is_some_and(|b| b.segment_id == seg) {
+                    st.blocks.remove(&base);
+                }
+            }
+            for b in added_by.remove(&key).unwrap_or_default() {
+                if b.last_offset >= st.log_start_offset {
+                    st.blocks.insert(b.base_offset, b);
+                }
+            }
+        }
+        tracing::info!(
+            ?report,
+            "compacted flush objects into per-partition objects"
+        );
+        Ok(report)
+    }
+}
+
+/// Groups a partition's blocks (sorted by offset) into runs to merge: adjacent offsets, up to
+/// MERGED_BLOCK_BYTES raw each.
+fn merge_groups(blocks: &[(BlockMeta, Bytes)]) -> Vec<&[(BlockMeta, Bytes)]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0usize;
+    for i in 0..blocks.len() {
+        let (b, raw) = &blocks[i];
+        let adjacent = i > start && blocks[i - 1].0.last_offset + 1 == b.base_offset;
+        if i > start && (!adjacent || bytes + raw.len() > MERGED_BLOCK_BYTES) {
+            groups.push(&blocks[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += raw.len();
+    }
+    if start < blocks.len() {
+        groups.push(&blocks[start..]);
+    }
+    groups
+}

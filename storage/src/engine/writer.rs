@@ -1,0 +1,550 @@
+//! The write path: a sequencer task and a committer task, with several flushes in flight.
+//!
+//! The sequencer gathers the produce requests of all partitions for one flush, checks idempotent
+//! producers' sequences, assigns offsets by patching baseOffset, encodes one block per partition and
+//! starts making the flush durable: an append + fdatasync of the active segment on local disk, one object
+//! PUT in an object store. It hands the flush to the committer and goes on with the next one, so up to
+//! `max_inflight_flushes` flushes are in flight (PUTs overlap; on local disk the data fsync of one flush
+//! overlaps the metadata commit of the one before).
+//!
+//! The committer takes flushes strictly in the order they were sequenced: it waits until a flush is
+//! durable, commits its index rows, high watermarks and producer state in one metadata transaction, and
+//! only then publishes the high watermarks, wakes fetch long-polls and answers the producers. Nothing is
+//! acknowledged or readable before it is both durable and committed.
+//!
+//! A failed flush fails every flush sequenced after it (their offsets and sequence numbers followed
+//! from it): the sequencer waits for the in-flight ones to finish, then rebuilds its state (next offsets,
+//! producer state, the active segment) from the metadata store, as a restart would.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::*;
+
+pub(super) type ProducerKey = (i64, Uuid, i32);
+
+/// Owns the active segment and the producer state; the only task that appends.
+pub(super) struct Writer {
+    storage: Arc<Storage>,
+    active: Option<ActiveSegment>,
+    producers: HashMap<ProducerKey, ProducerEntry>,
+    /// Next offset per partition, counting flushes that are in flight (not committed yet).
+    next_offsets: HashMap<(Uuid, i32), i64>,
+    /// Bumped at every reset after a failure; flushes of a failed generation are all failed.
+    generation: u64,
+    /// Flushes handed to the committer so far.
+    sequenced: u64,
+    /// The last durable step failed: rebuild state before the next flush.
+    needs_reset: bool,
+}
+
+/// What the committer tells the sequencer.
+struct Progress {
+    /// Highest generation with a failed flush (0: none).
+    failed_generation: AtomicU64,
+    /// Number of flushes the committer has finished (committed or failed).
+    finished: watch::Sender<u64>,
+}
+
+enum Durable {
+    /// Already durable (or failed) when handed over: local appends, flushes without blocks.
+    Done(Result<(), StorageError>),
+    /// An object PUT in progress.
+    Upload {
+        segment_id: u64,
+        task: tokio::task::JoinHandle<Result<(), StorageError>>,
+    },
+}
+
+/// A sequenced flush on its way to the committer.
+struct Flush {
+    generation: u64,
+    durable: Durable,
+    commit: Commit,
+    /// (partition, its new block, its new high watermark, the block's raw batches for the cache).
+    published: Vec<(Arc<Partition>, BlockMeta, i64, Bytes)>,
+    requests: Vec<AppendRequest>,
+    results: Vec<Vec<Option<AppendResult>>>,
+    /// Batches answered with an offset once this flush commits: (request, batch, base offset, partition).
+    /// Duplicates of an earlier batch are here too, so they are never acknowledged before the flush that
+    /// holds the original is committed (commits happen in order).
+    staged: Vec<(usize, usize, i64, Arc<Partition>)>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A partition's share of one flush.
+pub(super) struct PartitionBlock {
+    partition: Arc<Partition>,
+    base_offset: i64,
+    next_offset: i64,
+    max_timestamp: i64,
+    compressible: bool,
+    raw: Vec<u8>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        storage: Arc<Storage>,
+        active: Option<ActiveSegment>,
+        producers: HashMap<ProducerKey, ProducerEntry>,
+    ) -> Self {
+        Self {
+            storage,
+            active,
+            producers,
+            next_offsets: HashMap::new(),
+            generation: 1,
+            sequenced: 0,
+            needs_reset: false,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<AppendRequest>) {
+        let interval = self.storage.config.flush_interval;
+        let max_bytes = self.storage.config.flush_max_bytes;
+        let permits = Arc::new(Semaphore::new(
+            self.storage.config.max_inflight_flushes.max(1),
+        ));
+        let progress = Arc::new(Progress {
+            failed_generation: AtomicU64::new(0),
+            finished: watch::channel(0).0,
+        });
+        let (to_committer, committer_rx) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_loop(
+            self.storage.clone(),
+            committer_rx,
+            progress.clone(),
+        ));
+        while let Some(first) = rx.recv().await {
+            let mut pending_bytes = size_of(&first);
+            let mut pending = vec![first];
+            let deadline = tokio::time::Instant::now() + interval;
+            while pending_bytes < max_bytes {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(req)) => {
+                        pending_bytes += size_of(&req);
+                        pending.push(req);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            if self.needs_reset
+                || progress.failed_generation.load(Ordering::Acquire) >= self.generation
+            {
+                // Let everything in flight finish (it fails or has committed), then start again from
+                // what the metadata store holds.
+                let sequenced = self.sequenced;
+                let _ = progress
+                    .finished
+                    .subscribe()
+                    .wait_for(|f| *f >= sequenced)
+                    .await;
+                if let Err(e) = self.reset().await {
+                    tracing::error!(error = %e, "writer cannot reload its state; failing produce requests");
+                    self.needs_reset = true;
+                    fail_all(pending, &e);
+                    continue;
+                }
+            }
+            if *progress.finished.borrow() >= self.sequenced {
+                // Nothing in flight: the published high watermarks are the next offsets.
+                self.next_offsets.clear();
+            }
+            let flush = self.sequence(pending, permit).await;
+            self.sequenced += 1;
+            if to_committer.send(flush).is_err() {
+                break;
+            }
+        }
+        drop(to_committer);
+        let _ = committer.await;
+        tracing::debug!("writer stopped");
+    }
+
+    /// Rebuilds the writer's state from the metadata store after a failed flush.
+    async fn reset(&mut self) -> Result<(), StorageError> {
+        self.active = None;
+        let storage = self.storage.clone();
+        let (active, producers) = tokio::task::spawn_blocking(move || {
+            let snap = storage.meta.load()?;
+            let (active, _) = storage.reopen_active_segment(&snap)?;
+            Ok::<_, StorageError>((active, snap.producers))
+        })
+        .await
+        .map_err(|_| StorageError::ShuttingDown)??;
+        self.active = active;
+        self.producers = producers.into_iter().collect();
+        self.next_offsets.clear();
+        self.needs_reset = false;
+        self.generation += 1;
+        tracing::info!(
+            generation = self.generation,
+            "writer state reloaded after a failed flush"
+        );
+        Ok(())
+    }
+
+    /// Sequences one flush and starts making it durable.
+    async fn sequence(
+        &mut self,
+        requests: Vec<AppendRequest>,
+        permit: OwnedSemaphorePermit,
+    ) -> Flush {
+        let mut results: Vec<Vec<Option<AppendResult>>> = requests
+            .iter()
+            .map(|r| (0..r.batches.len()).map(|_| None).collect())
+            .collect();
+        let mut blocks: Vec<PartitionBlock> = Vec::new();
+        let mut block_of: HashMap<(Uuid, i32), usize> = HashMap::new();
+        let mut touched: Vec<ProducerKey> = Vec::new();
+        let mut staged = Vec::new();
+
+        for (ri, req) in requests.iter().enumerate() {
+            for (bi, b) in req.batches.iter().enumerate() {
+                let live = self.storage.topic_by_id(b.topic.id).is_some();
+                let Some(partition) = b
+                    .topic
+                    .partitions
+                    .get(b.partition as usize)
+                    .filter(|_| live)
+                else {
+                    results[ri][bi] = Some(Err(StorageError::UnknownTopicOrPartition));
+                    continue;
+                };
+                let key = (b.topic.id, b.partition);
+                let next_offsets = &self.next_offsets;
+                let slot = *block_of.entry(key).or_insert_with(|| {
+                    let next = next_offsets
+                        .get(&key)
+                        .copied()
+                        .unwrap_or_else(|| partition.high_watermark());
+                    blocks.push(PartitionBlock {
+                        partition: partition.clone(),
+                        base_offset: next,
+                        next_offset: next,
+                        max_timestamp: -1,
+                        compressible: true,
+                        raw: Vec::new(),
+                    });
+                    blocks.len() - 1
+                });
+                let h = &b.header;
+                let pkey = (h.producer_id, b.topic.id, b.partition);
+                let idempotent = h.has_producer_id() && h.base_sequence >= 0;
+                if idempotent {
+                    match ProducerEntry::check(self.producers.get(&pkey), h) {
+                        Err(e) => {
+                            results[ri][bi] = Some(Err(e));
+                            continue;
+                        }
+                        Ok(SequenceCheck::Duplicate { base_offset }) => {
+                            staged.push((ri, bi, base_offset, partition.clone()));
+                            continue;
+                        }
+                        Ok(SequenceCheck::Append) => {}
+                    }
+                }
+                let blk = &mut blocks[slot];
+                let base = blk.next_offset;
+                let at = blk.raw.len();
+                blk.raw.extend_from_slice(&b.data);
+                batch::patch_offsets(&mut blk.raw[at..], base, LEADER_EPOCH);
+                blk.next_offset += h.offset_count();
+                blk.max_timestamp = blk.max_timestamp.max(h.max_timestamp);
+                blk.compressible &= h.compression() == 0;
+                if idempotent {
+                    self.producers.entry(pkey).or_default().record(h, base);
+                    touched.push(pkey);
+                }
+                staged.push((ri, bi, base, partition.clone()));
+            }
+        }
+        blocks.retain(|b| !b.raw.is_empty());
+        for b in &blocks {
+            self.next_offsets
+                .insert((b.partition.topic_id, b.partition.index), b.next_offset);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut commit = Commit {
+            producers: touched
+                .into_iter()
+                .map(|k| (k, self.producers.get(&k).cloned().unwrap_or_default()))
+                .collect(),
+            ..Default::default()
+        };
+
+        let (durable, encoded) = if blocks.is_empty() {
+            (Durable::Done(Ok(())), None)
+        } else if let Some(objects) = self.storage.objects.clone() {
+            let id = self.storage.new_segment_id();
+            let now = now_ms();
+            let encoded = encode_flush(&blocks, id, segment::FILE_HEADER_LEN);
+            commit.new_segment = Some(SegmentRecord {
+                id,
+                created_ms: now,
+                sealed: true,
+                level: 0,
+            });
+            let object = segment::encode_object(id, now, &encoded.bytes, &encoded.metas);
+            let task = tokio::spawn(async move { objects.put(id, object).await });
+            let durable = Durable::Upload {
+                segment_id: id,
+                task,
+            };
+            (durable, Some(encoded))
+        } else {
+            let (result, encoded) = self.append_local(&blocks, &mut commit).await;
+            if result.is_err() {
+                self.needs_reset = true;
+            }
+            (Durable::Done(result), Some(encoded))
+        };
+        let published = match encoded {
+            Some(enc) => {
+                commit.blocks = enc.metas.clone();
+                commit.high_watermarks = enc.high_watermarks;
+                blocks
+                    .iter()
+                    .zip(enc.metas)
+                    .zip(enc.raws)
+                    .map(|((b, m), raw)| (b.partition.clone(), m, b.next_offset, raw))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Flush {
+            generation: self.generation,
+            durable,
+            commit,
+            published,
+            requests,
+            results,
+            staged,
+            _permit: permit,
+        }
+    }
+
+    /// Rolls the local segment if due, then appends the flush's blocks and fsyncs them.
+    async fn append_local(
+        &mut self,
+        blocks: &[PartitionBlock],
+        commit: &mut Commit,
+    ) -> (Result<(), StorageError>, EncodedFlush) {
+        let cfg = &self.storage.config;
+        let now = now_ms();
+        let due = self.active.as_ref().is_none_or(|a| {
+            !a.is_empty() && (a.len() >= cfg.segment_bytes || now - a.created_ms >= cfg.segment_ms)
+        });
+        let mut old = None;
+        if due {
+            old = self.active.take();
+            commit.sealed_segment = old.as_ref().map(|s| s.id);
+            commit.new_segment = Some(SegmentRecord {
+                id: self.storage.new_segment_id(),
+                created_ms: now,
+                sealed: false,
+                level: 0,
+            });
+        }
+        let new_segment = commit.new_segment;
+        let mut active = self.active.take();
+        let segment_id = new_segment
+            .map(|s| s.id)
+            .or(active.as_ref().map(|a| a.id))
+            .unwrap_or(0);
+        let position = match (&active, new_segment) {
+            (Some(a), None) => a.len(),
+            _ => segment::FILE_HEADER_LEN,
+        };
+        let mut encoded = encode_flush(blocks, segment_id, position);
+        let bytes = std::mem::take(&mut encoded.bytes);
+        let metas = encoded.metas.clone();
+        let dir = self.storage.segments_dir.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let run = |active: &mut Option<ActiveSegment>| -> Result<(), StorageError> {
+                if let Some(s) = new_segment {
+                    if let Some(old) = old {
+                        old.seal()?;
+                    }
+                    *active = Some(ActiveSegment::create(&dir, s.id, s.created_ms)?);
+                }
+                let seg = active.as_mut().ok_or(StorageError::ShuttingDown)?;
+                seg.append_durable(&bytes, &metas)
+            };
+            let r = run(&mut active);
+            (active, r)
+        })
+        .await;
+        let result = match joined {
+            Ok((active, r)) => {
+                self.active = active;
+                r
+            }
+            Err(_) => Err(StorageError::ShuttingDown),
+        };
+        (result, encoded)
+    }
+}
+
+/// Commits flushes in the order they were sequenced, then publishes and answers them.
+async fn commit_loop(
+    storage: Arc<Storage>,
+    mut rx: mpsc::UnboundedReceiver<Flush>,
+    progress: Arc<Progress>,
+) {
+    while let Some(flush) = rx.recv().await {
+        let Flush {
+            generation,
+            durable,
+            commit,
+            published,
+            requests,
+            mut results,
+            staged,
+            _permit,
+        } = flush;
+        let started = std::time::Instant::now();
+        let earlier_failed = progress.failed_generation.load(Ordering::Acquire) >= generation;
+        let mut uploaded = None;
+        let outcome = if earlier_failed {
+            if let Durable::Upload { segment_id, task } = durable {
+                let _ = task.await;
+                uploaded = Some(segment_id);
+            }
+            Err(StorageError::FlushFailed(
+                "an earlier flush failed".to_string(),
+            ))
+        } else {
+            let durable = match durable {
+                Durable::Done(r) => r,
+                Durable::Upload { segment_id, task } => {
+                    uploaded = Some(segment_id);
+                    task.await.unwrap_or(Err(StorageError::ShuttingDown))
+                }
+            };
+            match durable {
+                Ok(()) if commit.is_empty() => Ok(()),
+                Ok(()) => {
+                    let meta = storage.meta.clone();
+                    tokio::task::spawn_blocking(move || meta.commit(&commit))
+                        .await
+                        .unwrap_or(Err(StorageError::ShuttingDown))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match &outcome {
+            Ok(()) => {
+                if !published.is_empty() {
+                    for (partition, meta, high_watermark, raw) in published {
+                        {
+                            let mut st = partition.state.write();
+                            st.blocks.insert(meta.base_offset, meta);
+                            st.high_watermark = st.high_watermark.max(high_watermark);
+                        }
+                        // Blocks just written are served from memory.
+                        storage
+                            .cache
+                            .insert_written(meta.segment_id, meta.position, raw);
+                    }
+                    storage.commits.send_modify(|c| *c += 1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, generation, "flush failed; producers get a retriable error");
+                progress
+                    .failed_generation
+                    .fetch_max(generation, Ordering::AcqRel);
+                if let (Some(id), Some(objects)) = (uploaded, storage.objects.clone()) {
+                    // Never committed: remove it now rather than at the next start.
+                    tokio::spawn(async move { objects.delete(id).await });
+                }
+            }
+        }
+        for (ri, bi, base, partition) in staged {
+            results[ri][bi] = Some(match &outcome {
+                Ok(()) => Ok(AppendOutcome {
+                    base_offset: base,
+                    log_start_offset: partition.log_start_offset(),
+                }),
+                Err(e) => Err(StorageError::FlushFailed(e.to_string())),
+            });
+        }
+        for (req, res) in requests.into_iter().zip(results) {
+            let res = res
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(StorageError::ShuttingDown)))
+                .collect();
+            let _ = req.reply.send(res);
+        }
+        tracing::trace!(
+            micros = started.elapsed().as_micros() as u64,
+            "flush committed"
+        );
+        progress.finished.send_modify(|f| *f += 1);
+    }
+}
+
+fn fail_all(requests: Vec<AppendRequest>, e: &StorageError) {
+    for req in requests {
+        let res = req
+            .batches
+            .iter()
+            .map(|_| Err(StorageError::FlushFailed(e.to_string())))
+            .collect();
+        let _ = req.reply.send(res);
+    }
+}
+
+/// A flush's blocks, encoded back to back for one segment from `position` on.
+pub(super) struct EncodedFlush {
+    pub(super) bytes: Vec<u8>,
+    pub(super) metas: Vec<BlockMeta>,
+    /// The uncompressed batches of each block, for the cache.
+    pub(super) raws: Vec<Bytes>,
+    pub(super) high_watermarks: Vec<(Uuid, i32, i64)>,
+}
+
+pub(super) fn encode_flush(
+    blocks: &[PartitionBlock],
+    segment_id: u64,
+    mut position: u64,
+) -> EncodedFlush {
+    let mut out = EncodedFlush {
+        bytes: Vec::new(),
+        metas: Vec::with_capacity(blocks.len()),
+        raws: Vec::with_capacity(blocks.len()),
+        high_watermarks: Vec::with_capacity(blocks.len()),
+    };
+    for blk in blocks {
+        let meta = BlockMeta {
+            topic_id: blk.partition.topic_id,
+            partition: blk.partition.index,
+            base_offset: blk.base_offset,
+            last_offset: blk.next_offset - 1,
+            max_timestamp: blk.max_timestamp,
+            segment_id,
+            position,
+            stored_len: 0,
+            raw_len: 0,
+            codec: 0,
+            crc: 0,
+        };
+        let (bytes, meta) = segment::encode_block(meta, &blk.raw, blk.compressible);
+        position += bytes.len() as u64;
+        out.bytes.extend_from_slice(&bytes);
+        out.metas.push(meta);
+        out.raws.push(Bytes::copy_from_slice(&blk.raw));
+        out.high_watermarks
+            .push((meta.topic_id, meta.partition, blk.next_offset));
+    }
+    out
+}
+
+fn size_of(req: &AppendRequest) -> usize {
+    req.batches.iter().map(|b| b.data.len()).sum()
+}

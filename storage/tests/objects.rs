@@ -1,0 +1,227 @@
+//! The object-store backend end to end (through `file://`, so the objects can be counted): compaction
+//! merges flush objects into one object per partition with identical reads, segments nothing refers to
+//! any more are deleted after file.delete.delay.ms, and many concurrent producers through several
+//! flushes in flight get contiguous offsets in submission order.
+
+mod common;
+
+use common::{append_to, batch, batch_at, values};
+use kafka_protocol::records::Compression;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use streamhouse_storage::engine::now_ms;
+use streamhouse_storage::{Partition, Storage, StorageConfig};
+
+fn object_config(dir: &Path) -> StorageConfig {
+    let mut c = StorageConfig::new(dir.join("data"));
+    c.object_store = Some(format!("file://{}", dir.join("bucket").display()));
+    c.compaction_interval = Duration::ZERO; // passes are run by the tests
+    c.compaction_min_age = Duration::ZERO;
+    c.file_delete_delay = Duration::from_secs(60);
+    c
+}
+
+fn objects_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("bucket").join("segments"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn read_all(s: &Arc<Storage>, p: &Partition) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut offset = p.log_start_offset();
+    while offset < p.high_watermark() {
+        let r = s.read(p, offset, 1000, true).await.unwrap();
+        let v = values(&r.records);
+        offset = v.last().unwrap().0 + 1;
+        out.extend(v.into_iter().filter(|(o, _)| *o >= p.log_start_offset()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn compaction_merges_flush_objects_per_partition_and_reads_stay_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = object_config(dir.path());
+    let before;
+    {
+        let s = Storage::open(config.clone()).await.unwrap();
+        let topic = s.create_topic("c", 3, Default::default()).await.unwrap();
+        // 20 flushes, each with a batch for every partition (one of them compressed by its producer).
+        for i in 0..20 {
+            let batches = (0..3)
+                .map(|p| {
+                    let codec = if p == 2 {
+                        Compression::Gzip
+                    } else {
+                        Compression::None
+                    };
+                    append_to(&topic, p, batch(i * 4, 4, -1, codec))
+                })
+                .collect();
+            for r in s.append(batches).await {
+                r.unwrap();
+            }
+        }
+        assert_eq!(objects_in(dir.path()), 20);
+        let mut reads = Vec::new();
+        for p in &topic.partitions {
+            reads.push(read_all(&s, p).await);
+            assert_eq!(s.segments_of(p).len(), 20);
+        }
+        before = reads;
+
+        let report = s.compact(now_ms()).await.unwrap();
+        assert_eq!((report.objects_in, report.objects_out), (20, 3));
+        assert_eq!(report.blocks_in, 60);
+        assert_eq!(
+            report.blocks_out, 3,
+            "adjacent blocks merge into one per partition"
+        );
+        for (p, expected) in topic.partitions.iter().zip(&before) {
+            assert_eq!(s.segments_of(p).len(), 1, "one object per partition");
+            assert_eq!(&read_all(&s, p).await, expected);
+        }
+        // Old objects stay for file.delete.delay.ms (a read may still be using them), then go.
+        assert_eq!(objects_in(dir.path()), 23);
+        assert_eq!(s.delete_retired_segments(now_ms()).await.unwrap(), 0);
+        let later = now_ms() + 61_000;
+        assert_eq!(s.delete_retired_segments(later).await.unwrap(), 20);
+        assert_eq!(objects_in(dir.path()), 3);
+        // Nothing left to do: per-partition objects are not compacted again.
+        assert_eq!(s.compact(now_ms()).await.unwrap().objects_in, 0);
+        // New flushes land after the compacted data and are read in order.
+        let r = s
+            .append(vec![append_to(
+                &topic,
+                0,
+                batch(80, 2, -1, Compression::None),
+            )])
+            .await;
+        assert_eq!(r[0].as_ref().unwrap().base_offset, 80);
+    }
+    // Restart on the same metadata and bucket: the same records.
+    let s = Storage::open(config).await.unwrap();
+    let topic = s.topic("c").unwrap();
+    for (i, p) in topic.partitions.iter().enumerate() {
+        let mut expected = before[i].clone();
+        if i == 0 {
+            expected.extend([(80, "v80".to_string()), (81, "v81".to_string())]);
+        }
+        assert_eq!(read_all(&s, p).await, expected);
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_old_objects_and_keeps_new_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = object_config(dir.path());
+    config.file_delete_delay = Duration::ZERO;
+    let s = Storage::open(config).await.unwrap();
+    let configs = [("retention.ms".to_string(), "60000".to_string())].into();
+    let topic = s.create_topic("r", 2, configs).await.unwrap();
+    let now = now_ms();
+    // Ten old flushes (an hour ago), then five new ones.
+    for i in 0..15 {
+        let ts = if i < 10 { now - 3_600_000 } else { now };
+        let batches = (0..2)
+            .map(|p| append_to(&topic, p, batch_at(i * 3, 3, -1, Compression::None, ts)))
+            .collect();
+        s.append(batches).await;
+    }
+    assert_eq!(objects_in(dir.path()), 15);
+    s.enforce_retention(now_ms()).await.unwrap();
+    for p in &topic.partitions {
+        assert_eq!(p.log_start_offset(), 30, "earliest moved past the old data");
+        let got = read_all(&s, p).await;
+        assert_eq!(got.len(), 15, "nothing newer lost");
+        assert_eq!(got[0], (30, "v30".to_string()));
+    }
+    assert_eq!(s.delete_retired_segments(now_ms()).await.unwrap(), 10);
+    assert_eq!(objects_in(dir.path()), 5);
+}
+
+#[tokio::test]
+async fn local_segments_nothing_refers_to_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.segment_bytes = 100; // roll at every flush
+    config.file_delete_delay = Duration::ZERO;
+    let s = Storage::open(config).await.unwrap();
+    let topic = s.create_topic("l", 1, Default::default()).await.unwrap();
+    for i in 0..6 {
+        s.append(vec![append_to(
+            &topic,
+            0,
+            batch(i * 5, 5, -1, Compression::None),
+        )])
+        .await;
+    }
+    let files = || {
+        std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(files(), 6);
+    let p = &topic.partitions[0];
+    s.delete_records(p, 30).await.unwrap();
+    // Five sealed segments are unreferenced; the active one stays (it is appended to next).
+    assert_eq!(s.delete_retired_segments(now_ms()).await.unwrap(), 5);
+    assert_eq!(files(), 1);
+    let r = s
+        .append(vec![append_to(
+            &topic,
+            0,
+            batch(30, 1, -1, Compression::None),
+        )])
+        .await;
+    assert_eq!(r[0].as_ref().unwrap().base_offset, 30);
+    assert_eq!(read_all(&s, p).await, vec![(30, "v30".to_string())]);
+}
+
+#[tokio::test]
+async fn concurrent_producers_through_flushes_in_flight_get_contiguous_offsets_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = object_config(dir.path());
+    config.max_inflight_flushes = 4;
+    let s = Storage::open(config).await.unwrap();
+    let topic = s.create_topic("p", 4, Default::default()).await.unwrap();
+    let mut tasks = Vec::new();
+    for producer in 0..8i32 {
+        let (s, topic) = (s.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            let partition = producer % 4;
+            let mut tickets = Vec::new();
+            // Submitted without waiting, like a producer with many requests in flight.
+            for i in 0..50 {
+                let data = batch(producer * 1000 + i, 1, -1, Compression::None);
+                tickets.push(s.submit(vec![append_to(&topic, partition, data)]).await);
+            }
+            let mut offsets = Vec::new();
+            for t in tickets {
+                offsets.push(t.wait().await[0].as_ref().unwrap().base_offset);
+            }
+            (partition, offsets)
+        }));
+    }
+    let mut by_partition: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); 4];
+    for t in tasks {
+        let (p, offsets) = t.await.unwrap();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "submission order kept"
+        );
+        by_partition[p as usize].extend(offsets);
+    }
+    for (p, offsets) in by_partition.iter().enumerate() {
+        assert_eq!(offsets.len(), 100);
+        assert_eq!(*offsets.iter().next_back().unwrap(), 99, "no gaps");
+        let part = &topic.partitions[p];
+        assert_eq!(part.high_watermark(), 100);
+        let got = read_all(&s, part).await;
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+    }
+}
