@@ -1,16 +1,19 @@
 """StreamHouse in S3 mode against a real S3 HTTP endpoint on loopback (scripts/s3: moto served over
 HTTP): round trips with librdkafka and the Java tools, a restart, store faults under an idempotent
-producer, and the PUT count staying flat as partitions grow."""
+producer, the PUT count staying flat as partitions grow, and compaction plus retention shrinking the
+bucket without changing what consumers read."""
 import os
 import re
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from broker_process import BrokerProcess, free_port
@@ -34,14 +37,14 @@ def s3():
     subprocess.run([str(S3 / "stop.sh"), "--port", str(port), "--dir", d, "--purge"], capture_output=True)
 
 
-def s3_broker(s3, tmp, prefix, endpoint=None, flush_ms=20):
+def s3_broker(s3, tmp, prefix, endpoint=None, flush_ms=20, extra=(), port=None):
     Path(tmp).mkdir(parents=True, exist_ok=True)
     env = dict(s3["env"])
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
     os.environ.update(env)  # the broker process inherits them
-    b = BrokerProcess(Path(tmp) / "data", free_port(),
-                      ["--storage", f"s3://{env['S3_BUCKET']}/{prefix}", "--flush-interval-ms", str(flush_ms)])
+    b = BrokerProcess(Path(tmp) / "data", port or free_port(),
+                      ["--storage", f"s3://{env['S3_BUCKET']}/{prefix}", "--flush-interval-ms", str(flush_ms), *extra])
     b.start()
     return b
 
@@ -54,7 +57,7 @@ def admin_create(bootstrap, topic, partitions):
 def read_all(bootstrap, topic, partitions, expected, timeout=90):
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "s3-check", "enable.auto.commit": False,
                   "enable.partition.eof": True})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     out, eof, deadline = [], set(), time.monotonic() + timeout
     while time.monotonic() < deadline and (len(out) < expected or len(eof) < partitions):
         m = c.poll(0.5)
@@ -200,3 +203,92 @@ def test_s3_put_count_does_not_grow_with_partitions(s3):
     assert base >= rounds * 0.9, counts
     for n in (100, 1000):
         assert abs(counts[n] - base) <= max(0.1 * base, 1), counts
+
+
+def list_objects(s3, prefix):
+    """Keys under `prefix/segments/` (S3 ListObjectsV2, unsigned: the loopback server does not check)."""
+    env, keys, token = s3["env"], [], None
+    while True:
+        url = f"{env['AWS_ENDPOINT_URL']}/{env['S3_BUCKET']}?list-type=2&prefix={prefix}/segments/"
+        if token:
+            url += "&continuation-token=" + urllib.parse.quote(token)
+        root = ET.fromstring(urllib.request.urlopen(url, timeout=30).read())
+        ns = root.tag.split("}")[0] + "}" if root.tag.startswith("{") else ""
+        keys += [k.text for k in root.iter(f"{ns}Key")]
+        token = root.findtext(f"{ns}NextContinuationToken")
+        if not token:
+            return keys
+
+
+def wait_for(what, check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_s3_compaction_and_retention(s3):
+    """Flush objects (one per flush, every partition mixed in) are compacted into one object per
+    partition with reads unchanged, through a restart; then retention.ms drops the old records: the
+    earliest offset moves, their objects are deleted, the newer records stay."""
+    partitions, rounds, per_round = 3, 30, 30
+    hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = f"compact-{uuid.uuid4().hex[:6]}"
+        port = free_port()
+        b = s3_broker(s3, tmp, prefix, flush_ms=5, extra=["--compaction-interval-ms", "0"], port=port)
+        topic = "s3-compact"
+        try:
+            admin_create(b.bootstrap, topic, partitions)
+            p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 2})
+            for r in range(rounds):
+                for i in range(per_round):
+                    n = r * per_round + i
+                    p.produce(topic, value=b"c%06d" % n, partition=n % partitions, timestamp=hour_ago_ms)
+                assert p.flush(60) == 0
+            before = read_all(b.bootstrap, topic, partitions, rounds * per_round)
+            flush_objects = len(list_objects(s3, prefix))
+            assert flush_objects >= rounds, flush_objects
+        finally:
+            b.stop()
+        # Restart with compaction on: the flush objects become one object per partition.
+        b = s3_broker(s3, tmp, prefix, flush_ms=5, port=port, extra=[
+            "--compaction-interval-ms", "300", "--compaction-min-age-ms", "0", "--file-delete-delay-ms", "300",
+            "--retention-check-interval-ms", "300"])
+        try:
+            wait_for("compaction", lambda: len(list_objects(s3, prefix)) == partitions)
+            after = read_all(b.bootstrap, topic, partitions, rounds * per_round)
+            assert sorted(after) == sorted(before), "reads identical after compaction"
+            # Newer records, then a retention that only the hour-old ones exceed.
+            p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 2})
+            for part in range(partitions):
+                p.produce(topic, value=b"new-%d" % part, partition=part)
+            assert p.flush(60) == 0
+            admin = AdminClient({"bootstrap.servers": b.bootstrap})
+            from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+            res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+                ConfigEntry("retention.ms", "600000", incremental_operation=AlterConfigOpType.SET)])
+            for f in admin.incremental_alter_configs([res]).values():
+                f.result(30)
+            old_per_partition = rounds * per_round // partitions
+            c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "s3-retention"})
+
+            def earliest_moved():
+                return all(c.get_watermark_offsets(TopicPartition(topic, part), timeout=10)[0] == old_per_partition
+                           for part in range(partitions))
+            wait_for("retention", earliest_moved)
+            c.close()
+            # The compacted objects held only old records: deleted; what holds the new ones remains.
+            wait_for("old objects deleted", lambda: 1 <= len(list_objects(s3, prefix)) <= partitions)
+            kept = read_all(b.bootstrap, topic, partitions, partitions)
+            assert sorted((part, off, v) for part, off, _, v in kept) == [
+                (part, old_per_partition, b"new-%d" % part) for part in range(partitions)]
+            kafka_sh = str(REPO / "scripts" / "kafka" / "kafka.sh")
+            r = subprocess.run([kafka_sh, "kafka-get-offsets", "--bootstrap-server", b.bootstrap, "--topic", topic,
+                                "--time", "earliest"], capture_output=True, text=True, timeout=120)
+            assert sorted(r.stdout.split()) == [f"{topic}:{part}:{old_per_partition}" for part in range(partitions)], r
+            print(f"flush objects={flush_objects} -> {partitions} after compaction")
+        finally:
+            b.stop()
