@@ -43,8 +43,8 @@ class FaultyProxy:
                     proxy.counts["injected"] += 1
                     time.sleep(delay)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = f"{proxy.upstream[0]}:{proxy.upstream[1]}"
+                # Headers as sent, Host included: it is covered by the request's SigV4 signature.
+                headers = dict(self.headers.items())
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()

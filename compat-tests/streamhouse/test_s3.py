@@ -25,11 +25,19 @@ S3 = REPO / "scripts" / "s3"
 
 @pytest.fixture(scope="module")
 def s3():
-    """A fresh S3 server for this module, with request logging (for PUT counts)."""
+    """A fresh loopback S3 server for this module; or, with STREAMHOUSE_TEST_S3_ENDPOINT set (e.g. a
+    MinIO), that server, with credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket
+    from S3_BUCKET."""
+    external = os.environ.get("STREAMHOUSE_TEST_S3_ENDPOINT")
+    if external:
+        port = int(external.rsplit(":", 1)[1])
+        env = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")}
+        env.update(AWS_ENDPOINT_URL=external, AWS_REGION="us-east-1", AWS_ALLOW_HTTP="true")
+        yield {"env": env, "port": port, "dir": None}
+        return
     port = free_port()
     d = tempfile.mkdtemp(prefix="streamhouse-s3-")
-    env = dict(os.environ, S3_LOG_REQUESTS="1")
-    out = subprocess.run([str(S3 / "start.sh"), "--port", str(port), "--dir", d], env=env,
+    out = subprocess.run([str(S3 / "start.sh"), "--port", str(port), "--dir", d],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     exports = dict(re.findall(r"export (\w+)=(\S*)", out.stdout))
@@ -168,8 +176,8 @@ def test_s3_faults_lose_nothing_acknowledged(s3):
 
 
 def count_puts(s3, prefix):
-    log = Path(s3["dir"]) / "server.log"
-    return sum(1 for line in log.read_text(errors="replace").splitlines() if '"PUT /' in line and f"/{prefix}/segments/" in line)
+    """Segment PUTs so far: with compaction off nothing is deleted, so one object per PUT."""
+    return len(list_objects(s3, prefix))
 
 
 def test_s3_put_count_does_not_grow_with_partitions(s3):
@@ -183,7 +191,8 @@ def test_s3_put_count_does_not_grow_with_partitions(s3):
             prefix = f"puts-{partitions}-{uuid.uuid4().hex[:6]}"
             # The S3-mode default window. librdkafka sends one ProduceRequest per partition: a round to
             # 1,000 partitions is many pipelined requests, which must still make one flush.
-            b = s3_broker(s3, Path(tmp) / str(partitions), prefix, flush_ms=20)
+            b = s3_broker(s3, Path(tmp) / str(partitions), prefix, flush_ms=20,
+                          extra=["--compaction-interval-ms", "0"])
             try:
                 topic = f"puts-{partitions}"
                 admin_create(b.bootstrap, topic, partitions)
