@@ -42,6 +42,8 @@ RAW_FIELDS = [
     "consume_status", "consume_mb_s", "consume_rec_s", "consume_records", "consume_fetch_mb_s",
     "consume_fetch_rec_s", "consume_rebalance_ms", "consume_wall_s",
     "cpu_produce_s", "cpu_consume_s", "cpu_total_s", "rss_end_mb", "rss_peak_mb",
+    # StreamHouse only (its --metrics-listen endpoint): object-store requests and block-cache lookups.
+    "obj_puts_produce", "obj_gets_consume", "obj_get_mb_consume", "cache_hits_consume", "cache_misses_consume",
 ]
 
 SUMMARY_RE = re.compile(
@@ -181,24 +183,31 @@ class Broker:
 class StreamHouse(Broker):
     name = "streamhouse"
 
-    def __init__(self, binary: Path, work: Path, port: int):
+    def __init__(self, binary: Path, work: Path, port: int, s3_env: dict | None = None):
         self.binary, self.work, self.port = binary, work / "streamhouse", port
         self.bootstrap = f"127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.s3_env = s3_env              # S3 mode: the AWS_* exports of the S3 server and S3_BUCKET
+        self.metrics_port = free_port()
+        self.prefix = ""
 
-    def start(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)   # fresh data dir every start
-        (self.work / "data").mkdir(parents=True)
+    def start(self, fresh: bool = True) -> None:
+        if fresh:
+            shutil.rmtree(self.work, ignore_errors=True)   # fresh data dir (and bucket prefix) every start
+            (self.work / "data").mkdir(parents=True)
+            self.prefix = f"bench-{int(time.time() * 1000)}"
         self.starts += 1
         logf = open(self.work / f"broker-{self.starts}.log", "wb")
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
-        self.proc = subprocess.Popen(
-            # The reference Kafka runs with group.initial.rebalance.delay.ms=0 (scripts/kafka/start-broker.sh);
-            # give StreamHouse the same setting so consumer runs do not include a 3 s join delay on one side only.
-            [str(self.binary), "serve", "--listen", self.bootstrap, "--data-dir", str(self.work / "data"),
-             "--group-initial-rebalance-delay-ms", "0"],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        # The reference Kafka runs with group.initial.rebalance.delay.ms=0 (scripts/kafka/start-broker.sh);
+        # give StreamHouse the same setting so consumer runs do not include a 3 s join delay on one side only.
+        args = [str(self.binary), "serve", "--listen", self.bootstrap, "--data-dir", str(self.work / "data"),
+                "--group-initial-rebalance-delay-ms", "0", "--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+        if self.s3_env:
+            env.update(self.s3_env)
+            args += ["--storage", f"s3://{self.s3_env['S3_BUCKET']}/{self.prefix}"]
+        self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.pid = self.proc.pid
         for _ in range(300):
             if self.proc.poll() is not None:
@@ -321,6 +330,32 @@ def fmt(v, nd=1) -> str:
     return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def scrape(b: Broker) -> dict[str, float]:
+    """StreamHouse's counters from its metrics endpoint ({} for Kafka or when unreachable)."""
+    if not isinstance(b, StreamHouse):
+        return {}
+    try:
+        import urllib.request
+        text = urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for ln in text.splitlines():
+        if ln and not ln.startswith("#"):
+            k, _, v = ln.partition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def delta(before: dict, after: dict, key: str):
+    if key in before and key in after:
+        return int(after[key] - before[key])
+    return ""
+
+
 def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
     row = {k: "" for k in RAW_FIELDS}
     row.update(row=cfg.id, config=cfg.label, kind=cfg.kind, broker=b.name, order=order, record_size=cfg.size,
@@ -351,8 +386,11 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
     timeout = a.run_timeout or (90 + 3 * est)
     cpu0 = cpu_seconds(b.pid)
     reset_peak(b.pid)
+    m0 = scrape(b)
     rcs, wall = run_group(cmds, plogs, timeout)
     cpu1 = cpu_seconds(b.pid)
+    m1 = scrape(b)
+    row["obj_puts_produce"] = delta(m0, m1, "streamhouse_object_puts_total")
     row["produce_wall_s"] = round(wall, 2)
     sums = []
     errors, msgs = 0, []
@@ -391,13 +429,25 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
 
     # ---- consume
     cpu2 = cpu1
+    if cfg.consume and a.consume and a.cold_consume and isinstance(b, StreamHouse):
+        # Consume from the store, not from the blocks cached at write time: restart on the same data.
+        b.stop()
+        b.start(fresh=False)
+        cpu1 = cpu2 = cpu_seconds(b.pid)
     if cfg.consume and a.consume:
+        m1 = scrape(b)
         clog = logdir / f"{tag}-consumer.log"
         cmd = tool("kafka-consumer-perf-test", "--bootstrap-server", b.bootstrap, "--topic", topic,
                    "--num-records", str(cfg.records), "--timeout", str(a.consumer_timeout_ms),
                    "--group", f"bench-{cfg.id}-{b.name}", "--command-property", "auto.offset.reset=earliest")
         rcs, cwall = run_group([cmd], [clog], (a.run_timeout or (90 + 3 * est)) + a.consumer_timeout_ms / 1000)
         cpu2 = cpu_seconds(b.pid)
+        m2 = scrape(b)
+        row["obj_gets_consume"] = delta(m1, m2, "streamhouse_object_gets_total")
+        gb = delta(m1, m2, "streamhouse_object_get_bytes_total")
+        row["obj_get_mb_consume"] = "" if gb == "" else round(gb / 1e6, 2)
+        row["cache_hits_consume"] = delta(m1, m2, "streamhouse_cache_hits_total")
+        row["cache_misses_consume"] = delta(m1, m2, "streamhouse_cache_misses_total")
         row["consume_wall_s"] = round(cwall, 2)
         txt = clog.read_text(errors="replace")
         lines = txt.splitlines()
@@ -522,6 +572,9 @@ def metadata(a, binary: Path, matrix: list[Config]) -> dict:
         "consumer_timeout_ms": a.consumer_timeout_ms,
         "restart_each": a.restart_each,
         "brokers": a.brokers,
+        "streamhouse_storage": a.storage + (f" (loopback S3 server, S3_LATENCY_MS={a.s3_latency_ms} per request)"
+                                            if a.storage == "s3" else " (local disk, fsync per flush)"),
+        "cold_consume": a.cold_consume,
         "configurations": len(matrix),
     }
 
@@ -554,6 +607,13 @@ def main() -> int:
                    "smoke: benchmarks/work/smoke-<timestamp>)")
     p.add_argument("--work", default=None, help="broker data and logs (default benchmarks/work/run-<timestamp>)")
     p.add_argument("--keep-work", action="store_true", help="keep the broker data dirs after the run")
+    p.add_argument("--storage", choices=("local", "s3"), default="local",
+                   help="StreamHouse's segments on local disk (default) or in S3: a loopback S3 server "
+                        "(scripts/s3) is started for the run")
+    p.add_argument("--s3-latency-ms", type=int, default=20,
+                   help="with --storage s3: latency added to every S3 request, to mimic S3 (default 20)")
+    p.add_argument("--cold-consume", action="store_true",
+                   help="restart StreamHouse (same data) before each consume, so reads come from storage")
     a = p.parse_args()
 
     if a.smoke:
@@ -584,6 +644,14 @@ def main() -> int:
     logdir.mkdir(exist_ok=True)
 
     binary = Path(os.environ.get("STREAMHOUSE_BIN", ROOT / "target" / "release" / "streamhouse"))
+    s3_env, s3_port, s3_dir = None, free_port(), work / "s3"
+    if a.storage == "s3":
+        r = subprocess.run([str(ROOT / "scripts" / "s3" / "start.sh"), "--port", str(s3_port), "--dir", str(s3_dir)],
+                           capture_output=True, text=True, env=dict(os.environ, S3_LATENCY_MS=str(a.s3_latency_ms)))
+        if r.returncode != 0:
+            log(f"bench: scripts/s3/start.sh failed: {r.stderr.strip()[-800:]}")
+            return 2
+        s3_env = dict(re.findall(r"export (\w+)=(\S*)", r.stdout))
     names = [x.strip() for x in a.brokers.split(",") if x.strip()]
     brokers: list[Broker] = []
     for nme in names:
@@ -591,7 +659,7 @@ def main() -> int:
             if not os.access(binary, os.X_OK):
                 log(f"bench: no StreamHouse binary at {binary} (cargo build --release, or set STREAMHOUSE_BIN)")
                 return 2
-            brokers.append(StreamHouse(binary, work, free_port()))
+            brokers.append(StreamHouse(binary, work, free_port(), s3_env))
         elif nme == "kafka":
             brokers.append(Kafka(work, free_port()))
         else:
@@ -681,6 +749,9 @@ def main() -> int:
                     (logdir / f"broker-{b.name}-{sp.name}").write_bytes(data)
                 except OSError:
                     pass
+        if s3_env:
+            subprocess.run([str(ROOT / "scripts" / "s3" / "stop.sh"), "--port", str(s3_port), "--dir", str(s3_dir),
+                            "--purge"], capture_output=True)
         if not a.keep_work:
             for b in brokers:
                 shutil.rmtree(getattr(b, "work", None) or getattr(b, "dir"), ignore_errors=True)
@@ -690,8 +761,8 @@ def main() -> int:
                 pass
     log(f"bench: {total} runs in {time.monotonic() - t_start:.0f}s")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)]
-    if a.smoke:
-        cmd.append("--no-latest")
+    if a.smoke or a.storage != "local":
+        cmd.append("--no-latest")   # latest.md is the local-disk matrix
     return subprocess.call(cmd)
 
 

@@ -136,6 +136,8 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
     L.append(f"- **Java:** {meta.get('java_version', '?')}")
     L.append(f"- **Clients:** Kafka {meta.get('kafka_version', '?')} kafka-producer-perf-test / "
              "kafka-consumer-perf-test, on the same machine as the brokers")
+    L.append(f"- **StreamHouse storage:** {meta.get('streamhouse_storage', 'local')}; consume after a restart "
+             f"(reads from storage, not the write-time cache): {meta.get('cold_consume', False)}")
     L.append(f"- **Producer settings (both brokers):** `{meta.get('producer_props', '?')}`")
     L.append(f"- **Records:** headline row {meta.get('records_headline', '?')}, other 100 B rows "
              f"{meta.get('records_100B', '?')}, 1 KiB rows {meta.get('records_1KiB', '?')}; latency rows "
@@ -194,6 +196,28 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
             L.append(f"| {d['config']} | {mark(s, 'produce_rec_s')} | {mark(kf, 'produce_rec_s')} | {trip(s)} | "
                      f"{trip(kf)} | {fr(ratio((s or {}).get('p99_ms'), (kf or {}).get('p99_ms')))} | "
                      f"{fr(ratio((s or {}).get('p999_ms'), (kf or {}).get('p999_ms')))} |")
+        L.append("")
+
+    obj = [k for k in configs if num((by[k].get(SH) or {}).get("cache_hits_consume")) is not None
+           or num((by[k].get(SH) or {}).get("obj_puts_produce")) is not None]
+    if obj:
+        L.append("## StreamHouse storage requests (its metrics endpoint, deltas over each phase)\n")
+        L.append("| Configuration | PUTs (produce) | PUTs/s | GETs (consume) | MB fetched | consumed MB | "
+                 "GETs per MiB consumed | cache hit ratio |")
+        L.append("|---|--:|--:|--:|--:|--:|--:|--:|")
+        for k in obj:
+            s = by[k].get(SH) or {}
+            puts, wall = num(s.get("obj_puts_produce")), num(s.get("produce_wall_s"))
+            gets, hits, miss = num(s.get("obj_gets_consume")), num(s.get("cache_hits_consume")), \
+                num(s.get("cache_misses_consume"))
+            consumed = None
+            if num(s.get("consume_records")) is not None:
+                consumed = num(s.get("consume_records")) * num(s.get("record_size")) / 1e6
+            per_mib = gets / (consumed / 1.048576) if gets is not None and consumed else None
+            hit = hits / (hits + miss) if hits is not None and miss is not None and hits + miss > 0 else None
+            L.append(f"| {by[k]['config']} | {f(puts)} | {f(puts / wall if puts is not None and wall else None, 1)} | "
+                     f"{f(gets)} | {f(s.get('obj_get_mb_consume'), 1)} | {f(consumed, 1)} | {f(per_mib, 3)} | "
+                     f"{'–' if hit is None else f'{hit:.1%}'} |")
         L.append("")
 
     L.append("## Broker resources per run (produce + consume)\n")

@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms) [default: 300000]
     #[arg(long, env = "STREAMHOUSE_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// host:port of a plain HTTP endpoint with counters in the Prometheus text format (off unless set)
+    #[arg(long, env = "STREAMHOUSE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Flushes being made durable at once; they commit in order (object PUTs overlap) [default: 4]
     #[arg(long, env = "STREAMHOUSE_MAX_INFLIGHT_FLUSHES")]
     pub max_inflight_flushes: Option<usize>,
@@ -143,6 +146,8 @@ pub struct FileConfig {
     sync_metadata: Option<bool>,
     #[serde(alias = "log.retention.check.interval.ms")]
     retention_check_interval_ms: Option<u64>,
+    #[serde(alias = "metrics.listen")]
+    metrics_listen: Option<SocketAddr>,
     #[serde(alias = "max.inflight.flushes")]
     max_inflight_flushes: Option<usize>,
     #[serde(alias = "file.delete.delay.ms")]
@@ -183,6 +188,7 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay: Duration,
     pub group_consumer_heartbeat_interval: Duration,
     pub retention_check_interval: Duration,
+    pub metrics_listen: Option<SocketAddr>,
     pub max_inflight_flushes: usize,
     pub file_delete_delay: Duration,
     pub compaction_interval: Duration,
@@ -261,6 +267,7 @@ impl BrokerConfig {
                     .unwrap_or(300_000)
                     .max(100),
             ),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             max_inflight_flushes: args
                 .max_inflight_flushes
                 .or(file.max_inflight_flushes)

@@ -17,6 +17,11 @@ async fn main() -> anyhow::Result<()> {
     let mut config = BrokerConfig::resolve(args)?;
     let listener = server::listen(&mut config).await?;
     let broker = Broker::open(config).await?;
+    if let Some(addr) = broker.config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "metrics endpoint");
+        tokio::spawn(streamhouse_broker::metrics::serve(metrics, broker.clone()));
+    }
     let server = Server::new(listener, broker.clone());
     tracing::info!(
         listen = %server.local_addr()?,

@@ -16,6 +16,15 @@ use std::time::Duration;
 
 use crate::StorageError;
 
+/// Requests made so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectCounters {
+    pub puts: u64,
+    pub gets: u64,
+    pub get_bytes: u64,
+    pub deletes: u64,
+}
+
 /// The object store and where under it the segments go.
 pub struct ObjectSegments {
     store: Arc<dyn ObjectStore>,
@@ -113,6 +122,15 @@ impl ObjectSegments {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    pub fn counters(&self) -> ObjectCounters {
+        ObjectCounters {
+            puts: self.puts.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            get_bytes: self.get_bytes.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+        }
     }
 
     /// Deletes a segment object (one already gone is fine).

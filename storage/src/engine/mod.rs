@@ -825,16 +825,9 @@ impl Storage {
             .await
     }
 
-    /// Object-store request counters (PUTs, GETs, bytes read), when segments live in one.
-    pub fn object_counters(&self) -> Option<(u64, u64, u64)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.objects.as_ref().map(|o| {
-            (
-                o.puts.load(Relaxed),
-                o.gets.load(Relaxed),
-                o.get_bytes.load(Relaxed),
-            )
-        })
+    /// Object-store request counters, when segments live in one.
+    pub fn object_counters(&self) -> Option<crate::object::ObjectCounters> {
+        self.objects.as_ref().map(|o| o.counters())
     }
 
     /// The metadata store, for coordinators that keep their state beside the log's.

@@ -1,0 +1,137 @@
+//! `--metrics-listen`: a plain HTTP endpoint with counters in the Prometheus text format, for
+//! benchmarks and operators: object-store requests, block-cache hits and misses, and log sizes.
+//!
+//! Deliberately tiny: every request on the socket gets the current text, whatever its path.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::Broker;
+
+/// Serves the metrics text until the listener fails or the process ends.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            // Read (and ignore) the request head; at most 8 KiB, at most 5 s.
+            let mut buf = [0u8; 8192];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf))
+                .await;
+            let body = render(&broker);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+/// The metrics text.
+pub fn render(broker: &Broker) -> String {
+    let storage = &broker.storage;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    if let Some(c) = storage.object_counters() {
+        metric(
+            "streamhouse_object_puts_total",
+            "counter",
+            "Segment objects PUT.",
+            c.puts,
+        );
+        metric(
+            "streamhouse_object_gets_total",
+            "counter",
+            "Ranged GETs of segment objects.",
+            c.gets,
+        );
+        metric(
+            "streamhouse_object_get_bytes_total",
+            "counter",
+            "Bytes fetched by GETs.",
+            c.get_bytes,
+        );
+        metric(
+            "streamhouse_object_deletes_total",
+            "counter",
+            "Segment objects deleted.",
+            c.deletes,
+        );
+    }
+    let cache = storage.cache_stats();
+    metric(
+        "streamhouse_cache_hits_total",
+        "counter",
+        "Block lookups served from the cache.",
+        cache.hits,
+    );
+    metric(
+        "streamhouse_cache_misses_total",
+        "counter",
+        "Block lookups read from storage.",
+        cache.misses,
+    );
+    metric(
+        "streamhouse_cache_bytes",
+        "gauge",
+        "Bytes held by the block cache.",
+        cache.weight,
+    );
+    let topics = storage.topics();
+    let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
+    metric(
+        "streamhouse_topics",
+        "gauge",
+        "Topics.",
+        topics.len() as u64,
+    );
+    metric(
+        "streamhouse_partitions",
+        "gauge",
+        "Partitions.",
+        partitions as u64,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_endpoint_answers_with_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::BrokerConfig::for_tests(dir.path().to_path_buf());
+        config.object_store = Some("memory://".into());
+        let broker = Broker::open(config).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, broker));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(
+            text.contains("\nstreamhouse_object_puts_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nstreamhouse_cache_misses_total 0\n"),
+            "{text}"
+        );
+    }
+}
