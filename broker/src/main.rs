@@ -15,11 +15,15 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Command::Serve(args) = Cli::parse().command;
     let mut config = BrokerConfig::resolve(args)?;
+    // The metrics endpoint is bound first, so it answers as soon as the Kafka port accepts.
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let listener = server::listen(&mut config).await?;
     let broker = Broker::open(config).await?;
-    if let Some(addr) = broker.config.metrics_listen {
-        let metrics = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "metrics endpoint");
+    if let Some(metrics) = metrics {
+        tracing::info!(addr = %metrics.local_addr()?, "metrics endpoint");
         tokio::spawn(streamhouse_broker::metrics::serve(metrics, broker.clone()));
     }
     let server = Server::new(listener, broker.clone());

@@ -200,10 +200,11 @@ impl Storage {
         let mut run_bytes = 0u64;
         for s in segments.iter().filter(|s| s.level == 0 && s.sealed) {
             let size = stored(&s.id);
+            // One pass holds its input in memory: at most about target bytes of it.
             if s.created_ms > now_ms - min_age
                 || size >= target
                 || run.len() >= MAX_OBJECTS_PER_PASS
-                || run_bytes >= target * 4
+                || run_bytes >= target
             {
                 break;
             }

@@ -7,6 +7,7 @@
 //! and answers the producers. Nothing is acknowledged or readable before it is both durable and committed.
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -703,16 +704,30 @@ impl Storage {
         let Some(partition) = topic.partitions.get(partition.index as usize).cloned() else {
             return;
         };
+        // One load per run of blocks that a single ranged GET covers; up to 8 GETs at once.
+        let mut starts: Vec<BlockMeta> = Vec::new();
+        let mut covered: Option<(u64, u64)> = None; // (segment, end of the last run)
+        for b in wanted {
+            if covered.is_some_and(|(seg, end)| seg == b.segment_id && b.position < end) {
+                continue;
+            }
+            let run = partition.run_from(&b, ahead as u64);
+            let end = run.last().map(|r| r.position + r.total_len()).unwrap_or(0);
+            covered = Some((b.segment_id, end));
+            starts.push(b);
+        }
         let storage = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            for meta in wanted {
-                // Blocks fetched by an earlier GET of the same run are cached by now.
-                if !storage.cache.contains(meta.segment_id, meta.position) {
-                    if let Err(e) = storage.block(Some(&partition), &meta).await {
-                        tracing::debug!(error = %e, "read-ahead stopped");
-                        break;
-                    }
+            let loads = starts.into_iter().map(|m| {
+                let (storage, partition) = (storage.clone(), partition.clone());
+                async move { storage.block(Some(&partition), &m).await }
+            });
+            let mut loads = futures_util::stream::iter(loads).buffer_unordered(8);
+            while let Some(r) = loads.next().await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "read-ahead stopped");
+                    break;
                 }
             }
         });
