@@ -1,10 +1,13 @@
-//! The storage engine: the topic catalog, the group-commit writer and the read path.
+//! The storage engine: the topic catalog, the read path, and (in submodules) the write path and the
+//! background upkeep.
 //!
-//! Write path (DEVELOPERS.md): the writer task gathers the batches of all partitions that arrive within
-//! `flush_interval` (or until `flush_max_bytes`), assigns offsets by patching baseOffset, writes one block
-//! per partition to the active segment and fsyncs it, commits blocks, high watermarks and producer state
-//! in one metadata transaction, and only then publishes the new high watermarks, wakes fetch long-polls
-//! and answers the producers. Nothing is acknowledged or readable before it is both durable and committed.
+//! - `writer`: produce requests of all partitions are gathered into flushes, offsets assigned by patching
+//!   baseOffset, each flush made durable (local append + fsync, or one object PUT) and committed in one
+//!   metadata transaction, several in flight, committed in order; nothing is acknowledged or readable
+//!   before it is both durable and committed.
+//! - `maintenance`: retention, deletion of segments nothing refers to any more, compaction of small
+//!   objects into per-partition objects.
+//! - here: reads through the block cache, with coalesced ranged GETs and read-ahead in object stores.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -64,7 +67,7 @@ pub struct StorageConfig {
     pub compaction_interval: Duration,
     /// Flush objects younger than this are left for the next compaction pass.
     pub compaction_min_age: Duration,
-    /// Objects at least this large are not compacted again.
+    /// Objects at least this large are not compacted again; also about the most one pass reads.
     pub compaction_target_bytes: u64,
     /// Bytes a sequential reader's next blocks are fetched ahead of it (object stores).
     pub read_ahead_bytes: usize,
