@@ -96,15 +96,19 @@ impl ObjectSegments {
                 )))
             }
         };
-        let prefix = Path::from(prefix.trim_matches('/'));
-        Ok(ObjectSegments {
+        Ok(Self::with_store(store, &prefix))
+    }
+
+    /// Segments under `prefix` of an already built store (embedding, tests with fault injection).
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str) -> ObjectSegments {
+        ObjectSegments {
             store,
-            prefix,
+            prefix: Path::from(prefix.trim_matches('/')),
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
             deletes: AtomicU64::new(0),
-        })
+        }
     }
 
     fn dir(&self) -> Path {

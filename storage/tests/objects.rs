@@ -1,7 +1,8 @@
 //! The object-store backend end to end (through `file://`, so the objects can be counted): compaction
 //! merges flush objects into one object per partition with identical reads, segments nothing refers to
-//! any more are deleted after file.delete.delay.ms, and many concurrent producers through several
-//! flushes in flight get contiguous offsets in submission order.
+//! any more are deleted after file.delete.delay.ms, many concurrent producers through several flushes
+//! in flight get contiguous offsets in submission order, and a store failing under flushes in flight
+//! loses nothing acknowledged while an idempotent producer's retries land once, in order.
 
 mod common;
 
@@ -223,5 +224,166 @@ async fn concurrent_producers_through_flushes_in_flight_get_contiguous_offsets_i
         let got = read_all(&s, part).await;
         assert_eq!(got.len(), 100);
         assert!(got.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+    }
+}
+
+/// An object store whose PUTs fail while `failing` is set (the store "down"), for the write pipeline.
+#[derive(Debug)]
+struct FaultyStore {
+    inner: object_store::memory::InMemory,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FaultyStore")
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        // Slow enough that several flushes are in flight at once.
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "faulty",
+                source: "injected failure".into(),
+            });
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+    async fn delete(&self, location: &object_store::path::Path) -> object_store::Result<()> {
+        self.inner.delete(location).await
+    }
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+    {
+        self.inner.list(prefix)
+    }
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+    async fn copy(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy(from, to).await
+    }
+    async fn copy_if_not_exists(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+    ) -> object_store::Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore {
+        inner: object_store::memory::InMemory::new(),
+        failing: false.into(),
+    });
+    let mut config = StorageConfig::new(dir.path());
+    config.object_store_client = Some(store.clone());
+    config.max_inflight_flushes = 4;
+    config.compaction_interval = Duration::ZERO;
+    let s = Storage::open(config).await.unwrap();
+    let topic = s.create_topic("f", 1, Default::default()).await.unwrap();
+    const PID: i64 = 42;
+    const BATCHES: i32 = 120;
+    // Batch i holds sequences 2i and 2i+1 (values v<seq>); submitted without waiting, the store fails
+    // for a while in the middle.
+    let submit = |i: i32| {
+        let (s, topic) = (s.clone(), topic.clone());
+        async move {
+            s.submit(vec![append_to(
+                &topic,
+                0,
+                batch(i * 2, 2, PID, Compression::None),
+            )])
+            .await
+        }
+    };
+    let mut pending: Vec<i32> = (0..BATCHES).collect();
+    let mut acked: Vec<(i32, i64)> = Vec::new();
+    let mut rounds = 0;
+    let mut saw_failures = false;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds < 50, "retries do not converge: {pending:?}");
+        let mut tickets = Vec::new();
+        for (n, &i) in pending.iter().enumerate() {
+            if rounds == 1 && n == 30 {
+                store
+                    .failing
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if rounds == 1 && n == 60 {
+                store
+                    .failing
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            tickets.push((i, submit(i).await));
+            if rounds == 1 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let mut failed = Vec::new();
+        for (i, t) in tickets {
+            match t.wait().await.remove(0) {
+                Ok(outcome) => acked.push((i, outcome.base_offset)),
+                Err(_) => failed.push(i),
+            }
+        }
+        saw_failures |= !failed.is_empty();
+        // As an idempotent producer does: retry what failed, in order.
+        pending = failed;
+    }
+    assert!(saw_failures, "the store really failed some flushes");
+    let p = &topic.partitions[0];
+    assert_eq!(
+        p.high_watermark(),
+        BATCHES as i64 * 2,
+        "every batch exactly once"
+    );
+    let log = read_all(&s, p).await;
+    let expected: Vec<(i64, String)> = (0..BATCHES as i64 * 2)
+        .map(|o| (o, format!("v{o}")))
+        .collect();
+    assert_eq!(log, expected, "in sequence order, no duplicates, no gaps");
+    for (i, offset) in acked {
+        assert_eq!(
+            offset,
+            i as i64 * 2,
+            "batch {i} acknowledged at the offset it holds"
+        );
     }
 }

@@ -56,6 +56,9 @@ pub struct StorageConfig {
     /// Segments in an object store (`s3://bucket/prefix`, `memory://`, `file:///path`) instead of
     /// local segment files: each flush becomes one object.
     pub object_store: Option<String>,
+    /// An object store client to use instead of one built from `object_store` (embedding; tests that
+    /// inject faults).
+    pub object_store_client: Option<Arc<dyn object_store::ObjectStore>>,
     /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms).
     pub retention_check_interval: Duration,
     /// Flushes being made durable at once (object PUTs overlap; committed in order).
@@ -84,6 +87,7 @@ impl StorageConfig {
             cache_bytes: 256 << 20,
             sync_metadata: true,
             object_store: None,
+            object_store_client: None,
             retention_check_interval: Duration::from_secs(300),
             max_inflight_flushes: 4,
             file_delete_delay: Duration::from_secs(60),
@@ -274,9 +278,10 @@ impl Storage {
         meta: Arc<dyn MetadataStore>,
     ) -> Result<Arc<Storage>, StorageError> {
         let segments_dir = config.data_dir.join("segments");
-        let objects = match &config.object_store {
-            Some(url) => Some(Arc::new(ObjectSegments::open(url)?)),
-            None => None,
+        let objects = match (&config.object_store_client, &config.object_store) {
+            (Some(store), _) => Some(Arc::new(ObjectSegments::with_store(store.clone(), ""))),
+            (None, Some(url)) => Some(Arc::new(ObjectSegments::open(url)?)),
+            (None, None) => None,
         };
         let (tx, rx) = mpsc::channel(4096);
         let (commits, _) = watch::channel(0u64);
