@@ -663,10 +663,21 @@ impl Storage {
         }
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
-        let mut missed = false;
+        let needed = partition.blocks_from(offset, max_bytes.max(1));
+        let missing: Vec<BlockMeta> = needed
+            .iter()
+            .filter(|b| !self.cache.contains(b.segment_id, b.position))
+            .copied()
+            .collect();
+        let missed = !missing.is_empty();
+        if missing.len() > 1 && self.objects.is_some() {
+            // Fetch the missing runs concurrently rather than one GET after another; errors surface
+            // below, where each block is read in order.
+            let starts = run_starts(partition, missing, self.config.read_ahead_bytes as u64);
+            let _ = self.load_runs(partition, starts).await;
+        }
         let mut next_offset = offset;
-        'blocks: for meta in partition.blocks_from(offset, max_bytes.max(1)) {
-            missed |= !self.cache.contains(meta.segment_id, meta.position);
+        'blocks: for meta in needed {
             let raw = self.block(Some(partition), &meta).await?;
             next_offset = meta.last_offset + 1;
             for (pos, h) in batch::batches(&raw) {
@@ -712,33 +723,30 @@ impl Storage {
         let Some(partition) = topic.partitions.get(partition.index as usize).cloned() else {
             return;
         };
-        // One load per run of blocks that a single ranged GET covers; up to 8 GETs at once.
-        let mut starts: Vec<BlockMeta> = Vec::new();
-        let mut covered: Option<(u64, u64)> = None; // (segment, end of the last run)
-        for b in wanted {
-            if covered.is_some_and(|(seg, end)| seg == b.segment_id && b.position < end) {
-                continue;
-            }
-            let run = partition.run_from(&b, ahead as u64);
-            let end = run.last().map(|r| r.position + r.total_len()).unwrap_or(0);
-            covered = Some((b.segment_id, end));
-            starts.push(b);
-        }
+        let starts = run_starts(&partition, wanted, ahead as u64);
         let storage = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let loads = starts.into_iter().map(|m| {
-                let (storage, partition) = (storage.clone(), partition.clone());
-                async move { storage.block(Some(&partition), &m).await }
-            });
-            let mut loads = futures_util::stream::iter(loads).buffer_unordered(8);
-            while let Some(r) = loads.next().await {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "read-ahead stopped");
-                    break;
-                }
+            if let Err(e) = storage.load_runs(&partition, starts).await {
+                tracing::debug!(error = %e, "read-ahead stopped");
             }
         });
+    }
+
+    /// Loads runs of blocks into the cache, up to 8 ranged GETs at once.
+    async fn load_runs(
+        &self,
+        partition: &Partition,
+        starts: Vec<BlockMeta>,
+    ) -> Result<(), StorageError> {
+        let loads = starts
+            .into_iter()
+            .map(|m| async move { self.block(Some(partition), &m).await });
+        let mut loads = futures_util::stream::iter(loads).buffer_unordered(8);
+        while let Some(r) = loads.next().await {
+            r?;
+        }
+        Ok(())
     }
 
     /// The first offset whose record timestamp is >= `timestamp`, with that timestamp (ListOffsets).
@@ -878,6 +886,23 @@ impl Storage {
     pub fn cache_stats(&self) -> crate::cache::CacheStats {
         self.cache.stats()
     }
+}
+
+/// The first block of each run of `blocks` that one ranged GET covers (the partition's blocks stored back
+/// to back in one object, up to `max_bytes`): loading those loads them all.
+fn run_starts(partition: &Partition, blocks: Vec<BlockMeta>, max_bytes: u64) -> Vec<BlockMeta> {
+    let mut starts: Vec<BlockMeta> = Vec::new();
+    let mut covered: Option<(u64, u64)> = None; // (segment, end of the last run)
+    for b in blocks {
+        if covered.is_some_and(|(seg, end)| seg == b.segment_id && b.position < end) {
+            continue;
+        }
+        let run = partition.run_from(&b, max_bytes);
+        let end = run.last().map(|r| r.position + r.total_len()).unwrap_or(0);
+        covered = Some((b.segment_id, end));
+        starts.push(b);
+    }
+    starts
 }
 
 fn concat(parts: Vec<Bytes>) -> Bytes {
