@@ -430,7 +430,9 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
     # ---- consume
     cpu2 = cpu1
     if cfg.consume and a.consume and a.cold_consume and isinstance(b, StreamHouse):
-        # Consume from the store, not from the blocks cached at write time: restart on the same data.
+        # Consume from the store, not from the blocks cached at write time: restart on the same data
+        # (after --cold-consume-delay-s, e.g. to let compaction finish first).
+        time.sleep(a.cold_consume_delay_s)
         b.stop()
         b.start(fresh=False)
         cpu1 = cpu2 = cpu_seconds(b.pid)
@@ -574,7 +576,9 @@ def metadata(a, binary: Path, matrix: list[Config]) -> dict:
         "brokers": a.brokers,
         "streamhouse_storage": a.storage + (f" (loopback S3 server, S3_LATENCY_MS={a.s3_latency_ms} per request)"
                                             if a.storage == "s3" else " (local disk, fsync per flush)"),
-        "cold_consume": a.cold_consume,
+        "cold_consume": a.cold_consume and f"yes, restart {a.cold_consume_delay_s:g} s after producing",
+        "streamhouse_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                                    if k.startswith("STREAMHOUSE_") and k != "STREAMHOUSE_BIN") or "none",
         "configurations": len(matrix),
     }
 
@@ -614,6 +618,8 @@ def main() -> int:
                    help="with --storage s3: latency added to every S3 request, to mimic S3 (default 20)")
     p.add_argument("--cold-consume", action="store_true",
                    help="restart StreamHouse (same data) before each consume, so reads come from storage")
+    p.add_argument("--cold-consume-delay-s", type=float, default=0.0,
+                   help="with --cold-consume: seconds to wait before the restart (default 0)")
     a = p.parse_args()
 
     if a.smoke:

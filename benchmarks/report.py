@@ -137,7 +137,8 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
     L.append(f"- **Clients:** Kafka {meta.get('kafka_version', '?')} kafka-producer-perf-test / "
              "kafka-consumer-perf-test, on the same machine as the brokers")
     L.append(f"- **StreamHouse storage:** {meta.get('streamhouse_storage', 'local')}; consume after a restart "
-             f"(reads from storage, not the write-time cache): {meta.get('cold_consume', False)}")
+             f"(reads from storage, not the write-time cache): {meta.get('cold_consume', False)}; "
+             f"settings from the environment: `{meta.get('streamhouse_env', 'none')}`")
     L.append(f"- **Producer settings (both brokers):** `{meta.get('producer_props', '?')}`")
     L.append(f"- **Records:** headline row {meta.get('records_headline', '?')}, other 100 B rows "
              f"{meta.get('records_100B', '?')}, 1 KiB rows {meta.get('records_1KiB', '?')}; latency rows "

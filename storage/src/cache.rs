@@ -33,10 +33,16 @@ const HOT_ALLOCATION: f64 = 0.1;
 fn part(capacity_bytes: u64) -> Part {
     // Item estimate: blocks of ~16 KiB on average.
     let items = (capacity_bytes / 16_384).max(16) as usize;
+    // Each shard has its own share of the capacity: keep shards large enough for 64 merged blocks of
+    // 1 MiB (compaction's largest), or a run fetched ahead evicts itself before it is read.
+    let shards = (capacity_bytes / (64 << 20))
+        .clamp(1, 16)
+        .next_power_of_two() as usize;
     let options = quick_cache::OptionsBuilder::new()
         .estimated_items_capacity(items)
         .weight_capacity(capacity_bytes.max(1))
         .hot_allocation(HOT_ALLOCATION)
+        .shards(shards)
         .build();
     match options {
         Ok(o) => Cache::with_options(o, ByteWeighter, Default::default(), Default::default()),
@@ -47,6 +53,7 @@ fn part(capacity_bytes: u64) -> Part {
 pub struct BlockCache {
     written: Part,
     loaded: Part,
+    loaded_capacity: u64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -66,6 +73,7 @@ impl BlockCache {
         Self {
             written: part(capacity_bytes - loaded),
             loaded: part(loaded),
+            loaded_capacity: loaded,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -118,6 +126,11 @@ impl BlockCache {
     pub fn contains(&self, segment_id: u64, position: u64) -> bool {
         let key = (segment_id, position);
         self.written.contains_key(&key) || self.loaded.contains_key(&key)
+    }
+
+    /// Bytes the part holding blocks read back can hold.
+    pub fn loaded_capacity(&self) -> u64 {
+        self.loaded_capacity
     }
 
     pub fn weight(&self) -> u64 {
@@ -206,6 +219,23 @@ mod read_ahead_tests {
                 cache.get(1, i).is_none()
             })
             .count()
+    }
+
+    #[test]
+    fn runs_of_large_merged_blocks_fetched_ahead_stay_until_read() {
+        // The default cache (256 MiB, 64 MiB for blocks read back) and 1 MiB blocks, 4 MiB ahead.
+        let cache = BlockCache::new(256 << 20);
+        let block = Bytes::from(vec![1u8; 1 << 20]);
+        for i in 0..4 {
+            cache.insert_loaded(1, i, block.clone());
+        }
+        let misses = (0..500u64)
+            .filter(|&i| {
+                cache.insert_loaded(1, i + 4, block.clone());
+                cache.get(1, i).is_none()
+            })
+            .count();
+        assert_eq!(misses, 0);
     }
 
     #[test]

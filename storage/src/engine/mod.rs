@@ -673,7 +673,7 @@ impl Storage {
         if missing.len() > 1 && self.objects.is_some() {
             // Fetch the missing runs concurrently rather than one GET after another; errors surface
             // below, where each block is read in order.
-            let starts = run_starts(partition, missing, self.config.read_ahead_bytes as u64);
+            let starts = run_starts(partition, missing, self.read_ahead_budget() as u64);
             let _ = self.load_runs(partition, starts).await;
         }
         let mut next_offset = offset;
@@ -699,10 +699,19 @@ impl Storage {
         Ok(result(concat(parts)))
     }
 
-    /// Loads the blocks after `offset` (up to read_ahead_bytes) into the cache in the background, with
+    /// Bytes fetched ahead of one partition's reader: read_ahead_bytes, but at most 1/32 of the cache part
+    /// that holds blocks read back, so that what many partitions fetched ahead is still there when
+    /// their consumers get to it.
+    fn read_ahead_budget(&self) -> usize {
+        self.config
+            .read_ahead_bytes
+            .min((self.cache.loaded_capacity() / 32) as usize)
+    }
+
+    /// Loads the blocks after `offset` (up to the read-ahead budget) into the cache in the background, with
     /// at most a few read-aheads running at once.
     fn read_ahead(self: &Arc<Self>, partition: &Partition, offset: i64) {
-        let ahead = self.config.read_ahead_bytes;
+        let ahead = self.read_ahead_budget();
         if ahead == 0 {
             return;
         }
@@ -821,7 +830,7 @@ impl Storage {
                     return segment::decode_block(&m, &bytes);
                 };
                 let run = match partition {
-                    Some(p) => p.run_from(&m, self.config.read_ahead_bytes as u64),
+                    Some(p) => p.run_from(&m, self.read_ahead_budget() as u64),
                     None => vec![m],
                 };
                 let end = run
