@@ -233,6 +233,8 @@ impl AppendTicket {
 struct AppendRequest {
     batches: Vec<AppendBatch>,
     reply: oneshot::Sender<Vec<AppendResult>>,
+    /// When it was queued: the flush window counts from the first request of a flush.
+    queued_at: tokio::time::Instant,
 }
 
 #[derive(Default)]
@@ -616,7 +618,12 @@ impl Storage {
     pub async fn submit(&self, batches: Vec<AppendBatch>) -> AppendTicket {
         let n = batches.len();
         let (reply, rx) = oneshot::channel();
-        let rx = match self.writer.send(AppendRequest { batches, reply }).await {
+        let request = AppendRequest {
+            batches,
+            reply,
+            queued_at: tokio::time::Instant::now(),
+        };
+        let rx = match self.writer.send(request).await {
             Ok(()) => Some(rx),
             Err(_) => None,
         };

@@ -115,10 +115,20 @@ impl Writer {
             committer_rx,
             progress.clone(),
         ));
-        while let Some(first) = rx.recv().await {
+        loop {
+            // A slot in the pipeline first: while every slot is busy, requests keep queueing and
+            // then form one larger flush.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let Some(first) = rx.recv().await else {
+                break;
+            };
+            // The window counts from the first request's arrival, so time spent waiting for a slot
+            // is not added to it.
+            let deadline = first.queued_at + interval;
             let mut pending_bytes = size_of(&first);
             let mut pending = vec![first];
-            let deadline = tokio::time::Instant::now() + interval;
             while pending_bytes < max_bytes {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(req)) => {
@@ -128,9 +138,6 @@ impl Writer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
             if self.needs_reset
                 || progress.failed_generation.load(Ordering::Acquire) >= self.generation
             {
