@@ -49,6 +49,8 @@ pub struct BlockSwitch {
     /// (topic, partition, base offset, segment) of the blocks replaced.
     pub removed: Vec<(Uuid, i32, i64, u64)>,
     pub added: Vec<BlockMeta>,
+    /// Further segments to retire if no block refers to them (e.g. every block's topic was deleted).
+    pub retire_if_empty: Vec<u64>,
 }
 
 /// Everything a flush makes visible, committed atomically.
@@ -577,6 +579,7 @@ impl MetadataStore for SqliteMetadata {
         }
         let mut touched: Vec<u64> = sw.removed.iter().map(|r| r.3).collect();
         touched.extend(sw.segments.iter().map(|s| s.id));
+        touched.extend_from_slice(&sw.retire_if_empty);
         touched.sort_unstable();
         touched.dedup();
         retire_if_unreferenced(&tx, &touched)?;

@@ -232,6 +232,8 @@ async fn concurrent_producers_through_flushes_in_flight_get_contiguous_offsets_i
 struct FaultyStore {
     inner: object_store::memory::InMemory,
     failing: std::sync::atomic::AtomicBool,
+    /// Notified when a PUT starts.
+    put_started: tokio::sync::Notify,
 }
 
 impl std::fmt::Display for FaultyStore {
@@ -248,6 +250,7 @@ impl object_store::ObjectStore for FaultyStore {
         payload: object_store::PutPayload,
         opts: object_store::PutOptions,
     ) -> object_store::Result<object_store::PutResult> {
+        self.put_started.notify_one();
         // Slow enough that several flushes are in flight at once.
         tokio::time::sleep(Duration::from_millis(15)).await;
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -310,6 +313,7 @@ async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_
     let store = Arc::new(FaultyStore {
         inner: object_store::memory::InMemory::new(),
         failing: false.into(),
+        put_started: Default::default(),
     });
     let mut config = StorageConfig::new(dir.path());
     config.object_store_client = Some(store.clone());
@@ -386,4 +390,46 @@ async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_
             "batch {i} acknowledged at the offset it holds"
         );
     }
+}
+
+#[tokio::test]
+async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compaction() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore {
+        inner: object_store::memory::InMemory::new(),
+        failing: false.into(),
+        put_started: Default::default(),
+    });
+    let mut config = StorageConfig::new(dir.path());
+    config.object_store_client = Some(store.clone());
+    config.compaction_interval = Duration::ZERO;
+    config.compaction_min_age = Duration::ZERO;
+    config.file_delete_delay = Duration::ZERO;
+    let s = Storage::open(config).await.unwrap();
+    let topic = s.create_topic("gone", 1, Default::default()).await.unwrap();
+    // The PUT takes 15 ms; the topic is deleted while it is in flight, so the commit adds no block.
+    let ticket = s
+        .submit(vec![append_to(
+            &topic,
+            0,
+            batch(0, 1, -1, Compression::None),
+        )])
+        .await;
+    store.put_started.notified().await;
+    s.delete_topic("gone").await.unwrap();
+    let _ = ticket.wait().await;
+    let objects = || async {
+        let store: &dyn object_store::ObjectStore = &*store;
+        store.list(None).count().await
+    };
+    assert_eq!(objects().await, 1, "the object was uploaded and committed");
+    assert_eq!(
+        s.delete_retired_segments(now_ms()).await.unwrap(),
+        0,
+        "deleting the topic could not retire an object committed after it"
+    );
+    s.compact(now_ms()).await.unwrap();
+    assert_eq!(s.delete_retired_segments(now_ms()).await.unwrap(), 1);
+    assert_eq!(objects().await, 0);
 }

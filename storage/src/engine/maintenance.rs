@@ -46,7 +46,15 @@ pub(super) fn spawn(storage: &Arc<Storage>) {
     });
     if storage.objects.is_some() && !cfg.compaction_interval.is_zero() {
         every(storage, cfg.compaction_interval, |s| {
-            Box::pin(async move { s.compact(now_ms()).await.map(|_| ()) })
+            Box::pin(async move {
+                // One pass reads about compaction_target_bytes; keep going while there is more, so
+                // compaction keeps up with the write rate, but give the next tick its turn.
+                let started = std::time::Instant::now();
+                while s.compact(now_ms()).await?.objects_out > 0
+                    && started.elapsed() < s.config.compaction_interval
+                {}
+                Ok(())
+            })
         });
     }
 }
@@ -217,7 +225,7 @@ impl Storage {
                     .any(|b| (b.topic_id, b.partition) != (bs[0].topic_id, bs[0].partition))
             })
         });
-        if run.is_empty() || (run.len() == 1 && !mixed) {
+        if run.is_empty() || (run.len() == 1 && !mixed && stored(&run[0]) > 0) {
             return Ok(CompactionReport::default());
         }
 
@@ -261,7 +269,10 @@ impl Storage {
             objects_in: run.len(),
             ..Default::default()
         };
-        let mut switch = BlockSwitch::default();
+        let mut switch = BlockSwitch {
+            retire_if_empty: run.clone(),
+            ..Default::default()
+        };
         let mut uploads = Vec::new();
         for ((topic_id, partition), mut blocks) in by_partition {
             blocks.sort_by_key(|(b, _)| b.base_offset);
