@@ -102,6 +102,30 @@ pub struct ServeArgs {
     /// Bytes fetched ahead of a consumer reading from the object store [default: 4194304]
     #[arg(long, env = "STREAMHOUSE_READ_AHEAD_BYTES")]
     pub read_ahead_bytes: Option<usize>,
+    /// Retention time of topics without a retention.ms of their own, in ms; -1 keeps everything (Kafka's log.retention.ms) [default: 604800000]
+    #[arg(long, env = "STREAMHOUSE_LOG_RETENTION_MS", allow_hyphen_values = true)]
+    pub log_retention_ms: Option<i64>,
+    /// The same in minutes, used when --log-retention-ms is not given (Kafka's log.retention.minutes)
+    #[arg(
+        long,
+        env = "STREAMHOUSE_LOG_RETENTION_MINUTES",
+        allow_hyphen_values = true
+    )]
+    pub log_retention_minutes: Option<i64>,
+    /// The same in hours, used when neither of the above is given (Kafka's log.retention.hours) [default: 168]
+    #[arg(
+        long,
+        env = "STREAMHOUSE_LOG_RETENTION_HOURS",
+        allow_hyphen_values = true
+    )]
+    pub log_retention_hours: Option<i64>,
+    /// Retained bytes per partition of topics without a retention.bytes of their own; -1: no limit (Kafka's log.retention.bytes) [default: -1]
+    #[arg(
+        long,
+        env = "STREAMHOUSE_LOG_RETENTION_BYTES",
+        allow_hyphen_values = true
+    )]
+    pub log_retention_bytes: Option<i64>,
     /// How long a new consumer group waits for more members before its first rebalance (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -158,6 +182,14 @@ pub struct FileConfig {
     compaction_min_age_ms: Option<u64>,
     #[serde(alias = "read.ahead.bytes")]
     read_ahead_bytes: Option<usize>,
+    #[serde(alias = "log.retention.ms")]
+    log_retention_ms: Option<i64>,
+    #[serde(alias = "log.retention.minutes")]
+    log_retention_minutes: Option<i64>,
+    #[serde(alias = "log.retention.hours")]
+    log_retention_hours: Option<i64>,
+    #[serde(alias = "log.retention.bytes")]
+    log_retention_bytes: Option<i64>,
     #[serde(alias = "group.initial.rebalance.delay.ms")]
     group_initial_rebalance_delay_ms: Option<u64>,
     #[serde(alias = "group.consumer.heartbeat.interval.ms")]
@@ -189,6 +221,8 @@ pub struct BrokerConfig {
     pub group_consumer_heartbeat_interval: Duration,
     pub retention_check_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    pub log_retention_ms: i64,
+    pub log_retention_bytes: i64,
     pub max_inflight_flushes: usize,
     pub file_delete_delay: Duration,
     pub compaction_interval: Duration,
@@ -268,6 +302,29 @@ impl BrokerConfig {
                     .max(100),
             ),
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            // Kafka's precedence: log.retention.ms, then .minutes, then .hours; -1 stays -1.
+            log_retention_ms: args
+                .log_retention_ms
+                .or(file.log_retention_ms)
+                .or(args
+                    .log_retention_minutes
+                    .or(file.log_retention_minutes)
+                    .map(|m| if m < 0 { -1 } else { m.saturating_mul(60_000) }))
+                .or(args
+                    .log_retention_hours
+                    .or(file.log_retention_hours)
+                    .map(|h| {
+                        if h < 0 {
+                            -1
+                        } else {
+                            h.saturating_mul(3_600_000)
+                        }
+                    }))
+                .unwrap_or(604_800_000),
+            log_retention_bytes: args
+                .log_retention_bytes
+                .or(file.log_retention_bytes)
+                .unwrap_or(-1),
             max_inflight_flushes: args
                 .max_inflight_flushes
                 .or(file.max_inflight_flushes)
@@ -326,6 +383,8 @@ impl BrokerConfig {
         s.compaction_interval = self.compaction_interval;
         s.compaction_min_age = self.compaction_min_age;
         s.read_ahead_bytes = self.read_ahead_bytes;
+        s.retention_ms = self.log_retention_ms;
+        s.retention_bytes = self.log_retention_bytes;
         s
     }
 
@@ -371,6 +430,23 @@ mod tests {
         assert_eq!(c.message_max_bytes, 5000);
         assert_eq!(c.advertised_port, 9999);
         assert_eq!(c.advertised_host, "127.0.0.1");
+    }
+
+    #[test]
+    fn log_retention_ms_then_minutes_then_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "\"log.retention.hours\" = 2\n").unwrap();
+        let args = |ms, minutes| ServeArgs {
+            config: Some(path.clone()),
+            log_retention_ms: ms,
+            log_retention_minutes: minutes,
+            ..Default::default()
+        };
+        let resolve = |a| BrokerConfig::resolve(a).unwrap().log_retention_ms;
+        assert_eq!(resolve(args(None, None)), 7_200_000);
+        assert_eq!(resolve(args(None, Some(3))), 180_000);
+        assert_eq!(resolve(args(Some(-1), Some(3))), -1);
     }
 
     #[test]

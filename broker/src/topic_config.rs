@@ -180,6 +180,12 @@ pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
         "max.message.bytes" if broker.message_max_bytes != 1_048_588 => {
             (broker.message_max_bytes.to_string(), SOURCE_STATIC_BROKER)
         }
+        "retention.ms" if broker.log_retention_ms != 604_800_000 => {
+            (broker.log_retention_ms.to_string(), SOURCE_STATIC_BROKER)
+        }
+        "retention.bytes" if broker.log_retention_bytes != -1 => {
+            (broker.log_retention_bytes.to_string(), SOURCE_STATIC_BROKER)
+        }
         _ => (def.default.to_string(), SOURCE_DEFAULT),
     }
 }
@@ -234,7 +240,16 @@ pub fn broker_configs(c: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
             TYPE_STRING,
         ),
         ("log.dirs", c.data_dir.display().to_string(), TYPE_STRING),
-        ("log.retention.ms", "604800000".into(), TYPE_LONG),
+        (
+            "log.retention.ms",
+            c.log_retention_ms.to_string(),
+            TYPE_LONG,
+        ),
+        (
+            "log.retention.bytes",
+            c.log_retention_bytes.to_string(),
+            TYPE_LONG,
+        ),
         ("log.segment.bytes", c.segment_bytes.to_string(), TYPE_INT),
         (
             "message.max.bytes",
@@ -254,6 +269,25 @@ pub fn broker_configs(c: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_retention_settings_are_the_topic_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = BrokerConfig::for_tests(dir.path().to_path_buf());
+        let retention = topic_config("retention.ms").unwrap();
+        assert_eq!(
+            topic_default(retention, &c),
+            ("604800000".to_string(), SOURCE_DEFAULT)
+        );
+        c.log_retention_ms = 3_600_000;
+        assert_eq!(
+            topic_default(retention, &c),
+            ("3600000".to_string(), SOURCE_STATIC_BROKER)
+        );
+        assert!(broker_configs(&c)
+            .iter()
+            .any(|(n, v, _)| *n == "log.retention.ms" && v == "3600000"));
+    }
 
     #[test]
     fn validates_names_and_values() {

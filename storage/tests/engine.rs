@@ -242,3 +242,32 @@ async fn retention_bytes_keeps_the_newest_blocks() {
 fn engine_now() -> i64 {
     streamhouse_storage::engine::now_ms()
 }
+
+#[tokio::test]
+async fn the_broker_retention_default_applies_to_topics_without_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.retention_ms = 60_000; // log.retention.ms
+    let s = Storage::open(config).await.unwrap();
+    let own = [("retention.ms".to_string(), "-1".to_string())].into();
+    let kept = s.create_topic("kept", 1, own).await.unwrap();
+    let aged = s.create_topic("aged", 1, Default::default()).await.unwrap();
+    let hour_ago = engine_now() - 3_600_000;
+    for topic in [&kept, &aged] {
+        let data = common::batch_at(0, 3, -1, Compression::None, hour_ago);
+        s.append(vec![common::append_to(topic, 0, data)]).await;
+        let data = common::batch_at(3, 2, -1, Compression::None, engine_now());
+        s.append(vec![common::append_to(topic, 0, data)]).await;
+    }
+    s.enforce_retention(engine_now()).await.unwrap();
+    assert_eq!(
+        aged.partitions[0].log_start_offset(),
+        3,
+        "older than log.retention.ms"
+    );
+    assert_eq!(
+        kept.partitions[0].log_start_offset(),
+        0,
+        "its own retention.ms wins"
+    );
+}

@@ -78,20 +78,20 @@ fn every(storage: &Arc<Storage>, period: Duration, pass: fn(Arc<Storage>) -> Pas
 }
 
 impl Storage {
-    /// Applies retention.ms and retention.bytes (topic overrides, else Kafka's defaults: 7 days, no
-    /// size limit) by moving log start offsets forward past whole blocks that are too old or too many.
+    /// Applies retention.ms and retention.bytes (topic overrides, else the broker's log.retention.ms and
+    /// log.retention.bytes: by default 7 days and no size limit, as Kafka) by moving log start offsets forward past whole blocks that are too old or too many.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
         for topic in self.topics() {
             let ms = topic
                 .configs
                 .get("retention.ms")
                 .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(604_800_000);
+                .unwrap_or(self.config.retention_ms);
             let bytes = topic
                 .configs
                 .get("retention.bytes")
                 .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(-1);
+                .unwrap_or(self.config.retention_bytes);
             for p in &topic.partitions {
                 let cutoff = {
                     let st = p.state.read();

@@ -61,6 +61,10 @@ pub struct StorageConfig {
     pub object_store_client: Option<Arc<dyn object_store::ObjectStore>>,
     /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms).
     pub retention_check_interval: Duration,
+    /// Retention time of topics without a retention.ms override (Kafka's log.retention.ms; -1: forever).
+    pub retention_ms: i64,
+    /// Retained bytes per partition of topics without a retention.bytes override (-1: no limit).
+    pub retention_bytes: i64,
     /// Flushes being made durable at once (object PUTs overlap; committed in order).
     pub max_inflight_flushes: usize,
     /// How long a segment no block refers to any more is kept before its file or object is deleted, so
@@ -89,6 +93,8 @@ impl StorageConfig {
             object_store: None,
             object_store_client: None,
             retention_check_interval: Duration::from_secs(300),
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
             max_inflight_flushes: 4,
             file_delete_delay: Duration::from_secs(60),
             compaction_interval: Duration::from_secs(60),
