@@ -4,8 +4,10 @@
 #   1. lint: cargo fmt --check, cargo clippy -D warnings
 #   2. cargo test: unit tests, wire-level tests (hostile input, every served API version), property tests
 #      of the request decoders, storage recovery, and the rdkafka crate round trip
-#   3. StreamHouse-only end-to-end scenarios (kill -9 durability)
-#   4. compat-tests: the same scenarios against StreamHouse and a real Kafka 4.x, with a table
+#   3. StreamHouse-only end-to-end scenarios (kill -9 durability, groups across restarts, S3 mode:
+#      restart, store faults, PUT count, compaction and retention)
+#   4. compat-tests: the same scenarios against StreamHouse and a real Kafka 4.x, with a table; then
+#      again with StreamHouse in S3 mode against the loopback S3 server (scripts/s3)
 #   5. smoke runs of the criterion micro-benchmarks and of the benchmark harness, so they do not rot
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +40,10 @@ fi
 
 step "compat-tests: StreamHouse beside a real Apache Kafka"
 compat-tests/run.sh
+
+step "compat-tests again, StreamHouse in S3 mode (segments in a loopback S3 server)"
+S3_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/streamhouse-compat-s3.XXXXXX")"
+trap 'scripts/s3/stop.sh --port "$S3_PORT" --dir "$S3_DIR" --purge >/dev/null 2>&1 || true' EXIT
+eval "$(scripts/s3/start.sh --port "$S3_PORT" --dir "$S3_DIR")"
+STREAMHOUSE_STORAGE="s3://$S3_BUCKET/compat" compat-tests/run.sh
