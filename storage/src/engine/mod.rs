@@ -262,6 +262,8 @@ pub struct Storage {
     next_segment_id: std::sync::atomic::AtomicU64,
     /// Read-aheads running at once.
     read_ahead_permits: Arc<tokio::sync::Semaphore>,
+    /// Fetch prefetches running at once.
+    prefetch_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Storage {
@@ -304,6 +306,7 @@ impl Storage {
             objects,
             next_segment_id: std::sync::atomic::AtomicU64::new(1),
             read_ahead_permits: Arc::new(tokio::sync::Semaphore::new(4)),
+            prefetch_permits: Arc::new(tokio::sync::Semaphore::new(32)),
         });
         let st = storage.clone();
         let writer = tokio::task::spawn_blocking(move || st.recover())
@@ -710,6 +713,43 @@ impl Storage {
             self.read_ahead(partition, next_offset);
         }
         Ok(result(concat(parts)))
+    }
+
+    /// Whether segments live in an object store (S3 mode) rather than in local files.
+    pub fn uses_object_store(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// Starts loading, in the background, the blocks a read of `max_bytes` from `offset` will need, when
+    /// they are in an object store and not cached. A fetch over many partitions calls it for all of them
+    /// first, so their GETs overlap instead of running one partition after the other.
+    pub fn prefetch(self: &Arc<Self>, partition: &Partition, offset: i64, max_bytes: usize) {
+        if self.objects.is_none() || max_bytes == 0 {
+            return;
+        }
+        let missing: Vec<BlockMeta> = partition
+            .blocks_from(offset, max_bytes)
+            .into_iter()
+            .filter(|b| !self.cache.contains(b.segment_id, b.position))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let Ok(permit) = self.prefetch_permits.clone().try_acquire_owned() else {
+            return;
+        };
+        let Some(partition) = self
+            .topic_by_id(partition.topic_id)
+            .and_then(|t| t.partitions.get(partition.index as usize).cloned())
+        else {
+            return;
+        };
+        let starts = run_starts(&partition, missing, self.read_ahead_budget() as u64);
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = storage.load_runs(&partition, starts).await;
+        });
     }
 
     /// Bytes fetched ahead of one partition's reader: read_ahead_bytes, but at most 1/32 of the cache part
