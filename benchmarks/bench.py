@@ -334,10 +334,15 @@ def scrape(b: Broker) -> dict[str, float]:
     """StreamHouse's counters from its metrics endpoint ({} for Kafka or when unreachable)."""
     if not isinstance(b, StreamHouse):
         return {}
-    try:
-        import urllib.request
-        text = urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/metrics", timeout=5).read().decode()
-    except OSError:
+    import urllib.request
+    text = None
+    for _ in range(6):   # a broker just restarted answers once its storage is open
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/metrics", timeout=5).read().decode()
+            break
+        except OSError:
+            time.sleep(1)
+    if text is None:
         return {}
     out = {}
     for ln in text.splitlines():
@@ -429,6 +434,7 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
 
     # ---- consume
     cpu2 = cpu1
+    cpu_produce = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
     if cfg.consume and a.consume and a.cold_consume and isinstance(b, StreamHouse):
         # Consume from the store, not from the blocks cached at write time: restart on the same data
         # (after --cold-consume-delay-s, e.g. to let compaction finish first).
@@ -478,12 +484,14 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
     else:
         row["consume_status"] = "skipped"
 
-    if cpu0 is not None and cpu1 is not None:
-        row["cpu_produce_s"] = round(cpu1 - cpu0, 2)
+    # With --cold-consume the consume phase runs in a new process: the phases are measured apart.
+    cpu_consume = None
     if cpu1 is not None and cpu2 is not None and cfg.consume and a.consume:
-        row["cpu_consume_s"] = round(cpu2 - cpu1, 2)
-    if cpu0 is not None and cpu2 is not None:
-        row["cpu_total_s"] = round(cpu2 - cpu0, 2)
+        cpu_consume = cpu2 - cpu1
+        row["cpu_consume_s"] = round(cpu_consume, 2)
+    if cpu_produce is not None:
+        row["cpu_produce_s"] = round(cpu_produce, 2)
+        row["cpu_total_s"] = round(cpu_produce + (cpu_consume or 0.0), 2)
     rss, hwm = mem_mb(b.pid)
     row["rss_end_mb"] = fmt(rss)
     row["rss_peak_mb"] = fmt(hwm)

@@ -6,7 +6,7 @@
 //! whose commit never happened is garbage-collected at the next start.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, RetryConfig};
 use std::collections::HashSet;
@@ -176,11 +176,22 @@ impl ObjectSegments {
                 orphans.push(meta.location);
             }
         }
-        for path in &orphans {
-            tracing::warn!(%path, "deleting segment object that was never committed");
-            self.store.delete(path).await.map_err(store_error)?;
-        }
-        Ok(orphans.len())
+        tracing::info!(
+            objects = orphans.len(),
+            "deleting segment objects the metadata does not reference (never committed, or retired)"
+        );
+        let n = orphans.len();
+        futures_util::stream::iter(orphans)
+            .map(|path| async move {
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(store_error(e)),
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(n)
     }
 
     /// The highest segment id present in the store (ids must never be reused, even for orphans).

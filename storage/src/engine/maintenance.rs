@@ -31,6 +31,8 @@ pub struct CompactionReport {
     pub blocks_in: usize,
     pub blocks_out: usize,
     pub bytes_out: u64,
+    /// The pass stopped at its size limit: more flush objects are waiting.
+    pub more: bool,
 }
 
 /// Starts the retention, deletion and compaction loops; each stops when the storage is dropped.
@@ -50,7 +52,7 @@ pub(super) fn spawn(storage: &Arc<Storage>) {
                 // One pass reads about compaction_target_bytes; keep going while there is more, so
                 // compaction keeps up with the write rate, but give the next tick its turn.
                 let started = std::time::Instant::now();
-                while s.compact(now_ms()).await?.objects_out > 0
+                while s.compact(now_ms()).await?.more
                     && started.elapsed() < s.config.compaction_interval
                 {}
                 Ok(())
@@ -206,26 +208,23 @@ impl Storage {
         let target = self.config.compaction_target_bytes;
         let mut run = Vec::new();
         let mut run_bytes = 0u64;
+        let mut more = false;
         for s in segments.iter().filter(|s| s.level == 0 && s.sealed) {
             let size = stored(&s.id);
+            if s.created_ms > now_ms - min_age || size >= target {
+                break;
+            }
             // One pass holds its input in memory: at most about target bytes of it.
-            if s.created_ms > now_ms - min_age
-                || size >= target
-                || run.len() >= MAX_OBJECTS_PER_PASS
-                || run_bytes >= target
-            {
+            if run.len() >= MAX_OBJECTS_PER_PASS || run_bytes >= target {
+                more = true;
                 break;
             }
             run.push(s.id);
             run_bytes += size;
         }
-        let mixed = run.iter().any(|id| {
-            by_segment.get(id).is_some_and(|bs| {
-                bs.iter()
-                    .any(|b| (b.topic_id, b.partition) != (bs[0].topic_id, bs[0].partition))
-            })
-        });
-        if run.is_empty() || (run.len() == 1 && !mixed && stored(&run[0]) > 0) {
+        // One object alone is left as it is (splitting it per partition would not give any partition
+        // fewer objects), unless nothing refers to it any more.
+        if run.is_empty() || (run.len() == 1 && stored(&run[0]) > 0) {
             return Ok(CompactionReport::default());
         }
 
@@ -267,6 +266,7 @@ impl Storage {
 
         let mut report = CompactionReport {
             objects_in: run.len(),
+            more,
             ..Default::default()
         };
         let mut switch = BlockSwitch {
