@@ -433,3 +433,46 @@ async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compact
     assert_eq!(s.delete_retired_segments(now_ms()).await.unwrap(), 1);
     assert_eq!(objects().await, 0);
 }
+
+#[tokio::test]
+async fn small_compacted_objects_of_a_partition_are_merged_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = object_config(dir.path());
+    config.file_delete_delay = Duration::ZERO;
+    let s = Storage::open(config).await.unwrap();
+    let topic = s.create_topic("m", 2, Default::default()).await.unwrap();
+    // Five rounds of three flushes, each round compacted: five small objects per partition.
+    let mut seq = 0;
+    for _ in 0..5 {
+        for _ in 0..3 {
+            let batches = (0..2)
+                .map(|p| append_to(&topic, p, batch(seq, 2, -1, Compression::None)))
+                .collect();
+            for r in s.append(batches).await {
+                r.unwrap();
+            }
+            seq += 2;
+        }
+        let report = s.compact(now_ms()).await.unwrap();
+        assert_eq!((report.objects_in, report.objects_out), (3, 2));
+    }
+    let before: Vec<_> = {
+        let mut v = Vec::new();
+        for p in &topic.partitions {
+            assert_eq!(s.segments_of(p).len(), 5);
+            v.push(read_all(&s, p).await);
+        }
+        v
+    };
+    // No flush objects left: the next pass merges each partition's five objects into one.
+    let report = s.compact(now_ms()).await.unwrap();
+    assert_eq!((report.objects_in, report.objects_out), (10, 2));
+    for (p, expected) in topic.partitions.iter().zip(&before) {
+        assert_eq!(s.segments_of(p).len(), 1);
+        assert_eq!(&read_all(&s, p).await, expected);
+    }
+    s.delete_retired_segments(now_ms()).await.unwrap();
+    assert_eq!(objects_in(dir.path()), 2);
+    // Fewer than four small objects: nothing to do.
+    assert_eq!(s.compact(now_ms()).await.unwrap().objects_in, 0);
+}

@@ -9,7 +9,8 @@
 //!   than compaction_min_age, a run of them is rewritten as one object per partition, adjacent blocks
 //!   merged into blocks of up to 1 MiB (batches unchanged, only the block framing is rebuilt); the index
 //!   is switched in one metadata transaction and the old objects are retired. A reader of a partition
-//!   then needs one ranged GET for many blocks instead of one GET per flush.
+//!   then needs one ranged GET for many blocks instead of one GET per flush. With no flush objects
+//!   waiting, four or more small compacted objects of one partition are merged the same way.
 
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -224,10 +225,67 @@ impl Storage {
         }
         // One object alone is left as it is (splitting it per partition would not give any partition
         // fewer objects), unless nothing refers to it any more.
-        if run.is_empty() || (run.len() == 1 && stored(&run[0]) > 0) {
-            return Ok(CompactionReport::default());
+        let worth_it = match run.as_slice() {
+            [] => false,
+            [only] => stored(only) == 0,
+            _ => true,
+        };
+        if worth_it {
+            return self.rewrite(objects, run, &by_segment, now_ms, more).await;
         }
 
+        // No flush objects to compact: merge a partition's small compacted objects (one per earlier
+        // pass) when at least four of them follow each other, up to about target bytes in all.
+        let mut by_partition: BTreeMap<(Uuid, i32), Vec<(u64, u64)>> = BTreeMap::new();
+        for s in segments.iter().filter(|s| s.level == 1 && s.sealed) {
+            if s.created_ms > now_ms - min_age {
+                continue;
+            }
+            if let Some(b) = by_segment.get(&s.id).and_then(|bs| bs.first()) {
+                by_partition
+                    .entry((b.topic_id, b.partition))
+                    .or_default()
+                    .push((s.id, stored(&s.id)));
+            }
+        }
+        let (mut run, mut run_bytes, mut more) = (Vec::new(), 0u64, false);
+        for objects in by_partition.values() {
+            // The oldest small objects of the partition (ids follow its offsets).
+            let mut small = Vec::new();
+            let mut bytes = 0u64;
+            for &(id, size) in objects {
+                if size >= target / 4 || bytes + size > target {
+                    break;
+                }
+                small.push(id);
+                bytes += size;
+            }
+            if small.len() < 4 {
+                continue;
+            }
+            if run_bytes + bytes > target && !run.is_empty() {
+                more = true;
+                break;
+            }
+            run.extend(small);
+            run_bytes += bytes;
+        }
+        if run.is_empty() {
+            return Ok(CompactionReport::default());
+        }
+        self.rewrite(objects, run, &by_segment, now_ms, more).await
+    }
+
+    /// Rewrites the live blocks of `run` (segment ids) as one object per partition, adjacent blocks
+    /// merged, then switches the index and retires what no block refers to any more.
+    async fn rewrite(
+        &self,
+        objects: Arc<ObjectSegments>,
+        run: Vec<u64>,
+        by_segment: &HashMap<u64, Vec<BlockMeta>>,
+        now_ms: i64,
+        more: bool,
+    ) -> Result<CompactionReport, StorageError> {
         // Read each object's live extent with one GET (bypassing the cache: compaction must not
         // evict what consumers read), and split it into the blocks of each partition.
         let reads = run.clone().into_iter().filter_map(|id| {
