@@ -205,6 +205,26 @@ impl SqliteMetadata {
     }
 }
 
+/// Runs an insert of one block row whose parameters ?1-?11 are the `blocks` columns in table order.
+fn insert_block(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    b: &BlockMeta,
+) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        b.topic_id.as_bytes().as_slice(),
+        b.partition,
+        b.base_offset,
+        b.last_offset,
+        b.max_timestamp,
+        b.segment_id as i64,
+        b.position as i64,
+        b.stored_len as i64,
+        b.raw_len as i64,
+        b.codec as i64,
+        b.crc as i64
+    ])
+}
+
 fn segments(conn: &Connection) -> Result<Vec<SegmentRecord>, StorageError> {
     let mut stmt = conn.prepare(
         "SELECT segment_id, created_ms, sealed, level FROM segments ORDER BY segment_id",
@@ -485,19 +505,7 @@ impl MetadataStore for SqliteMetadata {
                  WHERE EXISTS (SELECT 1 FROM topics WHERE topic_id = ?1)",
             )?;
             for b in &c.blocks {
-                ins.execute(params![
-                    b.topic_id.as_bytes().as_slice(),
-                    b.partition,
-                    b.base_offset,
-                    b.last_offset,
-                    b.max_timestamp,
-                    b.segment_id as i64,
-                    b.position as i64,
-                    b.stored_len as i64,
-                    b.raw_len as i64,
-                    b.codec as i64,
-                    b.crc as i64
-                ])?;
+                insert_block(&mut ins, b)?;
             }
             let mut hw = tx.prepare_cached(
                 "UPDATE partitions SET high_watermark = ?3 WHERE topic_id = ?1 AND partition = ?2",
@@ -559,19 +567,7 @@ impl MetadataStore for SqliteMetadata {
                  WHERE topic_id = ?1 AND partition = ?2 AND log_start_offset <= ?4",
             )?;
             for b in &sw.added {
-                let n = ins.execute(params![
-                    b.topic_id.as_bytes().as_slice(),
-                    b.partition,
-                    b.base_offset,
-                    b.last_offset,
-                    b.max_timestamp,
-                    b.segment_id as i64,
-                    b.position as i64,
-                    b.stored_len as i64,
-                    b.raw_len as i64,
-                    b.codec as i64,
-                    b.crc as i64
-                ])?;
+                let n = insert_block(&mut ins, b)?;
                 if n > 0 {
                     added.push(*b);
                 }

@@ -307,18 +307,24 @@ impl object_store::ObjectStore for FaultyStore {
     }
 }
 
-#[tokio::test]
-async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_once_in_order() {
-    let dir = tempfile::tempdir().unwrap();
+/// A fresh in-memory FaultyStore and a config using it, compaction passes left to the test.
+fn faulty_config(dir: &Path) -> (Arc<FaultyStore>, StorageConfig) {
     let store = Arc::new(FaultyStore {
         inner: object_store::memory::InMemory::new(),
         failing: false.into(),
         put_started: Default::default(),
     });
-    let mut config = StorageConfig::new(dir.path());
+    let mut config = StorageConfig::new(dir);
     config.object_store_client = Some(store.clone());
-    config.max_inflight_flushes = 4;
     config.compaction_interval = Duration::ZERO;
+    (store, config)
+}
+
+#[tokio::test]
+async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut config) = faulty_config(dir.path());
+    config.max_inflight_flushes = 4;
     let s = Storage::open(config).await.unwrap();
     let topic = s.create_topic("f", 1, Default::default()).await.unwrap();
     const PID: i64 = 42;
@@ -396,14 +402,7 @@ async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_
 async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compaction() {
     use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FaultyStore {
-        inner: object_store::memory::InMemory::new(),
-        failing: false.into(),
-        put_started: Default::default(),
-    });
-    let mut config = StorageConfig::new(dir.path());
-    config.object_store_client = Some(store.clone());
-    config.compaction_interval = Duration::ZERO;
+    let (store, mut config) = faulty_config(dir.path());
     config.compaction_min_age = Duration::ZERO;
     config.file_delete_delay = Duration::ZERO;
     let s = Storage::open(config).await.unwrap();

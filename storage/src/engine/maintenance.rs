@@ -134,11 +134,10 @@ impl Storage {
     /// Deletes the files or objects of segments retired at least file.delete.delay.ms ago. Returns how
     /// many were deleted.
     pub async fn delete_retired_segments(&self, now_ms: i64) -> Result<usize, StorageError> {
-        let meta = self.meta.clone();
         let delay = self.config.file_delete_delay.as_millis() as i64;
-        let due: Vec<u64> = tokio::task::spawn_blocking(move || meta.retired_segments())
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??
+        let due: Vec<u64> = self
+            .with_meta(|meta| meta.retired_segments())
+            .await?
             .into_iter()
             .filter(|(_, retired_ms)| *retired_ms <= now_ms - delay)
             .map(|(id, _)| id)
@@ -169,11 +168,9 @@ impl Storage {
                 .map_err(|_| StorageError::ShuttingDown)??;
             }
         }
-        let meta = self.meta.clone();
         let ids = due.clone();
-        tokio::task::spawn_blocking(move || meta.forget_retired_segments(&ids))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        self.with_meta(move |meta| meta.forget_retired_segments(&ids))
+            .await?;
         tracing::debug!(segments = due.len(), "deleted retired segments");
         Ok(due.len())
     }
@@ -184,10 +181,7 @@ impl Storage {
         let Some(objects) = self.objects.clone() else {
             return Ok(CompactionReport::default());
         };
-        let meta = self.meta.clone();
-        let segments = tokio::task::spawn_blocking(move || meta.segments())
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        let segments = self.with_meta(|meta| meta.segments()).await?;
         // Live blocks by segment, from the index.
         let mut by_segment: HashMap<u64, Vec<BlockMeta>> = HashMap::new();
         for topic in self.topics() {
@@ -399,13 +393,8 @@ impl Storage {
         .await;
         let switched = match put {
             Ok(_) => {
-                let meta = self.meta.clone();
-                tokio::task::spawn_blocking(move || {
-                    meta.switch_blocks(&switch).map(|a| (a, switch))
-                })
-                .await
-                .map_err(|_| StorageError::ShuttingDown)
-                .and_then(|r| r)
+                self.with_meta(move |meta| meta.switch_blocks(&switch).map(|a| (a, switch)))
+                    .await
             }
             Err(e) => Err(e),
         };

@@ -321,13 +321,12 @@ impl Storage {
             tracing::info!(removed, "object store checked for unreferenced objects");
         }
         // Segments dropped before the restart are gone now (no reader can still be using them).
-        let meta = storage.meta.clone();
-        tokio::task::spawn_blocking(move || {
-            let ids: Vec<u64> = meta.retired_segments()?.iter().map(|r| r.0).collect();
-            meta.forget_retired_segments(&ids)
-        })
-        .await
-        .map_err(|_| StorageError::ShuttingDown)??;
+        storage
+            .with_meta(|meta| {
+                let ids: Vec<u64> = meta.retired_segments()?.iter().map(|r| r.0).collect();
+                meta.forget_retired_segments(&ids)
+            })
+            .await?;
         tokio::spawn(writer.run(rx));
         maintenance::spawn(&storage);
         Ok(storage)
@@ -482,11 +481,8 @@ impl Storage {
             configs,
             created_ms: now_ms(),
         };
-        let meta = self.meta.clone();
         let r = record.clone();
-        tokio::task::spawn_blocking(move || meta.create_topic(&r))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        self.with_meta(move |meta| meta.create_topic(&r)).await?;
         let topic = Arc::new(Topic {
             id: record.id,
             name: record.name.clone(),
@@ -515,11 +511,9 @@ impl Storage {
         let topic = self
             .topic(name)
             .ok_or(StorageError::UnknownTopicOrPartition)?;
-        let meta = self.meta.clone();
         let id = topic.id;
-        tokio::task::spawn_blocking(move || meta.add_partitions(id, partitions))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        self.with_meta(move |meta| meta.add_partitions(id, partitions))
+            .await?;
         let mut grown: Vec<Arc<Partition>> = topic.partitions.clone();
         grown.extend(
             (topic.partitions.len() as i32..partitions).map(|p| Arc::new(Partition::new(id, p))),
@@ -550,11 +544,9 @@ impl Storage {
         if before <= lso {
             return Ok(lso);
         }
-        let meta = self.meta.clone();
         let (topic_id, index) = (partition.topic_id, partition.index);
-        tokio::task::spawn_blocking(move || meta.truncate_head(topic_id, index, before))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        self.with_meta(move |meta| meta.truncate_head(topic_id, index, before))
+            .await?;
         let mut st = partition.state.write();
         st.log_start_offset = st.log_start_offset.max(before);
         st.blocks.retain(|_, b| b.last_offset >= before);
@@ -570,11 +562,9 @@ impl Storage {
         let topic = self
             .topic(name)
             .ok_or(StorageError::UnknownTopicOrPartition)?;
-        let meta = self.meta.clone();
         let (id, c) = (topic.id, configs.clone());
-        tokio::task::spawn_blocking(move || meta.set_topic_configs(id, &c))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        self.with_meta(move |meta| meta.set_topic_configs(id, &c))
+            .await?;
         Ok(self.replace_topic(&topic, topic.partitions.clone(), configs))
     }
 
@@ -604,11 +594,8 @@ impl Storage {
         let topic = self
             .topic(name)
             .ok_or(StorageError::UnknownTopicOrPartition)?;
-        let meta = self.meta.clone();
         let id = topic.id;
-        tokio::task::spawn_blocking(move || meta.delete_topic(id))
-            .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+        self.with_meta(move |meta| meta.delete_topic(id)).await?;
         let mut c = self.catalog.write();
         c.by_name.remove(name);
         c.by_id.remove(&id);
@@ -616,8 +603,16 @@ impl Storage {
     }
 
     pub async fn allocate_producer_id(&self) -> Result<i64, StorageError> {
+        self.with_meta(|meta| meta.allocate_producer_id()).await
+    }
+
+    /// Runs metadata-store calls on the blocking pool (SQLite blocks the thread).
+    async fn with_meta<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn MetadataStore) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
         let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || meta.allocate_producer_id())
+        tokio::task::spawn_blocking(move || f(meta.as_ref()))
             .await
             .map_err(|_| StorageError::ShuttingDown)?
     }
@@ -680,13 +675,17 @@ impl Storage {
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         let needed = partition.blocks_from(offset, max_bytes.max(1));
-        let missing: Vec<BlockMeta> = needed
-            .iter()
-            .filter(|b| !self.cache.contains(b.segment_id, b.position))
-            .copied()
-            .collect();
+        // Only an object store needs the misses up front (local reads go block by block).
+        let missing: Vec<BlockMeta> = match self.objects {
+            Some(_) => needed
+                .iter()
+                .filter(|b| !self.cache.contains(b.segment_id, b.position))
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
         let missed = !missing.is_empty();
-        if missing.len() > 1 && self.objects.is_some() {
+        if missing.len() > 1 {
             // Fetch the missing runs concurrently rather than one GET after another; errors surface
             // below, where each block is read in order.
             let starts = run_starts(partition, missing, self.read_ahead_budget() as u64);
@@ -708,7 +707,7 @@ impl Storage {
                 total += size;
             }
         }
-        if missed && self.objects.is_some() {
+        if missed {
             // A consumer reading from the store (behind the cached tail): fetch what it reads next.
             self.read_ahead(partition, next_offset);
         }
