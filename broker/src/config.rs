@@ -1,11 +1,18 @@
-//! Broker configuration: command-line flags, `STREAMHOUSE_*` environment variables and an optional
-//! TOML file (flags and environment win over the file).
+//! Broker configuration: every setting is declared once, in the [`settings!`] table below, with its
+//! type, its default and what a value costs. From that one row come the command-line flag
+//! (`--field-name`), the environment variable (`STREAMHOUSE_FIELD_NAME`), the TOML file keys (the field
+//! name, and the Kafka-style dotted name), `--help`, the README's configuration table (a test keeps the
+//! README equal to [`markdown_table`]) and the broker resource of DescribeConfigs.
+//!
+//! Layers, lowest first: the default, the file given with `--config`, the environment, the flag.
 
-use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use clap::{Arg, ArgMatches, Args, Command as ClapCommand, FromArgMatches, Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::topic_config::{TYPE_BOOLEAN, TYPE_INT, TYPE_LONG, TYPE_STRING};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,364 +31,441 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(Args, Debug, Default)]
-pub struct ServeArgs {
-    /// Address to accept Kafka clients on [default: 127.0.0.1:9092]
-    #[arg(long, env = "STREAMHOUSE_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// host:port given to clients in Metadata, if it differs from --listen (e.g. behind NAT or in Docker)
-    #[arg(long, env = "STREAMHOUSE_ADVERTISED_LISTENER")]
-    pub advertised_listener: Option<String>,
-    /// Where segments live: `local` (files under --data-dir, the default) or an object store URL,
+/// A value a setting can hold: parsed from a flag, the environment or the file (all as text).
+pub trait SettingValue: Sized {
+    /// DescribeConfigs' ConfigType of the setting.
+    const KIND: i8;
+    fn parse_setting(s: &str) -> Result<Self, String>;
+    /// The value as DescribeConfigs shows it ("" for none).
+    fn show(&self) -> String;
+}
+
+macro_rules! from_str_setting {
+    ($($t:ty => $kind:expr),*) => {$(
+        impl SettingValue for $t {
+            const KIND: i8 = $kind;
+            fn parse_setting(s: &str) -> Result<Self, String> {
+                s.trim().parse::<$t>().map_err(|e| e.to_string())
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+from_str_setting!(bool => TYPE_BOOLEAN, i32 => TYPE_INT, i64 => TYPE_LONG, u64 => TYPE_LONG,
+    usize => TYPE_LONG, String => TYPE_STRING, SocketAddr => TYPE_STRING);
+
+impl SettingValue for PathBuf {
+    const KIND: i8 = TYPE_STRING;
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        Ok(PathBuf::from(s))
+    }
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+/// A setting without a default of its own ("" in the table): derived from others when not given.
+impl<T: SettingValue> SettingValue for Option<T> {
+    const KIND: i8 = T::KIND;
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            T::parse_setting(s).map(Some)
+        }
+    }
+    fn show(&self) -> String {
+        self.as_ref().map(|v| v.show()).unwrap_or_default()
+    }
+}
+
+/// What the table says about one setting.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingInfo {
+    /// The field name; the flag is it with dashes, the environment variable STREAMHOUSE_ + it uppercased.
+    pub field: &'static str,
+    /// The Kafka-style dotted name: a file key, and the name DescribeConfigs shows.
+    pub key: &'static str,
+    /// The default as text ("" for none: derived, see the doc).
+    pub default: &'static str,
+    /// How the README shows the default, when the text alone would mislead.
+    pub shown_default: &'static str,
+    pub doc: &'static str,
+    pub kind: i8,
+}
+
+impl SettingInfo {
+    pub fn flag(&self) -> String {
+        self.field.replace('_', "-")
+    }
+    pub fn env(&self) -> String {
+        format!("STREAMHOUSE_{}", self.field.to_uppercase())
+    }
+}
+
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident : $ty:ty = $default:literal, key $key:literal $(, shown $shown:literal)? ;
+    )*) => {
+        /// The settings as given (each layer applied); see the table in the README.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        /// Every setting, in table order.
+        pub const SETTINGS: &[SettingInfo] = &[$(
+            SettingInfo {
+                field: stringify!($field),
+                key: $key,
+                default: $default,
+                shown_default: settings!(@shown $default $(, $shown)?),
+                doc: concat!($($doc, "\n"),*),
+                kind: <$ty as SettingValue>::KIND,
+            },
+        )*];
+
+        impl Settings {
+            fn from_layers(layers: &Layers) -> anyhow::Result<Settings> {
+                Ok(Settings { $( $field: layers.get::<$ty>(stringify!($field), $key, $default)?, )* })
+            }
+
+            /// (dotted name, value as text) of every setting, in table order.
+            pub fn values(&self) -> Vec<(&'static str, String, i8)> {
+                vec![$( ($key, SettingValue::show(&self.$field), <$ty as SettingValue>::KIND), )*]
+            }
+        }
+    };
+    (@shown $default:literal) => { $default };
+    (@shown $default:literal, $shown:literal) => { $shown };
+}
+
+settings! {
+    /// Address to accept Kafka clients on.
+    listen: SocketAddr = "127.0.0.1:9092", key "listen";
+    /// host:port returned to clients in Metadata, if it differs from the listen address (behind NAT, in
+    /// Docker); a `PLAINTEXT://` prefix is accepted.
+    advertised_listener: Option<String> = "", key "advertised.listener", shown "the listen address";
+    /// Where segments live: `local` (files under the data dir), or an object store URL:
     /// `s3://bucket/prefix` (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION,
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), `file:///path` or `memory://` (tests) [default: local]
-    #[arg(long, env = "STREAMHOUSE_STORAGE")]
-    pub storage: Option<String>,
-    /// Folder for segments and the SQLite metadata database [default: ./data]
-    #[arg(long, env = "STREAMHOUSE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// TOML file with any of the settings below (keys as in the README's table)
-    #[arg(long, env = "STREAMHOUSE_CONFIG")]
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), `file:///path`, `memory://` (tests).
+    storage: String = "local", key "storage";
+    /// Folder for local segments, `metadata.db` and the cluster id (created 0700).
+    data_dir: PathBuf = "./data", key "data.dir";
+    /// Extra time to gather the produce requests of all partitions into one flush; requests that arrive
+    /// while a flush is made durable always form the next one. Each ms adds up to that much latency;
+    /// on an object store it saves PUTs.
+    flush_interval_ms: Option<u64> = "", key "flush.interval.ms", shown "`0` local, `20` S3";
+    /// Flush early past this many pending bytes.
+    flush_max_bytes: usize = "8388608", key "flush.max.bytes";
+    /// Roll the active local segment past this size.
+    segment_bytes: u64 = "268435456", key "segment.bytes";
+    /// Roll the active local segment past this age.
+    segment_ms: i64 = "600000", key "segment.ms";
+    /// Block cache size: memory held for recently written and read blocks.
+    cache_bytes: u64 = "268435456", key "cache.bytes";
+    /// Largest record batch accepted (MESSAGE_TOO_LARGE past it); topics may override it with
+    /// `max.message.bytes`.
+    message_max_bytes: i32 = "1048588", key "message.max.bytes";
+    /// Largest request frame; checked before anything is allocated.
+    socket_request_max_bytes: usize = "104857600", key "socket.request.max.bytes";
+    /// Create unknown topics when a client's Metadata request allows it.
+    auto_create_topics_enable: bool = "true", key "auto.create.topics.enable";
+    /// Partitions of auto-created topics and of CreateTopics with -1.
+    num_partitions: i32 = "1", key "num.partitions";
+    /// Connections served at once; more wait in the accept backlog.
+    max_connections: usize = "10000", key "max.connections";
+    /// This broker's id.
+    node_id: i32 = "1", key "node.id";
+    /// fsync the SQLite WAL at every commit (false survives a process crash but not a power loss).
+    sync_metadata: bool = "true", key "sync.metadata";
+    /// How often topics' `retention.ms` and `retention.bytes` (defaults: the log.retention settings)
+    /// move log start offsets forward.
+    retention_check_interval_ms: u64 = "300000", key "log.retention.check.interval.ms";
+    /// host:port of a plain HTTP endpoint with counters in the Prometheus text format (object-store
+    /// PUTs/GETs/bytes/deletes, cache hits/misses/bytes); off unless set.
+    metrics_listen: Option<SocketAddr> = "", key "metrics.listen", shown "off";
+    /// Flushes being made durable at once; they commit in order (S3 PUTs overlap; locally the data fsync
+    /// of one flush overlaps the metadata commit of the previous). Each holds its flush in memory.
+    max_inflight_flushes: usize = "4", key "max.inflight.flushes";
+    /// How long a segment file or object nothing refers to any more (retention, DeleteRecords, deleted
+    /// topics, compaction) is kept before it is deleted, so reads under way can finish.
+    file_delete_delay_ms: u64 = "60000", key "file.delete.delay.ms";
+    /// S3 mode: how often small flush objects are merged into one object per partition (`0`: never).
+    compaction_interval_ms: u64 = "60000", key "compaction.interval.ms";
+    /// S3 mode: flush objects younger than this wait for the next compaction pass.
+    compaction_min_age_ms: u64 = "30000", key "compaction.min.age.ms";
+    /// S3 mode: bytes fetched ahead of a consumer reading from the store.
+    read_ahead_bytes: usize = "4194304", key "read.ahead.bytes";
+    /// Retention time of topics without their own `retention.ms` (`-1`: keep everything).
+    log_retention_ms: Option<i64> = "", key "log.retention.ms", shown "`604800000`";
+    /// The same in minutes, used when log.retention.ms is not given.
+    log_retention_minutes: Option<i64> = "", key "log.retention.minutes", shown "none";
+    /// The same in hours, used when neither of the above is given.
+    log_retention_hours: i64 = "168", key "log.retention.hours";
+    /// Retained bytes per partition of topics without their own `retention.bytes` (`-1`: no limit).
+    log_retention_bytes: i64 = "-1", key "log.retention.bytes";
+    /// How long a new classic group waits for more members before its first rebalance, as in Kafka.
+    group_initial_rebalance_delay_ms: u64 = "3000", key "group.initial.rebalance.delay.ms";
+    /// Heartbeat interval given to KIP-848 consumers.
+    group_consumer_heartbeat_interval_ms: u64 = "5000", key "group.consumer.heartbeat.interval.ms";
+}
+
+/// The layers a value can come from, lowest first: default < file < environment < flag.
+struct Layers {
+    /// From flags and environment (clap reads both, flags winning).
+    given: BTreeMap<String, String>,
+    /// From the TOML file, by field name or dotted key.
+    file: BTreeMap<String, String>,
+}
+
+impl Layers {
+    fn get<T: SettingValue>(&self, field: &str, key: &str, default: &str) -> anyhow::Result<T> {
+        let (text, from) = match (
+            self.given.get(field),
+            self.file.get(field).or(self.file.get(key)),
+        ) {
+            (Some(v), _) => (v.as_str(), "flag or environment"),
+            (None, Some(v)) => (v.as_str(), "config file"),
+            (None, None) => (default, "default"),
+        };
+        T::parse_setting(text).map_err(|e| anyhow::anyhow!("{key} = {text:?} ({from}): {e}"))
+    }
+}
+
+/// `streamhouse serve`'s arguments: the values given by flag or environment, and the file to read.
+#[derive(Debug, Default, Clone)]
+pub struct ServeArgs {
     pub config: Option<PathBuf>,
-    /// Extra time to gather produce requests into one flush, in ms. Requests that arrive while a flush
-    /// is being made durable always form the next one; this waits longer on top [default: 0 on local
-    /// disk, 20 with an object store, where fewer and larger PUTs matter more]
-    #[arg(long, env = "STREAMHOUSE_FLUSH_INTERVAL_MS")]
-    pub flush_interval_ms: Option<u64>,
-    /// Flush early once this many bytes are pending [default: 8388608]
-    #[arg(long, env = "STREAMHOUSE_FLUSH_MAX_BYTES")]
-    pub flush_max_bytes: Option<usize>,
-    /// Roll the active segment past this size [default: 268435456]
-    #[arg(long, env = "STREAMHOUSE_SEGMENT_BYTES")]
-    pub segment_bytes: Option<u64>,
-    /// Roll the active segment past this age in ms [default: 600000]
-    #[arg(long, env = "STREAMHOUSE_SEGMENT_MS")]
-    pub segment_ms: Option<i64>,
-    /// Size of the in-memory block cache in bytes [default: 268435456]
-    #[arg(long, env = "STREAMHOUSE_CACHE_BYTES")]
-    pub cache_bytes: Option<u64>,
-    /// Largest record batch a producer may send (Kafka's message.max.bytes) [default: 1048588]
-    #[arg(long, env = "STREAMHOUSE_MESSAGE_MAX_BYTES")]
-    pub message_max_bytes: Option<i32>,
-    /// Largest request frame accepted (Kafka's socket.request.max.bytes) [default: 104857600]
-    #[arg(long, env = "STREAMHOUSE_SOCKET_REQUEST_MAX_BYTES")]
-    pub socket_request_max_bytes: Option<usize>,
-    /// Create unknown topics when a client's Metadata request asks to [default: true]
-    #[arg(long, env = "STREAMHOUSE_AUTO_CREATE_TOPICS_ENABLE")]
-    pub auto_create_topics_enable: Option<bool>,
-    /// Partitions of auto-created topics and of CreateTopics with -1 [default: 1]
-    #[arg(long, env = "STREAMHOUSE_NUM_PARTITIONS")]
-    pub num_partitions: Option<i32>,
-    /// Most client connections at once; more wait to be accepted [default: 10000]
-    #[arg(long, env = "STREAMHOUSE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// This broker's node id [default: 1]
-    #[arg(long, env = "STREAMHOUSE_NODE_ID")]
-    pub node_id: Option<i32>,
-    /// fsync the metadata database at every commit (false: survives a process crash, not a power loss) [default: true]
-    #[arg(long, env = "STREAMHOUSE_SYNC_METADATA")]
-    pub sync_metadata: Option<bool>,
-    /// How often retention.ms / retention.bytes are applied (Kafka's log.retention.check.interval.ms) [default: 300000]
-    #[arg(long, env = "STREAMHOUSE_RETENTION_CHECK_INTERVAL_MS")]
-    pub retention_check_interval_ms: Option<u64>,
-    /// host:port of a plain HTTP endpoint with counters in the Prometheus text format (off unless set)
-    #[arg(long, env = "STREAMHOUSE_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Flushes being made durable at once; they commit in order (object PUTs overlap) [default: 4]
-    #[arg(long, env = "STREAMHOUSE_MAX_INFLIGHT_FLUSHES")]
-    pub max_inflight_flushes: Option<usize>,
-    /// How long a segment nothing refers to any more is kept before its file or object is deleted (Kafka's file.delete.delay.ms) [default: 60000]
-    #[arg(long, env = "STREAMHOUSE_FILE_DELETE_DELAY_MS")]
-    pub file_delete_delay_ms: Option<u64>,
-    /// How often small flush objects are merged into per-partition objects, object stores only; 0 turns compaction off [default: 60000]
-    #[arg(long, env = "STREAMHOUSE_COMPACTION_INTERVAL_MS")]
-    pub compaction_interval_ms: Option<u64>,
-    /// Flush objects younger than this are not compacted yet [default: 30000]
-    #[arg(long, env = "STREAMHOUSE_COMPACTION_MIN_AGE_MS")]
-    pub compaction_min_age_ms: Option<u64>,
-    /// Bytes fetched ahead of a consumer reading from the object store [default: 4194304]
-    #[arg(long, env = "STREAMHOUSE_READ_AHEAD_BYTES")]
-    pub read_ahead_bytes: Option<usize>,
-    /// Retention time of topics without a retention.ms of their own, in ms; -1 keeps everything (Kafka's log.retention.ms) [default: 604800000]
-    #[arg(long, env = "STREAMHOUSE_LOG_RETENTION_MS", allow_hyphen_values = true)]
-    pub log_retention_ms: Option<i64>,
-    /// The same in minutes, used when --log-retention-ms is not given (Kafka's log.retention.minutes)
-    #[arg(
-        long,
-        env = "STREAMHOUSE_LOG_RETENTION_MINUTES",
-        allow_hyphen_values = true
-    )]
-    pub log_retention_minutes: Option<i64>,
-    /// The same in hours, used when neither of the above is given (Kafka's log.retention.hours) [default: 168]
-    #[arg(
-        long,
-        env = "STREAMHOUSE_LOG_RETENTION_HOURS",
-        allow_hyphen_values = true
-    )]
-    pub log_retention_hours: Option<i64>,
-    /// Retained bytes per partition of topics without a retention.bytes of their own; -1: no limit (Kafka's log.retention.bytes) [default: -1]
-    #[arg(
-        long,
-        env = "STREAMHOUSE_LOG_RETENTION_BYTES",
-        allow_hyphen_values = true
-    )]
-    pub log_retention_bytes: Option<i64>,
-    /// How long a new consumer group waits for more members before its first rebalance (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
-    #[arg(long, env = "STREAMHOUSE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
-    pub group_initial_rebalance_delay_ms: Option<u64>,
-    /// Heartbeat interval given to KIP-848 consumers (group.consumer.heartbeat.interval.ms) [default: 5000]
-    #[arg(long, env = "STREAMHOUSE_GROUP_CONSUMER_HEARTBEAT_INTERVAL_MS")]
-    pub group_consumer_heartbeat_interval_ms: Option<u64>,
+    /// field name -> value as text.
+    pub values: BTreeMap<String, String>,
 }
 
-/// The same settings as a TOML file spells them (dotted Kafka-style names are accepted too).
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    listen: Option<SocketAddr>,
-    #[serde(alias = "advertised.listener")]
-    advertised_listener: Option<String>,
-    #[serde(alias = "data.dir")]
-    data_dir: Option<PathBuf>,
-    storage: Option<String>,
-    #[serde(alias = "flush.interval.ms")]
-    flush_interval_ms: Option<u64>,
-    #[serde(alias = "flush.max.bytes")]
-    flush_max_bytes: Option<usize>,
-    #[serde(alias = "segment.bytes")]
-    segment_bytes: Option<u64>,
-    #[serde(alias = "segment.ms")]
-    segment_ms: Option<i64>,
-    #[serde(alias = "cache.bytes")]
-    cache_bytes: Option<u64>,
-    #[serde(alias = "message.max.bytes")]
-    message_max_bytes: Option<i32>,
-    #[serde(alias = "socket.request.max.bytes")]
-    socket_request_max_bytes: Option<usize>,
-    #[serde(alias = "auto.create.topics.enable")]
-    auto_create_topics_enable: Option<bool>,
-    #[serde(alias = "num.partitions")]
-    num_partitions: Option<i32>,
-    #[serde(alias = "max.connections")]
-    max_connections: Option<usize>,
-    #[serde(alias = "node.id")]
-    node_id: Option<i32>,
-    #[serde(alias = "sync.metadata")]
-    sync_metadata: Option<bool>,
-    #[serde(alias = "log.retention.check.interval.ms")]
-    retention_check_interval_ms: Option<u64>,
-    #[serde(alias = "metrics.listen")]
-    metrics_listen: Option<SocketAddr>,
-    #[serde(alias = "max.inflight.flushes")]
-    max_inflight_flushes: Option<usize>,
-    #[serde(alias = "file.delete.delay.ms")]
-    file_delete_delay_ms: Option<u64>,
-    #[serde(alias = "compaction.interval.ms")]
-    compaction_interval_ms: Option<u64>,
-    #[serde(alias = "compaction.min.age.ms")]
-    compaction_min_age_ms: Option<u64>,
-    #[serde(alias = "read.ahead.bytes")]
-    read_ahead_bytes: Option<usize>,
-    #[serde(alias = "log.retention.ms")]
-    log_retention_ms: Option<i64>,
-    #[serde(alias = "log.retention.minutes")]
-    log_retention_minutes: Option<i64>,
-    #[serde(alias = "log.retention.hours")]
-    log_retention_hours: Option<i64>,
-    #[serde(alias = "log.retention.bytes")]
-    log_retention_bytes: Option<i64>,
-    #[serde(alias = "group.initial.rebalance.delay.ms")]
-    group_initial_rebalance_delay_ms: Option<u64>,
-    #[serde(alias = "group.consumer.heartbeat.interval.ms")]
-    group_consumer_heartbeat_interval_ms: Option<u64>,
+impl ServeArgs {
+    /// Sets a value as if it had been given as a flag (tests, embedding).
+    pub fn set(mut self, field: &str, value: impl ToString) -> Self {
+        self.values.insert(field.to_string(), value.to_string());
+        self
+    }
 }
 
-/// Resolved configuration.
+impl Args for ServeArgs {
+    fn augment_args(cmd: ClapCommand) -> ClapCommand {
+        let cmd = cmd.arg(
+            Arg::new("config")
+                .long("config")
+                .env("STREAMHOUSE_CONFIG")
+                .value_name("FILE")
+                .help("TOML file with any of the settings below (keys as in the README's table)"),
+        );
+        SETTINGS.iter().fold(cmd, |cmd, s| {
+            let short = s.doc.lines().next().unwrap_or("").trim().to_string();
+            let long = format!(
+                "{} [default: {}] [file key: {}]",
+                s.doc.split_whitespace().collect::<Vec<_>>().join(" "),
+                if s.default.is_empty() {
+                    s.shown_default
+                } else {
+                    s.default
+                },
+                s.key
+            );
+            cmd.arg(
+                Arg::new(s.field)
+                    .long(leak(s.flag()))
+                    .env(leak(s.env()))
+                    .value_name("VALUE")
+                    .allow_hyphen_values(true)
+                    .help(short)
+                    .long_help(long),
+            )
+        })
+    }
+    fn augment_args_for_update(cmd: ClapCommand) -> ClapCommand {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ServeArgs {
+            config: m.get_one::<String>("config").map(PathBuf::from),
+            values: BTreeMap::new(),
+        };
+        for s in SETTINGS {
+            if let Some(v) = m.get_one::<String>(s.field) {
+                args.values.insert(s.field.to_string(), v.clone());
+            }
+        }
+        Ok(args)
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+/// clap keeps names as `&'static str`; the few built from the table live as long as the process.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Reads the TOML file into (key -> value as text); unknown keys are refused.
+fn read_file(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in table {
+        if !SETTINGS.iter().any(|s| s.field == k || s.key == k) {
+            anyhow::bail!("{}: unknown setting {k}", path.display());
+        }
+        let text = match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        out.insert(k, text);
+    }
+    Ok(out)
+}
+
+/// The resolved configuration: the settings plus what is derived from them.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    pub listen: SocketAddr,
+    pub settings: Settings,
     pub advertised_host: String,
     pub advertised_port: i32,
-    pub data_dir: PathBuf,
     /// `None` for local segment files, else an object store URL.
     pub object_store: Option<String>,
-    pub flush_interval: Duration,
-    pub flush_max_bytes: usize,
-    pub segment_bytes: u64,
-    pub segment_ms: i64,
-    pub cache_bytes: u64,
-    pub message_max_bytes: i32,
-    pub socket_request_max_bytes: usize,
-    pub auto_create_topics_enable: bool,
-    pub num_partitions: i32,
-    pub max_connections: usize,
-    pub node_id: i32,
-    pub sync_metadata: bool,
-    pub group_initial_rebalance_delay: Duration,
-    pub group_consumer_heartbeat_interval: Duration,
-    pub retention_check_interval: Duration,
-    pub metrics_listen: Option<SocketAddr>,
+    /// log.retention.ms after Kafka's precedence (ms, then minutes, then hours).
     pub log_retention_ms: i64,
-    pub log_retention_bytes: i64,
-    pub max_inflight_flushes: usize,
-    pub file_delete_delay: Duration,
-    pub compaction_interval: Duration,
-    pub compaction_min_age: Duration,
-    pub read_ahead_bytes: usize,
+}
+
+impl std::ops::Deref for BrokerConfig {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+impl std::ops::DerefMut for BrokerConfig {
+    fn deref_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
 }
 
 impl BrokerConfig {
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
-        let file: FileConfig = match &args.config {
-            Some(path) => toml::from_str(&std::fs::read_to_string(path)?)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            None => FileConfig::default(),
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
         };
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9092)));
-        let advertised = args.advertised_listener.or(file.advertised_listener);
-        let (advertised_host, advertised_port) = match advertised {
+        let s = Settings::from_layers(&Layers {
+            given: args.values,
+            file,
+        })?;
+        let (advertised_host, advertised_port) = match &s.advertised_listener {
             Some(a) => {
                 let (h, p) = a
                     .rsplit_once(':')
                     .ok_or_else(|| anyhow::anyhow!("advertised listener must be host:port"))?;
                 (h.trim_start_matches("PLAINTEXT://").to_string(), p.parse()?)
             }
-            None => (listen.ip().to_string(), listen.port() as i32),
+            None => (s.listen.ip().to_string(), s.listen.port() as i32),
         };
-        let object_store = args.storage.or(file.storage).filter(|s| s != "local");
-        let c = BrokerConfig {
-            listen,
-            advertised_host,
-            advertised_port,
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./data")),
-            flush_interval: Duration::from_millis(
-                args.flush_interval_ms
-                    .or(file.flush_interval_ms)
-                    .unwrap_or(if object_store.is_some() { 20 } else { 0 }),
-            ),
-            object_store,
-            flush_max_bytes: args
-                .flush_max_bytes
-                .or(file.flush_max_bytes)
-                .unwrap_or(8 << 20),
-            segment_bytes: args
-                .segment_bytes
-                .or(file.segment_bytes)
-                .unwrap_or(256 << 20),
-            segment_ms: args.segment_ms.or(file.segment_ms).unwrap_or(600_000),
-            cache_bytes: args.cache_bytes.or(file.cache_bytes).unwrap_or(256 << 20),
-            message_max_bytes: args
-                .message_max_bytes
-                .or(file.message_max_bytes)
-                .unwrap_or(1_048_588),
-            socket_request_max_bytes: args
-                .socket_request_max_bytes
-                .or(file.socket_request_max_bytes)
-                .unwrap_or(100 << 20),
-            auto_create_topics_enable: args
-                .auto_create_topics_enable
-                .or(file.auto_create_topics_enable)
-                .unwrap_or(true),
-            num_partitions: args.num_partitions.or(file.num_partitions).unwrap_or(1),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(10_000),
-            node_id: args.node_id.or(file.node_id).unwrap_or(1),
-            sync_metadata: args.sync_metadata.or(file.sync_metadata).unwrap_or(true),
-            retention_check_interval: Duration::from_millis(
-                args.retention_check_interval_ms
-                    .or(file.retention_check_interval_ms)
-                    .unwrap_or(300_000)
-                    .max(100),
-            ),
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
-            // Kafka's precedence: log.retention.ms, then .minutes, then .hours; -1 stays -1.
-            log_retention_ms: args
-                .log_retention_ms
-                .or(file.log_retention_ms)
-                .or(args
-                    .log_retention_minutes
-                    .or(file.log_retention_minutes)
-                    .map(|m| if m < 0 { -1 } else { m.saturating_mul(60_000) }))
-                .or(args
-                    .log_retention_hours
-                    .or(file.log_retention_hours)
-                    .map(|h| {
-                        if h < 0 {
-                            -1
-                        } else {
-                            h.saturating_mul(3_600_000)
-                        }
-                    }))
-                .unwrap_or(604_800_000),
-            log_retention_bytes: args
-                .log_retention_bytes
-                .or(file.log_retention_bytes)
-                .unwrap_or(-1),
-            max_inflight_flushes: args
-                .max_inflight_flushes
-                .or(file.max_inflight_flushes)
-                .unwrap_or(4)
-                .max(1),
-            file_delete_delay: Duration::from_millis(
-                args.file_delete_delay_ms
-                    .or(file.file_delete_delay_ms)
-                    .unwrap_or(60_000),
-            ),
-            compaction_interval: Duration::from_millis(
-                args.compaction_interval_ms
-                    .or(file.compaction_interval_ms)
-                    .unwrap_or(60_000),
-            ),
-            compaction_min_age: Duration::from_millis(
-                args.compaction_min_age_ms
-                    .or(file.compaction_min_age_ms)
-                    .unwrap_or(30_000),
-            ),
-            read_ahead_bytes: args
-                .read_ahead_bytes
-                .or(file.read_ahead_bytes)
-                .unwrap_or(4 << 20),
-            group_initial_rebalance_delay: Duration::from_millis(
-                args.group_initial_rebalance_delay_ms
-                    .or(file.group_initial_rebalance_delay_ms)
-                    .unwrap_or(3000),
-            ),
-            group_consumer_heartbeat_interval: Duration::from_millis(
-                args.group_consumer_heartbeat_interval_ms
-                    .or(file.group_consumer_heartbeat_interval_ms)
-                    .unwrap_or(5000),
-            ),
+        let object_store = Some(s.storage.clone()).filter(|s| s != "local");
+        // Kafka's precedence: log.retention.ms, then .minutes, then .hours; a negative value is -1.
+        let log_retention_ms = s
+            .log_retention_ms
+            .or(s.log_retention_minutes.map(|m| m.saturating_mul(60_000)))
+            .unwrap_or(s.log_retention_hours.saturating_mul(3_600_000));
+        let log_retention_ms = if log_retention_ms < 0 {
+            -1
+        } else {
+            log_retention_ms
         };
-        anyhow::ensure!(c.num_partitions >= 1, "num.partitions must be at least 1");
+        anyhow::ensure!(s.num_partitions >= 1, "num.partitions must be at least 1");
         anyhow::ensure!(
-            c.message_max_bytes >= 1,
+            s.message_max_bytes >= 1,
             "message.max.bytes must be positive"
         );
-        Ok(c)
+        Ok(BrokerConfig {
+            settings: s,
+            advertised_host,
+            advertised_port,
+            object_store,
+            log_retention_ms,
+        })
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        let default = if self.object_store.is_some() { 20 } else { 0 };
+        Self::ms(self.flush_interval_ms.unwrap_or(default))
+    }
+
+    /// The settings as DescribeConfigs shows them: (name, value, type), with the derived ones.
+    pub fn described(&self) -> Vec<(&'static str, String, i8)> {
+        let mut v: Vec<_> = self
+            .settings
+            .values()
+            .into_iter()
+            .map(|(k, value, kind)| match k {
+                "log.retention.ms" => (k, self.log_retention_ms.to_string(), kind),
+                "flush.interval.ms" => (k, self.flush_interval().as_millis().to_string(), kind),
+                _ => (k, value, kind),
+            })
+            .filter(|(_, value, _)| !value.is_empty())
+            .collect();
+        v.extend([
+            (
+                "advertised.listeners",
+                format!(
+                    "PLAINTEXT://{}:{}",
+                    self.advertised_host, self.advertised_port
+                ),
+                TYPE_STRING,
+            ),
+            ("broker.id", self.node_id.to_string(), TYPE_INT),
+            ("default.replication.factor", "1".into(), TYPE_INT),
+            (
+                "listeners",
+                format!("PLAINTEXT://{}", self.listen),
+                TYPE_STRING,
+            ),
+            ("log.dirs", self.data_dir.display().to_string(), TYPE_STRING),
+            (
+                "log.segment.bytes",
+                self.segment_bytes.to_string(),
+                TYPE_INT,
+            ),
+        ]);
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
     }
 
     pub fn storage(&self) -> streamhouse_storage::StorageConfig {
         let mut s = streamhouse_storage::StorageConfig::new(&self.data_dir);
-        s.flush_interval = self.flush_interval;
+        s.flush_interval = self.flush_interval();
         s.flush_max_bytes = self.flush_max_bytes;
         s.segment_bytes = self.segment_bytes;
         s.segment_ms = self.segment_ms;
         s.cache_bytes = self.cache_bytes;
         s.sync_metadata = self.sync_metadata;
         s.object_store = self.object_store.clone();
-        s.retention_check_interval = self.retention_check_interval;
-        s.max_inflight_flushes = self.max_inflight_flushes;
-        s.file_delete_delay = self.file_delete_delay;
-        s.compaction_interval = self.compaction_interval;
-        s.compaction_min_age = self.compaction_min_age;
+        // At least 100 ms: a smaller value would only spin.
+        s.retention_check_interval = Self::ms(self.retention_check_interval_ms.max(100));
+        s.max_inflight_flushes = self.max_inflight_flushes.max(1);
+        s.file_delete_delay = Self::ms(self.file_delete_delay_ms);
+        s.compaction_interval = Self::ms(self.compaction_interval_ms);
+        s.compaction_min_age = Self::ms(self.compaction_min_age_ms);
         s.read_ahead_bytes = self.read_ahead_bytes;
         s.retention_ms = self.log_retention_ms;
         s.retention_bytes = self.log_retention_bytes;
@@ -390,42 +474,93 @@ impl BrokerConfig {
 
     pub fn groups(&self) -> crate::group::GroupConfig {
         crate::group::GroupConfig {
-            initial_rebalance_delay: self.group_initial_rebalance_delay,
-            consumer_heartbeat_interval: self.group_consumer_heartbeat_interval,
+            initial_rebalance_delay: Self::ms(self.group_initial_rebalance_delay_ms),
+            consumer_heartbeat_interval: Self::ms(self.group_consumer_heartbeat_interval_ms),
             ..Default::default()
         }
     }
 
     /// Defaults for tests: a loopback port chosen by the OS and the given data folder.
     pub fn for_tests(data_dir: PathBuf) -> Self {
-        let args = ServeArgs {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            data_dir: Some(data_dir),
-            ..Default::default()
-        };
-        Self::resolve(args).expect("static test config")
+        Self::resolve(Self::test_args(data_dir)).expect("static test config")
     }
+
+    /// The arguments [`for_tests`](Self::for_tests) resolves, to add settings to.
+    pub fn test_args(data_dir: PathBuf) -> ServeArgs {
+        ServeArgs::default()
+            .set("listen", "127.0.0.1:0")
+            .set("data_dir", data_dir.display())
+    }
+}
+
+/// The README's configuration table, generated from [`SETTINGS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| flag | environment | file key | default | what it does |\n|---|---|---|---|---|\n",
+    );
+    let config = SettingInfo {
+        field: "config",
+        key: "",
+        default: "",
+        shown_default: "none",
+        doc: "",
+        kind: TYPE_STRING,
+    };
+    out.push_str(&format!(
+        "| `--{}` | `{}` | | {} | TOML file with any of these settings, by file key (or field name) |\n",
+        config.flag(),
+        config.env(),
+        config.shown_default
+    ));
+    for s in SETTINGS {
+        let default = if s.shown_default == s.default {
+            format!("`{}`", s.default)
+        } else {
+            s.shown_default.to_string()
+        };
+        let doc = s.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        out.push_str(&format!(
+            "| `--{}` | `{}` | `{}` | {} | {} |\n",
+            s.flag(),
+            s.env(),
+            s.key,
+            default,
+            doc
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn file_values_apply_and_flags_win() {
+    fn with_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "\"num.partitions\" = 3\nmessage_max_bytes = 5000\nlisten = \"127.0.0.1:9999\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, text).unwrap();
         let args = ServeArgs {
             config: Some(path),
-            num_partitions: Some(6),
             ..Default::default()
         };
-        let c = BrokerConfig::resolve(args).unwrap();
+        (dir, args)
+    }
+
+    #[test]
+    fn every_default_parses() {
+        let c = BrokerConfig::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9092)));
+        assert_eq!(c.log_retention_ms, 604_800_000);
+        assert_eq!(c.flush_interval(), Duration::ZERO);
+        assert_eq!(c.message_max_bytes, 1_048_588);
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let (_dir, args) = with_file(
+            "\"num.partitions\" = 3\nmessage_max_bytes = 5000\nlisten = \"127.0.0.1:9999\"\n",
+        );
+        let c = BrokerConfig::resolve(args.set("num_partitions", 6)).unwrap();
         assert_eq!(c.num_partitions, 6);
         assert_eq!(c.message_max_bytes, 5000);
         assert_eq!(c.advertised_port, 9999);
@@ -434,30 +569,63 @@ mod tests {
 
     #[test]
     fn log_retention_ms_then_minutes_then_hours() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "\"log.retention.hours\" = 2\n").unwrap();
-        let args = |ms, minutes| ServeArgs {
-            config: Some(path.clone()),
-            log_retention_ms: ms,
-            log_retention_minutes: minutes,
-            ..Default::default()
-        };
-        let resolve = |a| BrokerConfig::resolve(a).unwrap().log_retention_ms;
-        assert_eq!(resolve(args(None, None)), 7_200_000);
-        assert_eq!(resolve(args(None, Some(3))), 180_000);
-        assert_eq!(resolve(args(Some(-1), Some(3))), -1);
+        let (_dir, args) = with_file("\"log.retention.hours\" = 2\n");
+        let resolve = |a: ServeArgs| BrokerConfig::resolve(a).unwrap().log_retention_ms;
+        assert_eq!(resolve(args.clone()), 7_200_000);
+        assert_eq!(
+            resolve(args.clone().set("log_retention_minutes", 3)),
+            180_000
+        );
+        assert_eq!(
+            resolve(
+                args.set("log_retention_minutes", 3)
+                    .set("log_retention_ms", -1)
+            ),
+            -1
+        );
     }
 
     #[test]
-    fn unknown_file_keys_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
-        assert!(BrokerConfig::resolve(ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .is_err());
+    fn unknown_file_keys_and_bad_values_are_refused() {
+        let (_dir, args) = with_file("no_such_setting = 1\n");
+        assert!(BrokerConfig::resolve(args).is_err());
+        let err = BrokerConfig::resolve(ServeArgs::default().set("num_partitions", "many"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("num.partitions"), "{err}");
+    }
+
+    #[test]
+    fn flags_and_environment_reach_the_settings() {
+        let cmd = ServeArgs::augment_args(ClapCommand::new("serve"));
+        let m = cmd
+            .try_get_matches_from(["serve", "--num-partitions", "4", "--log-retention-ms", "-1"])
+            .unwrap();
+        let c = BrokerConfig::resolve(ServeArgs::from_arg_matches(&m).unwrap()).unwrap();
+        assert_eq!(c.num_partitions, 4);
+        assert_eq!(c.log_retention_ms, -1);
+    }
+
+    /// The README's table is the generated one, so it cannot drift from the code.
+    /// `UPDATE_README=1 cargo test -p streamhouse-broker --lib readme` rewrites it.
+    #[test]
+    fn readme_table_is_the_generated_one() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let table = markdown_table();
+        if std::env::var_os("UPDATE_README").is_some() {
+            let start = readme.find("| flag | environment |").unwrap();
+            let len = readme[start..]
+                .find("\n\n")
+                .map(|n| n + 1)
+                .unwrap_or(readme.len() - start);
+            let updated = format!("{}{table}{}", &readme[..start], &readme[start + len..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert!(
+            readme.contains(&table),
+            "README.md's configuration table is out of date (UPDATE_README=1 rewrites it):\n\n{table}"
+        );
     }
 }

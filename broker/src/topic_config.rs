@@ -221,49 +221,7 @@ pub fn validate(name: &str, value: Option<&str>) -> Result<(), String> {
 
 /// Broker configurations shown by DescribeConfigs for the broker resource: (name, value, type).
 pub fn broker_configs(c: &BrokerConfig) -> Vec<(&'static str, String, i8)> {
-    vec![
-        (
-            "advertised.listeners",
-            format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
-            TYPE_STRING,
-        ),
-        (
-            "auto.create.topics.enable",
-            c.auto_create_topics_enable.to_string(),
-            TYPE_BOOLEAN,
-        ),
-        ("broker.id", c.node_id.to_string(), TYPE_INT),
-        ("default.replication.factor", "1".into(), TYPE_INT),
-        (
-            "listeners",
-            format!("PLAINTEXT://{}", c.listen),
-            TYPE_STRING,
-        ),
-        ("log.dirs", c.data_dir.display().to_string(), TYPE_STRING),
-        (
-            "log.retention.ms",
-            c.log_retention_ms.to_string(),
-            TYPE_LONG,
-        ),
-        (
-            "log.retention.bytes",
-            c.log_retention_bytes.to_string(),
-            TYPE_LONG,
-        ),
-        ("log.segment.bytes", c.segment_bytes.to_string(), TYPE_INT),
-        (
-            "message.max.bytes",
-            c.message_max_bytes.to_string(),
-            TYPE_INT,
-        ),
-        ("node.id", c.node_id.to_string(), TYPE_INT),
-        ("num.partitions", c.num_partitions.to_string(), TYPE_INT),
-        (
-            "socket.request.max.bytes",
-            c.socket_request_max_bytes.to_string(),
-            TYPE_INT,
-        ),
-    ]
+    c.described()
 }
 
 #[cfg(test)]
