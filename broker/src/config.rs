@@ -208,6 +208,9 @@ settings! {
     log_retention_hours: i64 = "168", key "log.retention.hours";
     /// Retained bytes per partition of topics without their own `retention.bytes` (`-1`: no limit).
     log_retention_bytes: i64 = "-1", key "log.retention.bytes";
+    /// cleanup.policy of topics without their own: `delete` (retention applies), `compact` (kept until
+    /// key compaction exists: everything), or `compact,delete`.
+    log_cleanup_policy: String = "delete", key "log.cleanup.policy";
     /// How long a new classic group waits for more members before its first rebalance, as in Kafka.
     group_initial_rebalance_delay_ms: u64 = "3000", key "group.initial.rebalance.delay.ms";
     /// Heartbeat interval given to KIP-848 consumers.
@@ -388,6 +391,10 @@ impl BrokerConfig {
         } else {
             log_retention_ms
         };
+        anyhow::ensure!(
+            crate::topic_config::validate("cleanup.policy", Some(&s.log_cleanup_policy)).is_ok(),
+            "log.cleanup.policy must be delete, compact or both"
+        );
         anyhow::ensure!(s.num_partitions >= 1, "num.partitions must be at least 1");
         anyhow::ensure!(
             s.message_max_bytes >= 1,
@@ -469,6 +476,7 @@ impl BrokerConfig {
         s.read_ahead_bytes = self.read_ahead_bytes;
         s.retention_ms = self.log_retention_ms;
         s.retention_bytes = self.log_retention_bytes;
+        s.cleanup_policy = self.log_cleanup_policy.clone();
         s
     }
 

@@ -183,6 +183,9 @@ pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
         "retention.ms" if broker.log_retention_ms != 604_800_000 => {
             (broker.log_retention_ms.to_string(), SOURCE_STATIC_BROKER)
         }
+        "cleanup.policy" if broker.log_cleanup_policy != "delete" => {
+            (broker.log_cleanup_policy.clone(), SOURCE_STATIC_BROKER)
+        }
         "retention.bytes" if broker.log_retention_bytes != -1 => {
             (broker.log_retention_bytes.to_string(), SOURCE_STATIC_BROKER)
         }

@@ -271,3 +271,47 @@ async fn the_broker_retention_default_applies_to_topics_without_their_own() {
         "its own retention.ms wins"
     );
 }
+
+/// Kafka applies time and size retention only when cleanup.policy contains `delete`: a compact-only
+/// topic keeps its records (until key compaction exists, everything).
+#[tokio::test]
+async fn retention_skips_topics_whose_cleanup_policy_lacks_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.retention_ms = 60_000;
+    let s = Storage::open(config).await.unwrap();
+    let policy = |p: &str| {
+        [
+            ("cleanup.policy".to_string(), p.to_string()),
+            ("retention.bytes".to_string(), "1".to_string()),
+        ]
+        .into()
+    };
+    let compact = s.create_topic("compact", 1, policy("compact")).await.unwrap();
+    let both = s
+        .create_topic("both", 1, policy("compact,delete"))
+        .await
+        .unwrap();
+    let hour_ago = engine_now() - 3_600_000;
+    for topic in [&compact, &both] {
+        let data = common::batch_at(0, 3, -1, Compression::None, hour_ago);
+        s.append(vec![common::append_to(topic, 0, data)]).await;
+        let data = common::batch_at(3, 2, -1, Compression::None, engine_now());
+        s.append(vec![common::append_to(topic, 0, data)]).await;
+    }
+    s.enforce_retention(engine_now()).await.unwrap();
+    assert_eq!(compact.partitions[0].log_start_offset(), 0, "compact only");
+    assert_eq!(both.partitions[0].log_start_offset(), 3, "compact,delete");
+
+    // The broker's log.cleanup.policy is the default of topics without their own.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.retention_ms = 60_000;
+    config.cleanup_policy = "compact".to_string();
+    let s = Storage::open(config).await.unwrap();
+    let t = s.create_topic("t", 1, Default::default()).await.unwrap();
+    let data = common::batch_at(0, 3, -1, Compression::None, hour_ago);
+    s.append(vec![common::append_to(&t, 0, data)]).await;
+    s.enforce_retention(engine_now()).await.unwrap();
+    assert_eq!(t.partitions[0].log_start_offset(), 0, "log.cleanup.policy");
+}

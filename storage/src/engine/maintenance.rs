@@ -85,6 +85,15 @@ impl Storage {
     /// log.retention.bytes: by default 7 days and no size limit, as Kafka) by moving log start offsets forward past whole blocks that are too old or too many.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<(), StorageError> {
         for topic in self.topics() {
+            // Kafka's rule (UnifiedLog.deleteOldSegments): time and size retention only when the
+            // policy contains `delete`; a compact-only topic keeps its records.
+            let policy = topic
+                .configs
+                .get("cleanup.policy")
+                .unwrap_or(&self.config.cleanup_policy);
+            if !policy.split(',').any(|p| p.trim() == "delete") {
+                continue;
+            }
             let ms = topic
                 .configs
                 .get("retention.ms")

@@ -65,6 +65,9 @@ pub struct StorageConfig {
     pub retention_ms: i64,
     /// Retained bytes per partition of topics without a retention.bytes override (-1: no limit).
     pub retention_bytes: i64,
+    /// cleanup.policy of topics without their own (Kafka's log.cleanup.policy): retention applies only
+    /// when it contains `delete`.
+    pub cleanup_policy: String,
     /// Flushes being made durable at once (object PUTs overlap; committed in order).
     pub max_inflight_flushes: usize,
     /// How long a segment no block refers to any more is kept before its file or object is deleted, so
@@ -95,6 +98,7 @@ impl StorageConfig {
             retention_check_interval: Duration::from_secs(300),
             retention_ms: 604_800_000,
             retention_bytes: -1,
+            cleanup_policy: "delete".to_string(),
             max_inflight_flushes: 4,
             file_delete_delay: Duration::from_secs(60),
             compaction_interval: Duration::from_secs(60),
