@@ -21,19 +21,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens storage under the configured data folder; the cluster id is created once and kept there.
+    /// Opens storage under the configured data folder (which also keeps the cluster id).
     pub async fn open(config: config::BrokerConfig) -> anyhow::Result<Arc<Broker>> {
         let storage = Storage::open(config.storage()).await?;
-        let id_path = config.data_dir.join("cluster_id");
-        let cluster_id = match std::fs::read_to_string(&id_path) {
-            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
-            _ => {
-                // Kafka cluster ids are 22-character base64 UUIDs; any stable string works for clients.
-                let id = uuid::Uuid::new_v4().simple().to_string()[..22].to_string();
-                std::fs::write(&id_path, &id)?;
-                id
-            }
-        };
+        let cluster_id = storage.cluster_id().to_string();
         let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;
         Ok(Arc::new(Broker {
             config,

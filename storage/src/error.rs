@@ -31,6 +31,10 @@ pub enum StorageError {
     FlushFailed(String),
     #[error("the storage engine is shutting down")]
     ShuttingDown,
+    /// Starting would risk other data: a metadata store and an object-store prefix that do not belong
+    /// together (see `engine::identity`).
+    #[error("refusing to start: {0}")]
+    Refused(String),
 }
 
 impl StorageError {
@@ -45,6 +49,7 @@ impl StorageError {
             StorageError::CorruptBlock { .. } => 56, // KAFKA_STORAGE_ERROR
             StorageError::Metadata(_) | StorageError::Io(_) | StorageError::FlushFailed(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
             StorageError::ShuttingDown => 6, // NOT_LEADER_OR_FOLLOWER: retry elsewhere/later
+            StorageError::Refused(_) => -1,  // UNKNOWN_SERVER_ERROR (a start-up error, never sent)
         }
     }
 }

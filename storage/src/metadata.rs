@@ -83,6 +83,10 @@ pub struct Snapshot {
     pub producers: Vec<((i64, Uuid, i32), ProducerEntry)>,
     /// Segments no block refers to any more, with when they were dropped: deleted after a delay.
     pub retired: Vec<(u64, i64)>,
+    /// Upload intents not yet removed (see [`MetadataStore::record_uploads`]).
+    pub intents: Vec<u64>,
+    /// The highest segment id ever handed out (ids are never reused).
+    pub max_segment_id: u64,
 }
 
 pub trait MetadataStore: Send + Sync + 'static {
@@ -131,6 +135,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Saves a group coordinator's state for a group (an opaque document), or removes it with `None`.
     fn save_group(&self, group_id: &str, state: Option<&str>) -> Result<(), StorageError>;
     fn load_groups(&self) -> Result<Vec<(String, String)>, StorageError>;
+    /// The cluster id kept in this store, if one was set.
+    fn cluster_id(&self) -> Result<Option<String>, StorageError>;
+    /// Sets the cluster id unless one is set already; returns the one the store keeps.
+    fn init_cluster_id(&self, id: &str) -> Result<String, StorageError>;
+    /// Records, durably and before the objects are written, the segment ids about to be uploaded (an
+    /// upload intent each). A flush's commit or compaction's switch removes the intent of the segment it
+    /// makes live, in the same transaction; an intent left behind marks an object this store's owner may
+    /// have written and never committed, the only objects it may delete without a reference.
+    fn record_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError>;
+    /// Upload intents left behind (ids of uploads whose commit did not happen, or not yet).
+    fn upload_intents(&self) -> Result<Vec<u64>, StorageError>;
+    /// Forgets upload intents whose objects are deleted (or committed).
+    fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError>;
 }
 
 pub struct SqliteMetadata {
@@ -164,6 +181,8 @@ CREATE TABLE IF NOT EXISTS group_offsets (
   leader_epoch INTEGER NOT NULL, metadata TEXT, commit_ms INTEGER NOT NULL,
   PRIMARY KEY (group_id, topic, partition));
 CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS upload_intents (segment_id INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cluster (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 /// A committed offset of a consumer group (OffsetCommit), as Kafka keys it: by topic name.
@@ -237,6 +256,24 @@ fn segments(conn: &Connection) -> Result<Vec<SegmentRecord>, StorageError> {
             level: r.get::<_, i64>(3)? as u8,
         })
     })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Adds a live segment: its row, and the end of its upload intent (if it had one) in the same
+/// transaction, so an object is always either referenced or covered by an intent.
+fn insert_segment(tx: &rusqlite::Transaction, s: &SegmentRecord) -> Result<(), StorageError> {
+    tx.prepare_cached(
+        "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![s.id as i64, s.created_ms, s.sealed, s.level])?;
+    tx.prepare_cached("DELETE FROM upload_intents WHERE segment_id = ?1")?
+        .execute([s.id as i64])?;
+    Ok(())
+}
+
+fn intents(conn: &Connection) -> Result<Vec<u64>, StorageError> {
+    let mut stmt = conn.prepare("SELECT segment_id FROM upload_intents ORDER BY segment_id")?;
+    let rows = stmt.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -350,6 +387,15 @@ impl MetadataStore for SqliteMetadata {
             ))
         })?;
         snap.producers = rows.collect::<Result<_, _>>()?;
+        snap.intents = intents(&conn)?;
+        snap.max_segment_id = conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'segment_id'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(0) as u64;
         Ok(snap)
     }
 
@@ -460,10 +506,10 @@ impl MetadataStore for SqliteMetadata {
     }
 
     fn add_segment(&self, s: &SegmentRecord) -> Result<(), StorageError> {
-        self.conn.lock().execute(
-            "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
-            params![s.id as i64, s.created_ms, s.sealed, s.level],
-        )?;
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        insert_segment(&tx, s)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -492,10 +538,7 @@ impl MetadataStore for SqliteMetadata {
             )?;
         }
         if let Some(s) = &c.new_segment {
-            tx.execute(
-                "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
-                params![s.id as i64, s.created_ms, s.sealed, s.level],
-            )?;
+            insert_segment(&tx, s)?;
         }
         {
             let mut ins = tx.prepare_cached(
@@ -540,10 +583,7 @@ impl MetadataStore for SqliteMetadata {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         for s in &sw.segments {
-            tx.execute(
-                "INSERT INTO segments (segment_id, created_ms, sealed, level) VALUES (?1, ?2, ?3, ?4)",
-                params![s.id as i64, s.created_ms, s.sealed, s.level],
-            )?;
+            insert_segment(&tx, s)?;
         }
         {
             let mut del = tx.prepare_cached(
@@ -678,6 +718,69 @@ impl MetadataStore for SqliteMetadata {
         let mut st = conn.prepare("SELECT group_id, state FROM groups")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn cluster_id(&self) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT value FROM cluster WHERE name = 'cluster_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn init_cluster_id(&self, id: &str) -> Result<String, StorageError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO cluster (name, value) VALUES ('cluster_id', ?1)",
+            [id],
+        )?;
+        Ok(conn.query_row(
+            "SELECT value FROM cluster WHERE name = 'cluster_id'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn record_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError> {
+        let now = crate::engine::now_ms();
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR IGNORE INTO upload_intents (segment_id, created_ms) VALUES (?1, ?2)",
+            )?;
+            let mut max = tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES ('segment_id', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = MAX(value, ?1)",
+            )?;
+            for id in segment_ids {
+                ins.execute(params![*id as i64, now])?;
+                max.execute([*id as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn upload_intents(&self) -> Result<Vec<u64>, StorageError> {
+        intents(&self.conn.lock())
+    }
+
+    fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM upload_intents WHERE segment_id = ?1")?;
+            for id in segment_ids {
+                del.execute([*id as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 

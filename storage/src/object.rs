@@ -2,14 +2,15 @@
 //!
 //! Each flush becomes one object holding the blocks of every partition written in that interval plus
 //! the footer index, so the PUT rate depends on the flush rate, not on the number of partitions. The
-//! object is PUT (with the client's retries, backoff and jitter) before the metadata commit; an object
-//! whose commit never happened is garbage-collected at the next start.
+//! object is PUT (with the client's retries, backoff and jitter) before the metadata commit, after an
+//! upload intent for it is recorded in the metadata store; an object whose commit never happened is
+//! deleted at the next start because its intent is left behind. Nothing is ever deleted because a
+//! listing shows it: other brokers, or other clusters, may share the bucket.
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, RetryConfig};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +24,22 @@ pub struct ObjectCounters {
     pub gets: u64,
     pub get_bytes: u64,
     pub deletes: u64,
+    /// fsyncs of objects written through `file://`.
+    pub local_syncs: u64,
 }
 
 /// The object store and where under it the segments go.
 pub struct ObjectSegments {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// For `file://`: the folder the store writes under. object_store's local backend renames a temp
+    /// file into place without fsync; a PUT here must be as durable as one to S3, so it is fsync'd.
+    local_root: Option<std::path::PathBuf>,
     pub puts: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
     pub deletes: AtomicU64,
+    pub local_syncs: AtomicU64,
 }
 
 fn store_error(e: object_store::Error) -> StorageError {
@@ -88,7 +95,9 @@ impl ObjectSegments {
                 std::fs::create_dir_all(parsed.path())?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(parsed.path())
                     .map_err(store_error)?;
-                (Arc::new(fs), String::new())
+                let mut segments = Self::with_store(Arc::new(fs), "");
+                segments.local_root = Some(std::path::PathBuf::from(parsed.path()));
+                return Ok(segments);
             }
             other => {
                 return Err(bad(format!(
@@ -104,10 +113,12 @@ impl ObjectSegments {
         ObjectSegments {
             store,
             prefix: Path::from(prefix.trim_matches('/')),
+            local_root: None,
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
             deletes: AtomicU64::new(0),
+            local_syncs: AtomicU64::new(0),
         }
     }
 
@@ -121,11 +132,32 @@ impl ObjectSegments {
 
     pub async fn put(&self, id: u64, object: Vec<u8>) -> Result<(), StorageError> {
         self.puts.fetch_add(1, Ordering::Relaxed);
+        let path = self.path(id);
         self.store
-            .put(&self.path(id), PutPayload::from(object))
+            .put(&path, PutPayload::from(object))
             .await
             .map_err(store_error)?;
-        Ok(())
+        self.sync_local(&path).await
+    }
+
+    /// `file://` only: fsyncs the object written at `path` and its folder's entry for it.
+    async fn sync_local(&self, path: &Path) -> Result<(), StorageError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = path
+            .parts()
+            .fold(root.clone(), |p, part| p.join(part.as_ref()));
+        self.local_syncs.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok::<_, StorageError>(())
+        })
+        .await
+        .map_err(|_| StorageError::ShuttingDown)?
     }
 
     pub fn counters(&self) -> ObjectCounters {
@@ -134,6 +166,7 @@ impl ObjectSegments {
             gets: self.gets.load(Ordering::Relaxed),
             get_bytes: self.get_bytes.load(Ordering::Relaxed),
             deletes: self.deletes.load(Ordering::Relaxed),
+            local_syncs: self.local_syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -161,54 +194,87 @@ impl ObjectSegments {
             .map_err(store_error)
     }
 
-    /// Deletes segment objects the metadata store does not know: uploads whose commit never happened.
-    pub async fn collect_garbage(&self, known: &HashSet<u64>) -> Result<usize, StorageError> {
-        let mut listing = self.store.list(Some(&self.dir()));
-        let mut orphans = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(store_error)?;
-            let id = meta
-                .location
-                .filename()
-                .and_then(|f| f.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok());
-            if !id.is_some_and(|id| known.contains(&id)) {
-                orphans.push(meta.location);
-            }
+    /// Whether anything at all is stored under the prefix (one listed key is enough). Used only to
+    /// refuse starting over data this broker cannot prove it owns; never to decide what to delete.
+    pub async fn holds_data(&self) -> Result<bool, StorageError> {
+        let mut listing = self.store.list(Some(&self.prefix));
+        match listing.next().await {
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(store_error(e)),
+            None => Ok(false),
         }
-        tracing::info!(
-            objects = orphans.len(),
-            "deleting segment objects the metadata does not reference (never committed, or retired)"
-        );
-        let n = orphans.len();
-        futures_util::stream::iter(orphans)
-            .map(|path| async move {
-                match self.store.delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(store_error(e)),
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(n)
     }
 
-    /// The highest segment id present in the store (ids must never be reused, even for orphans).
-    pub async fn max_id(&self) -> Result<u64, StorageError> {
-        let mut listing = self.store.list(Some(&self.dir()));
-        let mut max = 0;
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(store_error)?;
-            if let Some(id) = meta
-                .location
-                .filename()
-                .and_then(|f| f.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                max = max.max(id);
-            }
+    /// Whether segment `id`'s object exists.
+    pub async fn exists(&self, id: u64) -> Result<bool, StorageError> {
+        match self.store.head(&self.path(id)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_error(e)),
         }
-        Ok(max)
     }
+
+    fn marker_path(&self) -> Path {
+        self.prefix.child(MARKER)
+    }
+
+    /// The cluster id written in the prefix's marker object, if there is one.
+    pub async fn read_marker(&self) -> Result<Option<String>, StorageError> {
+        let bytes = match self.store.get(&self.marker_path()).await {
+            Ok(r) => r.bytes().await.map_err(store_error)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error(e)),
+        };
+        let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::Io(std::io::Error::other(format!(
+                "{} is not a StreamHouse cluster marker: {e}",
+                self.marker_path()
+            )))
+        })?;
+        Ok(Some(marker.cluster_id))
+    }
+
+    /// Writes the marker with `cluster_id` unless one exists; returns the id the marker holds then
+    /// (another broker may have written its own first).
+    pub async fn write_marker(&self, cluster_id: &str) -> Result<String, StorageError> {
+        let body = serde_json::to_vec(&Marker {
+            cluster_id: cluster_id.to_string(),
+        })
+        .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        let create = object_store::PutOptions {
+            mode: object_store::PutMode::Create,
+            ..Default::default()
+        };
+        let path = self.marker_path();
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(body.clone()), create)
+            .await
+        {
+            Ok(_) => self.sync_local(&path).await?,
+            Err(object_store::Error::AlreadyExists { .. }) => {}
+            // Stores without conditional PUT: a plain one (the marker was absent a moment ago).
+            Err(object_store::Error::NotImplemented) => {
+                self.store
+                    .put(&path, PutPayload::from(body))
+                    .await
+                    .map_err(store_error)?;
+                self.sync_local(&path).await?;
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        self.read_marker().await?.ok_or_else(|| {
+            StorageError::Io(std::io::Error::other(format!(
+                "{path} vanished after writing it"
+            )))
+        })
+    }
+}
+
+/// The object at `<prefix>/cluster.json`: which cluster's segments live under the prefix.
+const MARKER: &str = "cluster.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    cluster_id: String,
 }

@@ -133,10 +133,12 @@ pub struct ActiveSegment {
 
 impl ActiveSegment {
     pub fn create(dir: &Path, id: u64, created_ms: i64) -> Result<Self, StorageError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut file = OpenOptions::new()
             .create_new(true)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(segment_path(dir, id))?;
         let header = file_header(id, created_ms);
         file.write_all(&header)?;

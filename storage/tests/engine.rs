@@ -287,7 +287,10 @@ async fn retention_skips_topics_whose_cleanup_policy_lacks_delete() {
         ]
         .into()
     };
-    let compact = s.create_topic("compact", 1, policy("compact")).await.unwrap();
+    let compact = s
+        .create_topic("compact", 1, policy("compact"))
+        .await
+        .unwrap();
     let both = s
         .create_topic("both", 1, policy("compact,delete"))
         .await
@@ -314,4 +317,27 @@ async fn retention_skips_topics_whose_cleanup_policy_lacks_delete() {
     s.append(vec![common::append_to(&t, 0, data)]).await;
     s.enforce_retention(engine_now()).await.unwrap();
     assert_eq!(t.partitions[0].log_start_offset(), 0, "log.cleanup.policy");
+}
+
+/// The data folder holds the log and the metadata: readable by its owner only.
+#[tokio::test]
+async fn data_dir_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Storage::open(StorageConfig::new(&data)).await.unwrap();
+    s.create_topic("t", 1, Default::default()).await.unwrap();
+    s.append(vec![append_batch(
+        &s,
+        "t",
+        batch(0, 1, -1, Compression::None),
+    )])
+    .await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("segments")), 0o700);
+    assert_eq!(mode(&data.join("metadata.db")), 0o600);
+    for f in std::fs::read_dir(data.join("segments")).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o600);
+    }
 }

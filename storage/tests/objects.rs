@@ -406,6 +406,8 @@ async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compact
     config.compaction_min_age = Duration::ZERO;
     config.file_delete_delay = Duration::ZERO;
     let s = Storage::open(config).await.unwrap();
+    // The cluster marker's PUT at start left a notification: take it.
+    let _ = tokio::time::timeout(Duration::from_millis(50), store.put_started.notified()).await;
     let topic = s.create_topic("gone", 1, Default::default()).await.unwrap();
     // The PUT takes 15 ms; the topic is deleted while it is in flight, so the commit adds no block.
     let ticket = s
@@ -420,7 +422,8 @@ async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compact
     let _ = ticket.wait().await;
     let objects = || async {
         let store: &dyn object_store::ObjectStore = &*store;
-        store.list(None).count().await
+        // Segment objects only (the prefix also holds the cluster marker).
+        store.list(Some(&"segments".into())).count().await
     };
     assert_eq!(objects().await, 1, "the object was uploaded and committed");
     assert_eq!(
@@ -474,4 +477,116 @@ async fn small_compacted_objects_of_a_partition_are_merged_again() {
     assert_eq!(objects_in(dir.path()), 2);
     // Fewer than four small objects: nothing to do.
     assert_eq!(s.compact(now_ms()).await.unwrap().objects_in, 0);
+}
+
+use streamhouse_storage::MetadataStore;
+
+fn segment_objects(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir.join("bucket").join("segments"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn write_some(config: &StorageConfig, topic: &str) {
+    let s = Storage::open(config.clone()).await.unwrap();
+    let t = s.create_topic(topic, 2, Default::default()).await.unwrap();
+    for i in 0..3 {
+        let r = s
+            .append(vec![
+                append_to(&t, 0, batch(i * 2, 2, -1, Compression::None)),
+                append_to(&t, 1, batch(i * 2, 2, -1, Compression::None)),
+            ])
+            .await;
+        assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    }
+}
+
+/// Issue 9 item 2: an empty or wrong --data-dir over a prefix holding a cluster's segments must refuse
+/// to start and touch nothing (it used to delete every object the fresh SQLite did not know).
+#[tokio::test]
+async fn a_wrong_or_empty_metadata_store_refuses_to_start_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = object_config(dir.path());
+    write_some(&config, "t").await;
+    let before = segment_objects(dir.path());
+    assert!(before.len() >= 3, "{before:?}");
+    assert!(dir.path().join("bucket/cluster.json").exists());
+
+    // A new, empty metadata store on the same prefix.
+    let mut empty = config.clone();
+    empty.data_dir = dir.path().join("other-data");
+    let err = Storage::open(empty).await.err().expect("must refuse");
+    assert!(err.to_string().contains("refusing to start"), "{err}");
+    assert_eq!(segment_objects(dir.path()), before, "nothing deleted");
+
+    // Another cluster's metadata store (it has its own prefix) pointed at this prefix.
+    let mut other = object_config(&dir.path().join("second"));
+    write_some(&other, "u").await;
+    other.object_store = config.object_store.clone();
+    let err = Storage::open(other).await.err().expect("must refuse");
+    assert!(err.to_string().contains("belongs to cluster"), "{err}");
+    assert_eq!(segment_objects(dir.path()), before, "nothing deleted");
+
+    // The prefix holds data but no marker (e.g. another tool's objects): a fresh store refuses too.
+    std::fs::remove_file(dir.path().join("bucket/cluster.json")).unwrap();
+    let mut empty = config.clone();
+    empty.data_dir = dir.path().join("third-data");
+    assert!(Storage::open(empty).await.is_err());
+    assert_eq!(segment_objects(dir.path()), before, "nothing deleted");
+
+    // The right metadata store still starts (and puts the marker back: it proves the data its own).
+    let s = Storage::open(config.clone()).await.unwrap();
+    let t = s.topic("t").unwrap();
+    assert_eq!(read_all(&s, &t.partitions[0]).await.len(), 6);
+    assert!(dir.path().join("bucket/cluster.json").exists());
+}
+
+/// Only uploads recorded as intents and never committed are deleted at start; an object under the
+/// prefix the metadata knows nothing of (another broker's, say) stays.
+#[tokio::test]
+async fn only_uploads_left_as_intents_are_deleted_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = object_config(dir.path());
+    write_some(&config, "t").await;
+    let segments = dir.path().join("bucket").join("segments");
+    // A crash between PUT and commit: the intent is recorded, the object written, no commit.
+    {
+        let meta = streamhouse_storage::SqliteMetadata::open(
+            &dir.path().join("data").join("metadata.db"),
+            true,
+        )
+        .unwrap();
+        meta.record_uploads(&[900]).unwrap();
+    }
+    std::fs::write(segments.join(format!("{:020}.seg", 900)), b"uncommitted").unwrap();
+    // Someone else's object under the same prefix, with a name like ours.
+    std::fs::write(segments.join(format!("{:020}.seg", 901)), b"not ours").unwrap();
+    let s = Storage::open(config.clone()).await.unwrap();
+    let left = segment_objects(dir.path());
+    assert!(!left.contains(&format!("{:020}.seg", 900)), "{left:?}");
+    assert!(left.contains(&format!("{:020}.seg", 901)), "{left:?}");
+    assert!(s.metadata().upload_intents().unwrap().is_empty());
+    // New uploads never reuse an id handed out before.
+    let t = s.topic("t").unwrap();
+    s.append(vec![append_to(&t, 0, batch(6, 2, -1, Compression::None))])
+        .await;
+    assert!(s.segments_of(&t.partitions[0]).iter().all(|id| *id != 900));
+}
+
+/// `file://` objects are fsync'd like an S3 PUT is durable (object_store's local backend does not).
+#[tokio::test]
+async fn file_objects_are_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = object_config(dir.path());
+    let s = Storage::open(config).await.unwrap();
+    let synced = s.object_counters().unwrap().local_syncs;
+    assert!(synced >= 1, "the cluster marker");
+    let t = s.create_topic("t", 1, Default::default()).await.unwrap();
+    s.append(vec![append_to(&t, 0, batch(0, 2, -1, Compression::None))])
+        .await;
+    assert_eq!(s.object_counters().unwrap().local_syncs, synced + 1);
 }

@@ -392,14 +392,7 @@ impl Storage {
         }
         report.objects_out = uploads.len();
         let ids: Vec<u64> = uploads.iter().map(|(id, _)| *id).collect();
-        let put = futures_util::stream::iter(
-            uploads
-                .into_iter()
-                .map(|(id, object)| objects.put(id, object)),
-        )
-        .buffer_unordered(8)
-        .try_collect::<Vec<()>>()
-        .await;
+        let put = self.upload(&objects, uploads).await;
         let switched = match put {
             Ok(_) => {
                 self.with_meta(move |meta| meta.switch_blocks(&switch).map(|a| (a, switch)))
@@ -411,9 +404,7 @@ impl Storage {
             Ok(v) => v,
             Err(e) => {
                 // Nothing refers to the new objects: remove them (or the next start will).
-                for id in ids {
-                    let _ = objects.delete(id).await;
-                }
+                let _ = self.discard_uploads(ids).await;
                 return Err(e);
             }
         };

@@ -20,6 +20,7 @@ use streamhouse_protocol::batch::{self, BatchHeader};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+mod identity;
 mod maintenance;
 mod writer;
 
@@ -268,6 +269,8 @@ pub struct Storage {
     read_ahead_permits: Arc<tokio::sync::Semaphore>,
     /// Fetch prefetches running at once.
     prefetch_permits: Arc<tokio::sync::Semaphore>,
+    /// The cluster this metadata store (and object-store prefix) belongs to.
+    cluster_id: String,
 }
 
 impl Storage {
@@ -276,11 +279,11 @@ impl Storage {
         let dir = config.data_dir.clone();
         let sync = config.sync_metadata;
         let meta: Arc<dyn MetadataStore> = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(dir.join("segments"))?;
-            Ok::<_, StorageError>(Arc::new(SqliteMetadata::open(
-                &dir.join("metadata.db"),
-                sync,
-            )?))
+            private_dir(&dir)?;
+            private_dir(&dir.join("segments"))?;
+            let db = dir.join("metadata.db");
+            private_file(&db)?;
+            Ok::<_, StorageError>(Arc::new(SqliteMetadata::open(&db, sync)?))
         })
         .await
         .map_err(|_| StorageError::ShuttingDown)??;
@@ -297,6 +300,9 @@ impl Storage {
             (None, Some(url)) => Some(Arc::new(ObjectSegments::open(url)?)),
             (None, None) => None,
         };
+        // Before anything in the store is read or deleted: do this metadata and this prefix belong
+        // together?
+        let cluster_id = identity::cluster_id(&meta, objects.as_deref(), &config.data_dir).await?;
         let (tx, rx) = mpsc::channel(4096);
         let (commits, _) = watch::channel(0u64);
         let storage = Arc::new(Storage {
@@ -311,26 +317,23 @@ impl Storage {
             next_segment_id: std::sync::atomic::AtomicU64::new(1),
             read_ahead_permits: Arc::new(tokio::sync::Semaphore::new(4)),
             prefetch_permits: Arc::new(tokio::sync::Semaphore::new(32)),
+            cluster_id,
         });
         let st = storage.clone();
         let writer = tokio::task::spawn_blocking(move || st.recover())
             .await
             .map_err(|_| StorageError::ShuttingDown)??;
-        if let Some(objects) = &storage.objects {
-            // Ids are never reused, not even those of orphaned uploads; then orphans are removed.
-            let known: std::collections::HashSet<u64> =
-                storage.meta.load()?.segments.iter().map(|s| s.id).collect();
-            storage.reserve_segment_ids_above(objects.max_id().await?);
-            let removed = objects.collect_garbage(&known).await?;
-            tracing::info!(removed, "object store checked for unreferenced objects");
+        // Uploads whose commit never happened (a crash between PUT and commit): their intents are left.
+        let intents = storage.with_meta(|meta| meta.upload_intents()).await?;
+        if !intents.is_empty() {
+            tracing::info!(
+                objects = intents.len(),
+                "deleting uploads that were never committed"
+            );
+            storage.discard_uploads(intents).await?;
         }
-        // Segments dropped before the restart are gone now (no reader can still be using them).
-        storage
-            .with_meta(|meta| {
-                let ids: Vec<u64> = meta.retired_segments()?.iter().map(|r| r.0).collect();
-                meta.forget_retired_segments(&ids)
-            })
-            .await?;
+        // Segments retired before the restart can go now: no reader can still be using them.
+        storage.delete_retired_segments(i64::MAX).await?;
         tokio::spawn(writer.run(rx));
         maintenance::spawn(&storage);
         Ok(storage)
@@ -402,20 +405,25 @@ impl Storage {
             .iter()
             .map(|s| s.id)
             .chain(snap.retired.iter().map(|r| r.0))
+            .chain(snap.intents.iter().copied())
+            .chain([snap.max_segment_id])
             .max()
             .unwrap_or(0);
         for entry in std::fs::read_dir(&self.segments_dir)? {
             let path = entry?.path();
             match segment::segment_id_of(&path) {
                 Some(id) if known.contains_key(&id) => {}
-                other => {
+                // A segment file of ours (this broker's private segments folder, named as it names
+                // them) written but never committed, or retired before the restart.
+                Some(id) => {
                     tracing::info!(
                         ?path,
                         "removing segment file the metadata store does not reference"
                     );
-                    max_id = max_id.max(other.unwrap_or(0));
+                    max_id = max_id.max(id);
                     std::fs::remove_file(&path)?;
                 }
+                None => tracing::warn!(?path, "leaving alone a file that is not a segment"),
             }
         }
         let mut active = None;
@@ -452,6 +460,59 @@ impl Storage {
 
     pub fn config(&self) -> &StorageConfig {
         &self.config
+    }
+
+    /// The cluster id, kept in the metadata store (and in S3 mode in the prefix's marker object).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Uploads a new segment object: its upload intent is recorded durably first, so that a crash
+    /// before its commit leaves a trace proving the object ours to delete (see `identity`).
+    async fn upload(
+        &self,
+        objects: &ObjectSegments,
+        ids_and_objects: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let ids: Vec<u64> = ids_and_objects.iter().map(|(id, _)| *id).collect();
+        self.with_meta(move |meta| meta.record_uploads(&ids))
+            .await?;
+        futures_util::stream::iter(
+            ids_and_objects
+                .into_iter()
+                .map(|(id, object)| objects.put(id, object)),
+        )
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// Deletes uploaded objects that will never be committed, then their intents. Only ids with an
+    /// intent (or retired ones) ever come here: nothing is deleted because a listing showed it.
+    async fn discard_uploads(&self, ids: Vec<u64>) -> Result<(), StorageError> {
+        let Some(objects) = &self.objects else {
+            return self.with_meta(move |meta| meta.forget_uploads(&ids)).await;
+        };
+        let live: std::collections::HashSet<u64> = self
+            .with_meta(|meta| meta.segments())
+            .await?
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let dead: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !live.contains(id))
+            .collect();
+        futures_util::stream::iter(dead.into_iter().map(|id| objects.delete(id)))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
+        self.with_meta(move |meta| meta.forget_uploads(&ids)).await
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -951,6 +1012,26 @@ impl Storage {
     pub fn cache_stats(&self) -> crate::cache::CacheStats {
         self.cache.stats()
     }
+}
+
+/// Creates `dir` (and its parents) if needed and makes it readable by its owner only (0700): it holds
+/// the log and the metadata.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates `path` if needed with mode 0600 and makes an existing one 0600 (SQLite gives its -wal and
+/// -shm files the database file's mode).
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// The first block of each run of `blocks` that one ranged GET covers (the partition's blocks stored back

@@ -297,7 +297,9 @@ impl Writer {
                 level: 0,
             });
             let object = segment::encode_object(id, now, &encoded.bytes, &encoded.metas);
-            let task = tokio::spawn(async move { objects.put(id, object).await });
+            let storage = self.storage.clone();
+            let task =
+                tokio::spawn(async move { storage.upload(&objects, vec![(id, object)]).await });
             let durable = Durable::Upload {
                 segment_id: id,
                 task,
@@ -466,9 +468,10 @@ async fn commit_loop(
                 progress
                     .failed_generation
                     .fetch_max(generation, Ordering::AcqRel);
-                if let (Some(id), Some(objects)) = (uploaded, storage.objects.clone()) {
+                if let Some(id) = uploaded {
                     // Never committed: remove it now rather than at the next start.
-                    tokio::spawn(async move { objects.delete(id).await });
+                    let storage = storage.clone();
+                    tokio::spawn(async move { storage.discard_uploads(vec![id]).await });
                 }
             }
         }
