@@ -178,6 +178,28 @@ settings! {
     num_partitions: i32 = "1", key "num.partitions";
     /// Connections served at once; more wait in the accept backlog.
     max_connections: usize = "10000", key "max.connections";
+    /// Most connections at once from one client address (Kafka's setting and default); past it a new
+    /// connection is closed at once.
+    max_connections_per_ip: i32 = "2147483647", key "max.connections.per.ip";
+    /// Per-address exceptions to max.connections.per.ip: `ip:count,ip:count` (IP addresses only).
+    max_connections_per_ip_overrides: String = "", key "max.connections.per.ip.overrides", shown "none";
+    /// Close a connection that has sent no request, and has none in flight, for this long (also a
+    /// response the client does not read for this long).
+    connections_max_idle_ms: i64 = "600000", key "connections.max.idle.ms";
+    /// Close a connection whose request, once its size has arrived, is not complete within this time,
+    /// so half-sent frames cannot pin memory or a connection slot (StreamHouse's; Kafka has none).
+    request_read_timeout_ms: i64 = "30000", key "request.read.timeout.ms";
+    /// Bytes of requests read and not yet finished, over all connections (a produce's until its flush is
+    /// committed, acks=0 included); past it connections stop reading. Kafka's default is -1 (no limit,
+    /// only queued.max.requests); StreamHouse bounds it so acks=0 floods cannot exhaust memory. -1:
+    /// no limit.
+    queued_max_request_bytes: i64 = "268435456", key "queued.max.request.bytes";
+    /// Bytes of encoded responses being written, over all connections; a response waits for its share
+    /// before it is encoded (StreamHouse's). -1: no limit.
+    queued_max_response_bytes: i64 = "268435456", key "queued.max.response.bytes";
+    /// Most record bytes one Fetch response carries, whatever the client asks (Kafka's fetch.max.bytes,
+    /// 55 MiB); the first batch is still returned whole when larger (KIP-74).
+    fetch_max_bytes: i32 = "57671680", key "fetch.max.bytes";
     /// This broker's id.
     node_id: i32 = "1", key "node.id";
     /// fsync the SQLite WAL at every commit (false survives a process crash but not a power loss).
@@ -394,6 +416,10 @@ impl BrokerConfig {
         anyhow::ensure!(
             crate::topic_config::validate("cleanup.policy", Some(&s.log_cleanup_policy)).is_ok(),
             "log.cleanup.policy must be delete, compact or both"
+        );
+        anyhow::ensure!(
+            s.fetch_max_bytes >= 0,
+            "fetch.max.bytes must not be negative"
         );
         anyhow::ensure!(s.num_partitions >= 1, "num.partitions must be at least 1");
         anyhow::ensure!(

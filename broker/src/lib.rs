@@ -5,6 +5,7 @@ pub mod connection;
 pub mod error;
 pub mod group;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod topic_config;
@@ -18,11 +19,14 @@ pub struct Broker {
     pub storage: Arc<Storage>,
     pub groups: Arc<group::GroupCoordinator>,
     pub cluster_id: String,
+    /// Broker-wide bounds on what clients can make it hold.
+    pub limits: limits::Limits,
 }
 
 impl Broker {
     /// Opens storage under the configured data folder (which also keeps the cluster id).
     pub async fn open(config: config::BrokerConfig) -> anyhow::Result<Arc<Broker>> {
+        let limits = limits::Limits::new(&config)?;
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
         let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;
@@ -31,6 +35,7 @@ impl Broker {
             storage,
             groups,
             cluster_id,
+            limits,
         }))
     }
 }

@@ -55,8 +55,20 @@ impl Server {
                     }
                 },
             };
+            // Kafka closes a connection past max.connections.per.ip as soon as it is accepted.
+            let Some(slot) = self.broker.limits.admit(peer.ip()) else {
+                tracing::info!(%peer, "closing connection: max.connections.per.ip reached");
+                drop(socket);
+                continue;
+            };
             let _ = socket.set_nodelay(true);
-            let conn = Connection::new(socket, peer, self.broker.clone(), stop_rx.clone());
+            let conn = Connection::new(
+                socket,
+                peer,
+                self.broker.clone(),
+                stop_rx.clone(),
+                Some(slot),
+            );
             tokio::spawn(async move {
                 conn.run().await;
                 drop(permit);

@@ -25,8 +25,18 @@ struct TestBroker {
 }
 
 async fn start() -> TestBroker {
+    start_with(|a| a).await
+}
+
+/// A broker with settings added to the test defaults (field name -> value).
+async fn start_with(
+    settings: impl FnOnce(
+        streamhouse_broker::config::ServeArgs,
+    ) -> streamhouse_broker::config::ServeArgs,
+) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
+    let args = settings(BrokerConfig::test_args(dir.path().to_path_buf()));
+    let mut config = BrokerConfig::resolve(args).unwrap();
     let listener = streamhouse_broker::server::listen(&mut config)
         .await
         .unwrap();
@@ -691,4 +701,258 @@ async fn acks_zero_is_silent_and_pipelined_requests_answer_in_order() {
     let r = ProduceResponse::decode(&mut resp, 9).unwrap();
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
     let _ = Arc::new(());
+}
+
+// ---- issue 9: bounds on what one client can make the broker hold ---------------------------------
+
+fn frame_of<Req: Encodable>(key: ApiKey, version: i16, id: i32, req: &Req) -> BytesMut {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(id);
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, key.request_header_version(version))
+        .unwrap();
+    req.encode(&mut body, version).unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.put_slice(&body);
+    frame
+}
+
+/// Item 3: a topic named 5,000 times in one Metadata request is answered once (it used to be answered
+/// once per repetition: a 30 KB request made a multi-GB response).
+#[tokio::test]
+async fn metadata_with_a_repeated_topic_answers_it_once() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "rep", 3).await;
+    let one = metadata_request::MetadataRequestTopic::default().with_name(Some(topic("rep")));
+    let req = MetadataRequest::default().with_topics(Some(vec![one; 5000]));
+    let r: MetadataResponse = c.call(ApiKey::Metadata, 12, &req).await.unwrap();
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions.len(), 3);
+}
+
+/// Item 3: ListOffsets answers a repeated partition once with INVALID_REQUEST, as Kafka; DeleteTopics
+/// refuses a repeated name; DeleteRecords answers a repeated partition once.
+#[tokio::test]
+async fn list_offsets_delete_records_and_delete_topics_collapse_repeats() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "lo", 2).await;
+    let part = |p| {
+        list_offsets_request::ListOffsetsPartition::default()
+            .with_partition_index(p)
+            .with_timestamp(-1)
+    };
+    let req = ListOffsetsRequest::default().with_topics(vec![
+        list_offsets_request::ListOffsetsTopic::default()
+            .with_name(topic("lo"))
+            .with_partitions(vec![part(0); 1000].into_iter().chain([part(1)]).collect()),
+    ]);
+    let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 7, &req).await.unwrap();
+    let got: Vec<(i32, i16)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.error_code))
+        .collect();
+    assert_eq!(got, vec![(0, 42), (1, 0)]);
+
+    let dp = |o| {
+        delete_records_request::DeleteRecordsPartition::default()
+            .with_partition_index(0)
+            .with_offset(o)
+    };
+    let req = DeleteRecordsRequest::default().with_topics(vec![
+        delete_records_request::DeleteRecordsTopic::default()
+            .with_name(topic("lo"))
+            .with_partitions(vec![dp(0); 500]),
+    ]);
+    let r: DeleteRecordsResponse = c.call(ApiKey::DeleteRecords, 2, &req).await.unwrap();
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].partitions.len(), 1);
+
+    let req = DeleteTopicsRequest::default()
+        .with_topic_names(vec![topic("lo"), topic("lo")])
+        .with_timeout_ms(5000);
+    let r: DeleteTopicsResponse = c.call(ApiKey::DeleteTopics, 5, &req).await.unwrap();
+    assert_eq!(r.responses.len(), 1);
+    assert_eq!(r.responses[0].error_code, 42);
+    let meta: MetadataResponse = c
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.topics.len(), 1, "a repeated name is not deleted");
+}
+
+/// Item 5: a fetch is capped by fetch.max.bytes (max_bytes <= 0 is not "unlimited") and a partition
+/// named many times is read once.
+#[tokio::test]
+async fn fetch_is_capped_by_fetch_max_bytes_and_repeats_are_read_once() {
+    let b = start_with(|a| a.set("fetch_max_bytes", 20_000)).await;
+    let mut c = Client::connect(b.addr).await;
+    let id = create(&mut c, "big", 1).await;
+    for _ in 0..20 {
+        let r: ProduceResponse = c
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_request("big", batch(200, Compression::None), -1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let one = fetch_request::FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(i32::MAX);
+    for max_bytes in [0, -1, i32::MAX] {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(topic("big"))
+                .with_topic_id(id)
+                .with_partitions(vec![one.clone(); 200])]);
+        let r: FetchResponse = c.call(ApiKey::Fetch, 12, &req).await.unwrap();
+        assert_eq!(r.responses.len(), 1);
+        assert_eq!(r.responses[0].partitions.len(), 1, "read once");
+        let records = r.responses[0].partitions[0].records.as_ref().unwrap().len();
+        let one_batch = batch(200, Compression::None).len();
+        assert!(records > 0, "at least one batch (KIP-74)");
+        assert!(
+            records <= 20_000.max(one_batch),
+            "{records} bytes for max_bytes {max_bytes}"
+        );
+    }
+}
+
+/// Item 7: silent connections are closed after connections.max.idle.ms, and a request whose size
+/// arrived but whose body does not is closed after request.read.timeout.ms, freeing their slots.
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed_and_per_ip_limits_hold() {
+    let b = start_with(|a| {
+        a.set("connections_max_idle_ms", 300)
+            .set("request_read_timeout_ms", 300)
+            .set("max_connections", 2)
+    })
+    .await;
+    let mut silent = Client::connect(b.addr).await;
+    let mut half = Client::connect(b.addr).await;
+    half.send_raw(&[0, 0, 0x10, 0, 0, 18, 0, 3, 0, 0])
+        .await
+        .unwrap();
+    assert!(silent.closed().await, "idle connection closed");
+    assert!(half.closed().await, "half-sent request closed");
+    // Slots freed: a new client is served.
+    api_versions_ok(b.addr).await;
+}
+
+/// Item 7: with max.connections per-IP at 2, a fifth connection from the same address is closed at
+/// once while the others stay open.
+#[tokio::test]
+async fn past_max_connections_per_ip_a_connection_is_closed_at_once() {
+    let b = start_with(|a| a.set("max_connections_per_ip", 2)).await;
+    let mut first = Client::connect(b.addr).await;
+    let mut second = Client::connect(b.addr).await;
+    let mut third = Client::connect(b.addr).await;
+    assert!(third.closed().await, "third connection from one address");
+    for c in [&mut first, &mut second] {
+        let r: Option<ApiVersionsResponse> = c
+            .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+            .await;
+        assert!(r.is_some());
+    }
+}
+
+/// Item 6: an acks=0 produce keeps its place in the connection's window until it is committed, so a
+/// flood of them cannot queue unbounded data in front of the writer: the request after 200 acks=0
+/// produces is answered only once all 200 are in the log.
+#[tokio::test]
+async fn acks_zero_holds_its_window_until_committed() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "flood", 1).await;
+    let mut frames = BytesMut::new();
+    for i in 0..200 {
+        frames.extend_from_slice(&frame_of(
+            ApiKey::Produce,
+            9,
+            1000 + i,
+            &produce_request("flood", batch(50, Compression::None), 0),
+        ));
+    }
+    let list = ListOffsetsRequest::default().with_topics(vec![
+        list_offsets_request::ListOffsetsTopic::default()
+            .with_name(topic("flood"))
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1)
+            ]),
+    ]);
+    frames.extend_from_slice(&frame_of(ApiKey::ListOffsets, 7, 5000, &list));
+    c.send_raw(&frames).await.unwrap();
+    let mut resp = c.read_frame().await.unwrap();
+    assert_eq!(resp.get_i32(), 5000);
+    // Answered in order, after the 200 silent requests were done: all of them are committed now, as
+    // another connection sees.
+    let mut other = Client::connect(b.addr).await;
+    let r: ListOffsetsResponse = other.call(ApiKey::ListOffsets, 7, &list).await.unwrap();
+    assert_eq!(r.topics[0].partitions[0].offset, 200 * 50);
+}
+
+/// Item 5: responses finished behind a waiting long-poll are bounded per connection: past its share
+/// the connection stops reading, so a request sent after them waits for the long-poll to end.
+#[tokio::test]
+async fn finished_responses_behind_a_long_poll_stop_the_connection_reading() {
+    // A share of about 70 KB (fetch.max.bytes + message.max.bytes + 64 KiB).
+    let b = start_with(|a| {
+        a.set("fetch_max_bytes", 1000)
+            .set("message_max_bytes", 1000)
+    })
+    .await;
+    let mut c = Client::connect(b.addr).await;
+    let id = create(&mut c, "poll", 1).await;
+    let mut frames = frame_of(ApiKey::Fetch, 12, 1, &fetch_request("poll", id, 0, 2500));
+    // ~1,000 Metadata responses of ~150 bytes each: more than the share.
+    for i in 0..1000 {
+        frames.extend_from_slice(&frame_of(
+            ApiKey::Metadata,
+            12,
+            10 + i,
+            &MetadataRequest::default().with_topics(None),
+        ));
+    }
+    let create_late = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(topic("late"))
+            .with_num_partitions(1)
+            .with_replication_factor(1)]);
+    frames.extend_from_slice(&frame_of(ApiKey::CreateTopics, 7, 9999, &create_late));
+    c.send_raw(&frames).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut other = Client::connect(b.addr).await;
+    let meta: MetadataResponse = other
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(meta.topics.len(), 1, "the late request was not read yet");
+    // After the long-poll, everything is answered in order.
+    let mut last = 0;
+    for _ in 0..1002 {
+        let mut resp = c.read_frame().await.expect("all answered");
+        last = resp.get_i32();
+    }
+    assert_eq!(last, 9999);
 }

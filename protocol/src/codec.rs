@@ -106,6 +106,22 @@ pub fn encode_response<T: Encodable + HeaderVersion>(
     Ok(buf.freeze())
 }
 
+/// The size of the frame [`encode_response`] makes, without encoding it.
+pub fn response_size<T: Encodable + HeaderVersion>(
+    version: i16,
+    body: &T,
+) -> Result<usize, CodecError> {
+    let header = if T::header_version(version) >= 1 {
+        5
+    } else {
+        4
+    };
+    let body_size = body
+        .compute_size(version)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(4 + header + body_size)
+}
+
 /// Decodes a body of any api the broker serves, discarding it: the fuzz and property tests use this
 /// to reach every decoder the broker exposes to the network.
 pub fn fuzz_decode_any(key: ApiKey, body: Bytes, version: i16) -> bool {

@@ -20,28 +20,45 @@ pub enum FrameError {
 }
 
 /// Reads frames from a stream, reusing one buffer.
+///
+/// The buffer grows only as a frame's bytes arrive (at most [`READ_CHUNK`] ahead of them), so a client
+/// that announces a large frame and sends nothing more pins no more than that. [`read_size`] and
+/// [`read_body`] split a frame in two so the caller can wait (for memory, say) between them; both are
+/// cancel-safe: what was read stays in the buffer.
+///
+/// [`read_size`]: FrameReader::read_size
+/// [`read_body`]: FrameReader::read_body
 pub struct FrameReader<R> {
     reader: R,
     buf: BytesMut,
     max_frame: usize,
 }
 
+/// How far ahead of the bytes received the buffer may grow: one socket read's worth.
+pub const READ_CHUNK: usize = 64 * 1024;
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(reader: R, max_frame: usize) -> Self {
         Self {
             reader,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::with_capacity(4096),
             max_frame,
         }
     }
 
     /// The next frame's body, or `None` on a clean end of stream between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
-        loop {
-            if let Some(frame) = self.parse_frame()? {
-                return Ok(Some(frame));
-            }
-            if self.reader.read_buf(&mut self.buf).await? == 0 {
+        match self.read_size().await? {
+            Some(size) => self.read_body(size).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for the next frame's size prefix (checked against the cap) without consuming it; `None` on
+    /// a clean end of stream between frames.
+    pub async fn read_size(&mut self) -> Result<Option<usize>, FrameError> {
+        while self.buf.len() < 4 {
+            if self.fill(4).await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -49,22 +66,35 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
         }
-    }
-
-    fn parse_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
-        if self.buf.len() < 4 {
-            return Ok(None);
-        }
         let size = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
         check_size(size, self.max_frame)?;
-        let size = size as usize;
-        if self.buf.len() < 4 + size {
-            // Reserve only what this frame, already checked against the cap, still needs.
-            self.buf.reserve(4 + size - self.buf.len());
-            return Ok(None);
+        Ok(Some(size as usize))
+    }
+
+    /// Reads the body of the frame whose size [`read_size`](Self::read_size) returned.
+    pub async fn read_body(&mut self, size: usize) -> Result<Bytes, FrameError> {
+        while self.buf.len() < 4 + size {
+            if self.fill(4 + size).await? == 0 {
+                return Err(FrameError::Truncated);
+            }
         }
         self.buf.advance(4);
-        Ok(Some(self.buf.split_to(size).freeze()))
+        Ok(self.buf.split_to(size).freeze())
+    }
+
+    /// Whether part of a frame has arrived (its size prefix or more).
+    pub fn partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// One read into the buffer, growing it by at most READ_CHUNK towards `want` bytes in all.
+    async fn fill(&mut self, want: usize) -> Result<usize, FrameError> {
+        let free = self.buf.capacity() - self.buf.len();
+        if free == 0 {
+            let missing = want.saturating_sub(self.buf.len()).max(1);
+            self.buf.reserve(missing.min(READ_CHUNK));
+        }
+        Ok(self.reader.read_buf(&mut self.buf).await?)
     }
 }
 
@@ -124,6 +154,26 @@ mod tests {
             frames(&[0, 0, 0, 0], 100).await,
             Err(FrameError::InvalidSize(0))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_large_announced_frame_pins_memory_only_as_it_arrives() {
+        // 100 MB announced, 10 bytes sent, then silence.
+        let (mut tx, rx) = tokio::io::duplex(1 << 20);
+        let mut r = FrameReader::new(rx, 200 << 20);
+        use tokio::io::AsyncWriteExt;
+        tx.write_all(&(100i32 << 20).to_be_bytes()).await.unwrap();
+        tx.write_all(&[7u8; 10]).await.unwrap();
+        assert_eq!(r.read_size().await.unwrap(), Some(100 << 20));
+        let body =
+            tokio::time::timeout(std::time::Duration::from_millis(50), r.read_body(100 << 20));
+        assert!(body.await.is_err(), "still waiting for the rest");
+        assert!(
+            r.buf.capacity() <= 4096 + READ_CHUNK,
+            "{}",
+            r.buf.capacity()
+        );
+        assert!(r.partial());
     }
 
     #[tokio::test]

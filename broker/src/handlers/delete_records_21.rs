@@ -25,34 +25,54 @@ pub async fn handle(
     _header: &RequestHeader,
     req: DeleteRecordsRequest,
 ) -> Reply<DeleteRecordsResponse> {
-    let broker = broker.clone();
-    Reply::Later(Box::pin(async move {
-        let mut topics = Vec::with_capacity(req.topics.len());
-        for t in req.topics {
-            let topic = broker.storage.topic(&t.name);
-            let mut partitions = Vec::with_capacity(t.partitions.len());
-            for p in t.partitions {
-                let r = DeleteRecordsPartitionResult::default()
-                    .with_partition_index(p.partition_index)
-                    .with_low_watermark(-1);
-                let part = topic
-                    .as_ref()
-                    .and_then(|t| t.partitions.get(p.partition_index as usize))
-                    .filter(|_| p.partition_index >= 0);
-                partitions.push(match part {
-                    None => r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
-                    Some(part) => match broker.storage.delete_records(part, p.offset).await {
-                        Ok(low) => r.with_low_watermark(low),
-                        Err(e) => r.with_error_code(e.kafka_error_code()),
-                    },
-                });
+    // A partition named twice is deleted up to its last offset, answered once (Kafka keys the request's
+    // partitions in a map). Done in the in-order part: the log start moves before later requests of the
+    // connection are handled, as in Kafka.
+    let mut wanted: Vec<(String, Vec<(i32, i64)>)> = Vec::new();
+    for t in req.topics {
+        let i = match wanted.iter().position(|(n, _)| *n == t.name.0.as_str()) {
+            Some(i) => i,
+            None => {
+                wanted.push((t.name.0.to_string(), Vec::new()));
+                wanted.len() - 1
             }
-            topics.push(
-                DeleteRecordsTopicResult::default()
-                    .with_name(t.name)
-                    .with_partitions(partitions),
-            );
+        };
+        for p in t.partitions {
+            let parts = &mut wanted[i].1;
+            match parts
+                .iter_mut()
+                .find(|(index, _)| *index == p.partition_index)
+            {
+                Some(existing) => existing.1 = p.offset,
+                None => parts.push((p.partition_index, p.offset)),
+            }
         }
-        DeleteRecordsResponse::default().with_topics(topics)
-    }))
+    }
+    let mut topics = Vec::with_capacity(wanted.len());
+    for (name, parts) in wanted {
+        let topic = broker.storage.topic(&name);
+        let mut partitions = Vec::with_capacity(parts.len());
+        for (index, offset) in parts {
+            let r = DeleteRecordsPartitionResult::default()
+                .with_partition_index(index)
+                .with_low_watermark(-1);
+            let part = topic
+                .as_ref()
+                .and_then(|t| t.partitions.get(index as usize))
+                .filter(|_| index >= 0);
+            partitions.push(match part {
+                None => r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
+                Some(part) => match broker.storage.delete_records(part, offset).await {
+                    Ok(low) => r.with_low_watermark(low),
+                    Err(e) => r.with_error_code(e.kafka_error_code()),
+                },
+            });
+        }
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(kafka_protocol::messages::TopicName(super::str_bytes(&name)))
+                .with_partitions(partitions),
+        );
+    }
+    Reply::Now(DeleteRecordsResponse::default().with_topics(topics))
 }

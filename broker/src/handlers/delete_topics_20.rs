@@ -35,8 +35,36 @@ pub async fn handle(
             .map(|n| (Some(n.0.to_string()), Uuid::nil()))
             .collect()
     };
+    // Kafka (ControllerApis.deleteTopics): a topic named twice (by name or by id) is not deleted; it is
+    // answered once with INVALID_REQUEST "Duplicate topic name." (or id).
+    let mut counts: std::collections::HashMap<(Option<String>, Uuid), usize> = Default::default();
+    for (name, id) in &wanted {
+        let key = match name {
+            Some(n) => (Some(n.clone()), Uuid::nil()),
+            None => (None, *id),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let mut answered = std::collections::HashSet::new();
     let mut responses = Vec::with_capacity(wanted.len());
     for (name, id) in wanted {
+        let key = match &name {
+            Some(n) => (Some(n.clone()), Uuid::nil()),
+            None => (None, id),
+        };
+        if counts.get(&key).copied().unwrap_or(0) > 1 {
+            if answered.insert(key) {
+                let what = if name.is_some() { "name" } else { "id" };
+                responses.push(
+                    DeletableTopicResult::default()
+                        .with_name(name.clone().map(|n| TopicName(str_bytes(&n))))
+                        .with_topic_id(id)
+                        .with_error_code(error::INVALID_REQUEST)
+                        .with_error_message(Some(str_bytes(&format!("Duplicate topic {what}.")))),
+                );
+            }
+            continue;
+        }
         let topic = match &name {
             Some(n) => storage.topic(n),
             None => storage.topic_by_id(id),

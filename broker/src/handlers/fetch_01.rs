@@ -27,10 +27,16 @@ const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 pub async fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
-    req: FetchRequest,
+    mut req: FetchRequest,
 ) -> Reply<FetchResponse> {
     let broker = broker.clone();
     let version = header.request_api_version;
+    collapse_repeated_partitions(&mut req, version);
+    // Kafka (KafkaApis.handleFetchRequest): fetchMaxBytes = min(request max_bytes, fetch.max.bytes),
+    // fetchMinBytes = min(request min_bytes, fetchMaxBytes).
+    let max_bytes = (req.max_bytes.max(0) as usize).min(broker.config.fetch_max_bytes as usize);
+    req.max_bytes = max_bytes as i32;
+    let min_bytes = (req.min_bytes.max(0) as usize).min(max_bytes);
     Reply::Later(Box::pin(async move {
         let mut commits = broker.storage.subscribe_commits();
         let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
@@ -38,7 +44,7 @@ pub async fn handle(
         loop {
             commits.borrow_and_update();
             let (resp, bytes, errors) = read_all(&broker, version, &req).await;
-            let satisfied = bytes >= req.min_bytes.max(0) as usize || errors;
+            let satisfied = bytes >= min_bytes || errors;
             if satisfied || tokio::time::Instant::now() >= deadline {
                 return resp;
             }
@@ -61,11 +67,7 @@ async fn read_all(
     req: &FetchRequest,
 ) -> (FetchResponse, usize, bool) {
     let storage = &broker.storage;
-    let max_bytes = if req.max_bytes > 0 {
-        req.max_bytes as usize
-    } else {
-        usize::MAX
-    };
+    let max_bytes = req.max_bytes.max(0) as usize;
     let mut remaining = max_bytes;
     let mut total = 0usize;
     let mut errors = false;
@@ -176,4 +178,99 @@ async fn read_all(
         total,
         errors,
     )
+}
+
+/// A partition named twice is read once: Kafka keys a full fetch request's partitions by topic and
+/// partition (FetchRequest.fetchData, a LinkedHashMap), so a repeat takes the first one's place with
+/// the last one's parameters, and adjacent partitions of one topic share a topic entry in the response.
+fn collapse_repeated_partitions(req: &mut FetchRequest, version: i16) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use std::collections::HashMap;
+    let mut flat: Vec<(FetchTopic, FetchPartition)> = Vec::new();
+    let mut at: HashMap<(String, uuid::Uuid, i32), usize> = HashMap::new();
+    for mut t in std::mem::take(&mut req.topics) {
+        let partitions = std::mem::take(&mut t.partitions);
+        for p in partitions {
+            // v13+ names topics by id only; before, by name only.
+            let key = if version >= 13 {
+                (String::new(), t.topic_id, p.partition)
+            } else {
+                (t.topic.0.to_string(), uuid::Uuid::nil(), p.partition)
+            };
+            match at.get(&key) {
+                Some(&i) => {
+                    flat[i].1 = p;
+                }
+                None => {
+                    at.insert(key, flat.len());
+                    flat.push((t.clone(), p));
+                }
+            }
+        }
+    }
+    for (t, p) in flat {
+        let same_topic = req
+            .topics
+            .last()
+            .is_some_and(|last: &FetchTopic| last.topic == t.topic && last.topic_id == t.topic_id);
+        if same_topic {
+            if let Some(last) = req.topics.last_mut() {
+                last.partitions.push(p);
+            }
+        } else {
+            req.topics.push(t.with_partitions(vec![p]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+
+    fn topic(name: &str, parts: &[(i32, i64)]) -> FetchTopic {
+        FetchTopic::default()
+            .with_topic(TopicName(str_bytes(name)))
+            .with_partitions(
+                parts
+                    .iter()
+                    .map(|(p, o)| {
+                        FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*o)
+                    })
+                    .collect(),
+            )
+    }
+
+    #[test]
+    fn repeated_partitions_collapse_in_first_place_with_last_values() {
+        let mut req = FetchRequest::default().with_topics(vec![
+            topic("a", &[(0, 1), (1, 1), (0, 2)]),
+            topic("b", &[(0, 5)]),
+            topic("a", &[(1, 9), (2, 3)]),
+        ]);
+        collapse_repeated_partitions(&mut req, 12);
+        let got: Vec<(String, Vec<(i32, i64)>)> = req
+            .topics
+            .iter()
+            .map(|t| {
+                (
+                    t.topic.0.to_string(),
+                    t.partitions
+                        .iter()
+                        .map(|p| (p.partition, p.fetch_offset))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".to_string(), vec![(0, 2), (1, 9)]),
+                ("b".to_string(), vec![(0, 5)]),
+                ("a".to_string(), vec![(2, 3)]),
+            ]
+        );
+    }
 }

@@ -38,6 +38,22 @@ pub async fn handle(
     } else {
         -1
     };
+    // Kafka (ListOffsetsRequest.duplicatePartitions, ReplicaManager.fetchOffset): a partition named
+    // more than once is answered once, with INVALID_REQUEST.
+    let mut count: std::collections::HashMap<(&str, i32), usize> = Default::default();
+    for t in &req.topics {
+        for p in &t.partitions {
+            *count
+                .entry((t.name.0.as_str(), p.partition_index))
+                .or_default() += 1;
+        }
+    }
+    let duplicated: std::collections::HashSet<(String, i32)> = count
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|((t, p), _)| (t.to_string(), p))
+        .collect();
+    let mut answered: std::collections::HashSet<(String, i32)> = Default::default();
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let topic = storage.topic(&t.name);
@@ -47,6 +63,13 @@ pub async fn handle(
                 .with_partition_index(p.partition_index)
                 .with_timestamp(-1)
                 .with_offset(-1);
+            let key = (t.name.0.to_string(), p.partition_index);
+            if duplicated.contains(&key) {
+                if answered.insert(key) {
+                    partitions.push(r.with_error_code(error::INVALID_REQUEST));
+                }
+                continue;
+            }
             let Some(part) = topic
                 .as_ref()
                 .and_then(|t| t.partitions.get(p.partition_index as usize))

@@ -49,6 +49,14 @@ pub async fn handle(
                 .map(|t| topic_metadata(broker, t, req.include_topic_authorized_operations)),
         ),
         Some(list) => {
+            // A topic named twice is answered once: Kafka makes the requested names a set
+            // (KafkaApis.handleTopicMetadataRequest), so repeats cannot multiply the response.
+            let mut seen_names = std::collections::HashSet::new();
+            let mut seen_ids = std::collections::HashSet::new();
+            let list = list.into_iter().filter(|rt| match &rt.name {
+                Some(n) => seen_names.insert(n.0.clone()),
+                None => seen_ids.insert(rt.topic_id),
+            });
             for rt in list {
                 let name = rt.name.as_ref().map(|n| n.0.to_string());
                 let found = match &name {

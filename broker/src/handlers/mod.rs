@@ -85,40 +85,66 @@ pub fn spec(key: ApiKey) -> Option<&'static ApiSpec> {
 pub type Pending = BoxFuture<'static, Outcome>;
 
 pub enum Outcome {
-    /// The encoded response frame.
-    Respond(Bytes),
-    /// Kafka sends nothing (produce with acks=0).
+    /// A response, encoded only when its turn to be written comes (see `limits`).
+    Respond(Response),
+    /// Kafka sends nothing (produce with acks=0), once the request is done.
     Silent,
     /// The response could not be encoded: close rather than leave the client waiting forever.
     Close,
 }
 
-/// What a handler returns: an answer now, one after its in-order part is done, or no answer.
+/// A finished response, not encoded yet: its frame size and how to encode it.
+pub struct Response {
+    pub size: usize,
+    encode: Box<dyn FnOnce() -> Option<Bytes> + Send>,
+}
+
+impl Response {
+    /// The encoded frame; `None` if it cannot be encoded (the connection is then closed).
+    pub fn encode(self) -> Option<Bytes> {
+        (self.encode)()
+    }
+}
+
+/// What a handler returns: an answer now, one after its in-order part is done, no answer once the
+/// given work is done, or no answer at all.
 pub enum Reply<T> {
     Now(T),
     Later(BoxFuture<'static, T>),
+    SilentAfter(BoxFuture<'static, ()>),
     Silent,
 }
 
-/// Encodes a reply in the background of the connection's ordered queue.
+/// Turns a reply into the connection's ordered queue entry.
 fn pending<T: Encodable + HeaderVersion + Send + 'static>(
     correlation_id: i32,
     version: i16,
     reply: Reply<T>,
 ) -> Pending {
-    let encode = move |body: T| match codec::encode_response(correlation_id, version, &body) {
-        Ok(b) => Outcome::Respond(b),
+    let respond = move |body: T| match codec::response_size(version, &body) {
+        Ok(size) => Outcome::Respond(Response {
+            size,
+            encode: Box::new(move || {
+                codec::encode_response(correlation_id, version, &body)
+                    .map_err(|e| tracing::error!(error = %e, "failed to encode a response"))
+                    .ok()
+            }),
+        }),
         Err(e) => {
-            tracing::error!(error = %e, "failed to encode a response; closing the connection");
+            tracing::error!(error = %e, "failed to size a response; closing the connection");
             Outcome::Close
         }
     };
     match reply {
         Reply::Now(body) => {
-            let out = encode(body);
+            let out = respond(body);
             Box::pin(async move { out })
         }
-        Reply::Later(fut) => Box::pin(async move { encode(fut.await) }),
+        Reply::Later(fut) => Box::pin(async move { respond(fut.await) }),
+        Reply::SilentAfter(fut) => Box::pin(async move {
+            fut.await;
+            Outcome::Silent
+        }),
         Reply::Silent => Box::pin(async { Outcome::Silent }),
     }
 }

@@ -97,7 +97,14 @@ pub async fn handle(
         Some(storage.submit(batches).await)
     };
     if req.acks == 0 {
-        return Reply::Silent;
+        // No answer, but the request is not done before its batches are committed: until then its
+        // bytes count against queued.max.request.bytes and the connection's window, so acks=0 cannot
+        // queue unbounded data in front of the writer.
+        return Reply::SilentAfter(Box::pin(async move {
+            if let Some(t) = ticket {
+                t.wait().await;
+            }
+        }));
     }
     Reply::Later(Box::pin(async move {
         let results = match ticket {
