@@ -13,9 +13,7 @@ use crate::Broker;
 /// Serves the metrics text until the listener fails or the process ends.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
+        let (mut socket, _) = crate::server::accept_with_backoff(|| listener.accept()).await;
         let broker = broker.clone();
         tokio::spawn(async move {
             // Read (and ignore) the request head; at most 8 KiB, at most 5 s.

@@ -46,14 +46,7 @@ impl Server {
             };
             let (socket, peer) = tokio::select! {
                 _ = &mut shutdown => break,
-                r = self.listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                s = accept_with_backoff(|| self.listener.accept()) => s,
             };
             // Kafka closes a connection past max.connections.per.ip as soon as it is accepted.
             let Some(slot) = self.broker.limits.admit(peer.ip()) else {
@@ -80,5 +73,47 @@ impl Server {
         let all = self.broker.config.max_connections as u32;
         let _ =
             tokio::time::timeout(std::time::Duration::from_secs(5), limit.acquire_many(all)).await;
+    }
+}
+
+/// Accepts the next connection; a failed accept (EMFILE when out of file descriptors, ENOBUFS, ...) is
+/// retried after a pause instead of at once, which would spin a core at 100% while the condition lasts.
+pub async fn accept_with_backoff<T, F, Fut>(mut accept: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    // Long enough to be idle, short enough that a freed descriptor is used soon.
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+    loop {
+        match accept().await {
+            Ok(t) => return t,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying shortly");
+                tokio::time::sleep(PAUSE).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_accept_is_retried_after_a_pause_not_in_a_spin() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let attempt = || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Err::<(), _>(std::io::Error::from_raw_os_error(24)) } // EMFILE
+        };
+        let r = tokio::time::timeout(
+            std::time::Duration::from_millis(350),
+            accept_with_backoff(attempt),
+        )
+        .await;
+        assert!(r.is_err(), "never accepts");
+        let n = calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((2..=5).contains(&n), "{n} attempts in 350 ms");
     }
 }

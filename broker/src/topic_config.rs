@@ -200,6 +200,14 @@ pub fn validate(name: &str, value: Option<&str>) -> Result<(), String> {
         value.ok_or_else(|| format!("Null value not supported for topic configs: {name}"))?;
     let ok = match def.config_type {
         TYPE_BOOLEAN => matches!(value, "true" | "false"),
+        // Kafka's validators (TopicConfig / LogConfig): sizes and counts are at least 0 (or 1).
+        TYPE_INT if name == "max.message.bytes" || name == "index.interval.bytes" => {
+            value.parse::<i32>().is_ok_and(|v| v >= 0)
+        }
+        TYPE_INT if name == "segment.bytes" || name == "segment.index.bytes" => {
+            value.parse::<i32>().is_ok_and(|v| v >= 1)
+        }
+        TYPE_INT if name == "min.insync.replicas" => value.parse::<i32>().is_ok_and(|v| v >= 1),
         TYPE_INT => value.parse::<i32>().is_ok(),
         TYPE_LONG => value.parse::<i64>().is_ok(),
         TYPE_DOUBLE => value.parse::<f64>().is_ok(),
@@ -257,5 +265,9 @@ mod tests {
         assert!(validate("cleanup.policy", Some("compact,delete")).is_ok());
         assert!(validate("no.such.config", Some("1")).is_err());
         assert!(validate("retention.ms", None).is_err());
+        // Kafka rejects a negative max.message.bytes (it used to disable the size check here).
+        assert!(validate("max.message.bytes", Some("-1")).is_err());
+        assert!(validate("max.message.bytes", Some("0")).is_ok());
+        assert!(validate("segment.bytes", Some("0")).is_err());
     }
 }
