@@ -202,6 +202,20 @@ settings! {
     fetch_max_bytes: i32 = "57671680", key "fetch.max.bytes";
     /// This broker's id.
     node_id: i32 = "1", key "node.id";
+    /// Most partitions one CreateTopics or CreatePartitions request may add (INVALID_PARTITIONS past
+    /// it). Each partition costs a few hundred bytes of memory and a metadata row.
+    max_partitions_per_request: i32 = "100000", key "max.partitions.per.request";
+    /// Most partitions on this broker, all topics together (the name KIP-578 proposed; Kafka has no
+    /// such limit). Chosen at twice the 100,000 partitions one broker is meant to serve.
+    max_broker_partitions: i32 = "200000", key "max.broker.partitions";
+    /// Idempotent-producer state not written to for this long is dropped (Kafka's setting and default,
+    /// 1 day); the producer's next batch is then accepted as a new producer's.
+    producer_id_expiration_ms: i64 = "86400000", key "producer.id.expiration.ms";
+    /// How often producer state is checked for expiry (Kafka's setting and default).
+    producer_id_expiration_check_interval_ms: u64 = "600000", key "producer.id.expiration.check.interval.ms";
+    /// Most (producer, partition) states kept at once; past it the longest idle are dropped early
+    /// (StreamHouse's: Kafka has no bound). About 200 bytes each.
+    max_producer_states: usize = "500000", key "max.producer.states";
     /// fsync the SQLite WAL at every commit (false survives a process crash but not a power loss).
     sync_metadata: bool = "true", key "sync.metadata";
     /// How often topics' `retention.ms` and `retention.bytes` (defaults: the log.retention settings)
@@ -503,6 +517,10 @@ impl BrokerConfig {
         s.retention_ms = self.log_retention_ms;
         s.retention_bytes = self.log_retention_bytes;
         s.cleanup_policy = self.log_cleanup_policy.clone();
+        s.producer_id_expiration_ms = self.producer_id_expiration_ms;
+        s.producer_id_expiration_check_interval =
+            Self::ms(self.producer_id_expiration_check_interval_ms.max(10));
+        s.max_producer_states = self.max_producer_states;
         s
     }
 

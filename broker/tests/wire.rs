@@ -956,3 +956,80 @@ async fn finished_responses_behind_a_long_poll_stop_the_connection_reading() {
     }
     assert_eq!(last, 9999);
 }
+
+/// Item 11: partitions are capped per request (max.partitions.per.request) and per broker
+/// (max.broker.partitions), with INVALID_PARTITIONS and a message; one CreateTopics used to make a
+/// million partitions in 3 s.
+#[tokio::test]
+async fn partitions_are_capped_per_request_and_per_broker() {
+    let b = start_with(|a| {
+        a.set("max_partitions_per_request", 100)
+            .set("max_broker_partitions", 150)
+    })
+    .await;
+    let mut c = Client::connect(b.addr).await;
+    let try_create = |names: Vec<(&str, i32)>| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(
+                names
+                    .into_iter()
+                    .map(|(n, p)| {
+                        create_topics_request::CreatableTopic::default()
+                            .with_name(topic(n))
+                            .with_num_partitions(p)
+                            .with_replication_factor(1)
+                    })
+                    .collect(),
+            )
+    };
+    let r: CreateTopicsResponse = c
+        .call(ApiKey::CreateTopics, 7, &try_create(vec![("a", 101)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.topics[0].error_code, 37,
+        "{:?}",
+        r.topics[0].error_message
+    );
+    // Two topics of 60 in one request: the second passes the per-request limit.
+    let r: CreateTopicsResponse = c
+        .call(
+            ApiKey::CreateTopics,
+            7,
+            &try_create(vec![("a", 60), ("b", 60)]),
+        )
+        .await
+        .unwrap();
+    let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, vec![0, 37]);
+    let r: CreateTopicsResponse = c
+        .call(ApiKey::CreateTopics, 7, &try_create(vec![("b", 60)]))
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 0);
+    // 120 on the broker: 31 more would pass max.broker.partitions.
+    let r: CreateTopicsResponse = c
+        .call(ApiKey::CreateTopics, 7, &try_create(vec![("c", 31)]))
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].error_code, 37);
+    let req = CreatePartitionsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(topic("a"))
+                .with_count(91)
+                .with_assignments(None),
+        ]);
+    let r: CreatePartitionsResponse = c.call(ApiKey::CreatePartitions, 3, &req).await.unwrap();
+    assert_eq!(r.results[0].error_code, 37);
+    let req = req.with_topics(vec![
+        create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(topic("a"))
+            .with_count(90)
+            .with_assignments(None),
+    ]);
+    let r: CreatePartitionsResponse = c.call(ApiKey::CreatePartitions, 3, &req).await.unwrap();
+    assert_eq!(r.results[0].error_code, 0);
+}

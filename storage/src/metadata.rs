@@ -61,6 +61,8 @@ pub struct Commit {
     pub blocks: Vec<BlockMeta>,
     pub high_watermarks: Vec<(Uuid, i32, i64)>,
     pub producers: Vec<((i64, Uuid, i32), ProducerEntry)>,
+    /// Producer state expired (producer.id.expiration.ms), removed in order with the flushes.
+    pub expired_producers: Vec<(i64, Uuid, i32)>,
 }
 
 impl Commit {
@@ -70,6 +72,7 @@ impl Commit {
             && self.sealed_segment.is_none()
             && self.blocks.is_empty()
             && self.producers.is_empty()
+            && self.expired_producers.is_empty()
     }
 }
 
@@ -174,7 +177,8 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_by_segment ON blocks (segment_id);
 CREATE TABLE IF NOT EXISTS producer_state (
   producer_id INTEGER NOT NULL, topic_id BLOB NOT NULL, partition INTEGER NOT NULL,
-  epoch INTEGER NOT NULL, recent TEXT NOT NULL, PRIMARY KEY (producer_id, topic_id, partition));
+  epoch INTEGER NOT NULL, recent TEXT NOT NULL, last_ms INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (producer_id, topic_id, partition));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS group_offsets (
   group_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, committed_offset INTEGER NOT NULL,
@@ -217,6 +221,15 @@ impl SqliteMetadata {
             .exists([])?;
         if !has_level {
             conn.execute_batch("ALTER TABLE segments ADD COLUMN level INTEGER NOT NULL DEFAULT 0")?;
+        }
+        // ...and producer state from before producer expiry has no append time (0: loaded as now).
+        let has_last_ms = conn
+            .prepare("SELECT 1 FROM pragma_table_info('producer_state') WHERE name = 'last_ms'")?
+            .exists([])?;
+        if !has_last_ms {
+            conn.execute_batch(
+                "ALTER TABLE producer_state ADD COLUMN last_ms INTEGER NOT NULL DEFAULT 0",
+            )?;
         }
         Ok(Self {
             conn: Mutex::new(conn),
@@ -324,6 +337,7 @@ fn uuid_from(blob: Vec<u8>) -> Uuid {
 impl MetadataStore for SqliteMetadata {
     fn load(&self) -> Result<Snapshot, StorageError> {
         let conn = self.conn.lock();
+        let now = crate::engine::now_ms();
         let mut snap = Snapshot::default();
         let mut stmt =
             conn.prepare("SELECT topic_id, name, partitions, configs, created_ms FROM topics")?;
@@ -373,7 +387,7 @@ impl MetadataStore for SqliteMetadata {
         })?;
         snap.blocks = rows.collect::<Result<_, _>>()?;
         let mut stmt = conn.prepare(
-            "SELECT producer_id, topic_id, partition, epoch, recent FROM producer_state",
+            "SELECT producer_id, topic_id, partition, epoch, recent, last_ms FROM producer_state",
         )?;
         let rows = stmt.query_map([], |r| {
             let recent: String = r.get(4)?;
@@ -383,6 +397,11 @@ impl MetadataStore for SqliteMetadata {
                 ProducerEntry {
                     epoch: r.get(3)?,
                     recent: recent.into(),
+                    // Rows from before expiry existed count from this start.
+                    last_append_ms: match r.get::<_, i64>(5)? {
+                        0 => now,
+                        ms => ms,
+                    },
                 },
             ))
         })?;
@@ -557,9 +576,15 @@ impl MetadataStore for SqliteMetadata {
                 hw.execute(params![topic_id.as_bytes().as_slice(), partition, hwm])?;
             }
             let mut ps = tx.prepare_cached(
-                "INSERT OR REPLACE INTO producer_state (producer_id, topic_id, partition, epoch, recent)
-                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM topics WHERE topic_id = ?2)",
+                "INSERT OR REPLACE INTO producer_state (producer_id, topic_id, partition, epoch, recent, last_ms)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM topics WHERE topic_id = ?2)",
             )?;
+            let mut expired = tx.prepare_cached(
+                "DELETE FROM producer_state WHERE producer_id = ?1 AND topic_id = ?2 AND partition = ?3",
+            )?;
+            for (pid, topic_id, partition) in &c.expired_producers {
+                expired.execute(params![pid, topic_id.as_bytes().as_slice(), partition])?;
+            }
             for ((pid, topic_id, partition), entry) in &c.producers {
                 let recent = serde_json::to_string(&entry.recent).unwrap_or_else(|_| "[]".into());
                 ps.execute(params![
@@ -567,7 +592,8 @@ impl MetadataStore for SqliteMetadata {
                     topic_id.as_bytes().as_slice(),
                     partition,
                     entry.epoch,
-                    recent
+                    recent,
+                    entry.last_append_ms
                 ])?;
             }
         }
@@ -897,6 +923,7 @@ mod tests {
                     base_offset: 0,
                 }]
                 .into(),
+                last_append_ms: 7,
             };
             m.commit(&Commit {
                 blocks: vec![block],
@@ -922,6 +949,7 @@ mod tests {
             5
         );
         assert_eq!(snap.producers[0].1.recent[0].last_seq, 4);
+        assert_eq!(snap.producers[0].1.last_append_ms, 7);
         assert_eq!(m.allocate_producer_id().unwrap(), 1002);
         m.delete_topic(topic.id).unwrap();
         let snap = m.load().unwrap();

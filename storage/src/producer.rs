@@ -23,6 +23,10 @@ pub struct RecentBatch {
 pub struct ProducerEntry {
     pub epoch: i16,
     pub recent: VecDeque<RecentBatch>,
+    /// When this broker last appended a batch of the producer here (wall clock, ms): the entry expires
+    /// producer.id.expiration.ms later. Kafka counts from the batch's own max timestamp; the append
+    /// time is used here so a producer stamping its records in the future cannot keep state forever.
+    pub last_append_ms: i64,
 }
 
 /// What to do with a batch from an idempotent producer.
@@ -70,8 +74,9 @@ impl ProducerEntry {
         Ok(SequenceCheck::Append)
     }
 
-    /// Records an appended batch.
-    pub fn record(&mut self, h: &BatchHeader, base_offset: i64) {
+    /// Records an appended batch, appended at `now_ms`.
+    pub fn record(&mut self, h: &BatchHeader, base_offset: i64, now_ms: i64) {
+        self.last_append_ms = now_ms;
         if h.producer_epoch != self.epoch {
             self.epoch = h.producer_epoch;
             self.recent.clear();
@@ -122,12 +127,12 @@ mod tests {
             ProducerEntry::check(None, &header(0, 5, 1)).unwrap(),
             SequenceCheck::Append
         );
-        e.record(&header(0, 0, 3), 100);
+        e.record(&header(0, 0, 3), 100, 0);
         assert_eq!(
             ProducerEntry::check(Some(&e), &header(0, 3, 2)).unwrap(),
             SequenceCheck::Append
         );
-        e.record(&header(0, 3, 2), 103);
+        e.record(&header(0, 3, 2), 103, 0);
         assert_eq!(
             ProducerEntry::check(Some(&e), &header(0, 0, 3)).unwrap(),
             SequenceCheck::Duplicate { base_offset: 100 }
@@ -144,7 +149,7 @@ mod tests {
             ProducerEntry::check(Some(&e), &header(1, 0, 1)).unwrap(),
             SequenceCheck::Append
         );
-        e.record(&header(1, 0, 1), 105);
+        e.record(&header(1, 0, 1), 105, 0);
         assert!(matches!(
             ProducerEntry::check(Some(&e), &header(0, 5, 1)),
             Err(StorageError::InvalidProducerEpoch)
@@ -155,7 +160,7 @@ mod tests {
     fn only_five_batches_are_remembered() {
         let mut e = ProducerEntry::default();
         for i in 0..7 {
-            e.record(&header(0, i, 1), i as i64);
+            e.record(&header(0, i, 1), i as i64, 0);
         }
         assert_eq!(e.recent.len(), BATCHES_TO_RETAIN);
         assert_eq!(e.recent.front().unwrap().first_seq, 2);

@@ -341,3 +341,44 @@ async fn data_dir_and_files_are_private() {
         assert_eq!(mode(&f.unwrap().path()), 0o600);
     }
 }
+
+/// Item 11: idempotent-producer state expires after producer.id.expiration.ms (Kafka's rule), in
+/// memory and in the metadata store, and past max_producer_states the longest idle go first: client-
+/// chosen producer ids can no longer pile up rows forever.
+#[tokio::test]
+async fn producer_state_expires_and_is_capped() {
+    use streamhouse_storage::MetadataStore;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.producer_id_expiration_ms = 300;
+    config.producer_id_expiration_check_interval = std::time::Duration::from_millis(50);
+    config.max_producer_states = 3;
+    let s = Storage::open(config).await.unwrap();
+    s.create_topic("t", 1, Default::default()).await.unwrap();
+    let stored = |s: &Storage| s.metadata().load().unwrap().producers.len();
+    for pid in 1..=5 {
+        let r = s
+            .append(vec![append_batch(
+                &s,
+                "t",
+                batch(0, 2, pid, Compression::None),
+            )])
+            .await;
+        assert!(r[0].is_ok());
+    }
+    assert_eq!(stored(&s), 5);
+    // The cap applies at the next check, the expiry after 300 ms idle.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert_eq!(stored(&s), 3, "the two longest idle dropped");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(stored(&s), 0, "all expired");
+    // With its state gone, a producer's next batch is accepted as from a new producer (Kafka too).
+    let r = s
+        .append(vec![append_batch(
+            &s,
+            "t",
+            batch(2, 2, 5, Compression::None),
+        )])
+        .await;
+    assert!(r[0].is_ok());
+}

@@ -23,6 +23,7 @@ pub async fn handle(
     req: CreatePartitionsRequest,
 ) -> Reply<CreatePartitionsResponse> {
     let mut results = Vec::with_capacity(req.topics.len());
+    let mut added = 0i64;
     for t in req.topics {
         let r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
         let fail = |code: i16, msg: String| {
@@ -50,10 +51,18 @@ pub async fn handle(
                 };
                 fail(error::INVALID_PARTITIONS, msg)
             }
-            Some(_) if t.count > 10_000 => fail(
-                error::INVALID_PARTITIONS,
-                format!("Too many partitions: {}", t.count),
-            ),
+            Some(topic)
+                if super::check_new_partitions(
+                    broker,
+                    added,
+                    t.count as i64 - topic.partitions.len() as i64,
+                )
+                .is_err() =>
+            {
+                let more = t.count as i64 - topic.partitions.len() as i64;
+                let msg = super::check_new_partitions(broker, added, more).err();
+                fail(error::INVALID_PARTITIONS, msg.unwrap_or_default())
+            }
             Some(topic)
                 if t.assignments.as_ref().is_some_and(|a| {
                     a.len() as i32 != t.count - topic.partitions.len() as i32
@@ -66,8 +75,14 @@ pub async fn handle(
                 )
             }
             Some(_) if req.validate_only => r,
-            Some(_) => match broker.storage.create_partitions(&t.name, t.count).await {
-                Ok(_) => {
+            Some(topic) => match broker
+                .storage
+                .create_partitions(&t.name, t.count)
+                .await
+                .map(|_| topic.partitions.len())
+            {
+                Ok(before) => {
+                    added += t.count as i64 - before as i64;
                     tracing::info!(topic = %t.name.as_str(), partitions = t.count, "added partitions");
                     r
                 }

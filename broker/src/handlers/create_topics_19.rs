@@ -23,9 +23,6 @@ pub const API: ApiSpec = ApiSpec {
     max: 7,
 };
 
-/// Kafka's upper bound on partitions per CreateTopics topic is the cluster limit; keep a sane one.
-const MAX_PARTITIONS: i32 = 10_000;
-
 pub async fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
@@ -36,6 +33,7 @@ pub async fn handle(
         *seen.entry(t.name.0.to_string()).or_default() += 1;
     }
     let mut results = Vec::with_capacity(req.topics.len());
+    let mut added = 0i64;
     for t in req.topics {
         let name = t.name.0.to_string();
         let result = CreatableTopicResult::default()
@@ -78,13 +76,15 @@ pub async fn handle(
                 error::INVALID_REQUEST,
                 "Both numPartitions or replicationFactor and replicasAssignments were set.".into(),
             )
-        } else if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        } else if partitions < 1 {
             fail(
                 error::INVALID_PARTITIONS,
                 format!(
                     "Number of partitions was set to an invalid non-positive value: {partitions}"
                 ),
             )
+        } else if let Err(msg) = super::check_new_partitions(broker, added, partitions as i64) {
+            fail(error::INVALID_PARTITIONS, msg)
         } else if t.replication_factor == 0 || t.replication_factor < -1 {
             fail(
                 error::INVALID_REPLICATION_FACTOR,
@@ -139,6 +139,7 @@ pub async fn handle(
                     .await
                 {
                     Ok(topic) => {
+                        added += partitions as i64;
                         tracing::info!(topic = %name, partitions, "created topic");
                         described(
                             broker,

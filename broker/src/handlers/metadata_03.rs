@@ -81,6 +81,16 @@ pub async fn handle(
                         Uuid::nil(),
                         error::INVALID_TOPIC_EXCEPTION,
                     ));
+                } else if allow_auto_create
+                    && super::check_new_partitions(broker, 0, broker.config.num_partitions as i64)
+                        .is_err()
+                {
+                    // Auto-creation would pass a partition limit: as if it were off.
+                    topics.push(error_topic(
+                        Some(&name),
+                        Uuid::nil(),
+                        error::UNKNOWN_TOPIC_OR_PARTITION,
+                    ));
                 } else if allow_auto_create {
                     match storage
                         .create_topic(&name, broker.config.num_partitions, Default::default())

@@ -238,6 +238,28 @@ pub async fn dispatch(
     })
 }
 
+/// Whether a request that has already added `added` partitions may add `more`: at most
+/// max.partitions.per.request per request, max.broker.partitions in all. `Err` holds the message for
+/// INVALID_PARTITIONS. (Two requests at once may together pass the broker limit by one request's worth.)
+pub fn check_new_partitions(broker: &Broker, added: i64, more: i64) -> Result<(), String> {
+    let c = &broker.config;
+    if added + more > c.max_partitions_per_request as i64 {
+        return Err(format!(
+            "The request would create {} partitions, more than max.partitions.per.request {}.",
+            added + more,
+            c.max_partitions_per_request
+        ));
+    }
+    let total = broker.storage.partition_count() as i64 + added + more;
+    if total > c.max_broker_partitions as i64 {
+        return Err(format!(
+            "The broker would have {total} partitions, more than max.broker.partitions {}.",
+            c.max_broker_partitions
+        ));
+    }
+    Ok(())
+}
+
 /// Kafka's topic-name rule (Topic.validate): 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
 pub fn valid_topic_name(name: &str) -> bool {
     !name.is_empty()

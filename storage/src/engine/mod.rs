@@ -82,6 +82,13 @@ pub struct StorageConfig {
     pub compaction_target_bytes: u64,
     /// Bytes a sequential reader's next blocks are fetched ahead of it (object stores).
     pub read_ahead_bytes: usize,
+    /// Idempotent-producer state not appended to for this long is dropped (Kafka's
+    /// producer.id.expiration.ms)...
+    pub producer_id_expiration_ms: i64,
+    /// ...checked this often (producer.id.expiration.check.interval.ms).
+    pub producer_id_expiration_check_interval: Duration,
+    /// Most (producer, partition) states kept; past it the longest idle are dropped early.
+    pub max_producer_states: usize,
 }
 
 impl StorageConfig {
@@ -106,6 +113,9 @@ impl StorageConfig {
             compaction_min_age: Duration::from_secs(30),
             compaction_target_bytes: 64 << 20,
             read_ahead_bytes: 4 << 20,
+            producer_id_expiration_ms: 86_400_000,
+            producer_id_expiration_check_interval: Duration::from_secs(600),
+            max_producer_states: 500_000,
         }
     }
 }
@@ -521,6 +531,16 @@ impl Storage {
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
         self.catalog.read().by_id.get(&id).cloned()
+    }
+
+    /// Partitions of all topics.
+    pub fn partition_count(&self) -> usize {
+        self.catalog
+            .read()
+            .by_id
+            .values()
+            .map(|t| t.partitions.len())
+            .sum()
     }
 
     /// All topics, sorted by name.

@@ -115,14 +115,34 @@ impl Writer {
             committer_rx,
             progress.clone(),
         ));
+        let mut expiry =
+            tokio::time::interval(self.storage.config.producer_id_expiration_check_interval);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        expiry.tick().await;
         loop {
             // A slot in the pipeline first: while every slot is busy, requests keep queueing and
             // then form one larger flush.
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let Some(first) = rx.recv().await else {
-                break;
+            let first = tokio::select! {
+                r = rx.recv() => match r {
+                    Some(first) => first,
+                    None => break,
+                },
+                _ = expiry.tick() => {
+                    // Expired producer state leaves memory now and the metadata store with the
+                    // flushes, in order (a flush in flight cannot write it back afterwards).
+                    let expired = self.expire_producers(now_ms());
+                    if !expired.is_empty() {
+                        let flush = self.expiry_flush(expired, permit);
+                        self.sequenced += 1;
+                        if to_committer.send(flush).is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
             };
             // The window counts from the first request's arrival, so time spent waiting for a slot
             // is not added to it.
@@ -169,6 +189,58 @@ impl Writer {
         drop(to_committer);
         let _ = committer.await;
         tracing::debug!("writer stopped");
+    }
+
+    /// Drops producer state idle for producer.id.expiration.ms (Kafka's ProducerStateManager
+    /// .removeExpiredProducers), and past max_producer_states the longest idle beyond that. Returns
+    /// what was dropped.
+    fn expire_producers(&mut self, now_ms: i64) -> Vec<ProducerKey> {
+        let cfg = &self.storage.config;
+        let ttl = cfg.producer_id_expiration_ms;
+        let mut expired: Vec<ProducerKey> = self
+            .producers
+            .iter()
+            .filter(|(_, e)| ttl >= 0 && now_ms - e.last_append_ms >= ttl)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &expired {
+            self.producers.remove(k);
+        }
+        if self.producers.len() > cfg.max_producer_states {
+            let mut by_age: Vec<(i64, ProducerKey)> = self
+                .producers
+                .iter()
+                .map(|(k, e)| (e.last_append_ms, *k))
+                .collect();
+            by_age.sort_unstable();
+            let excess = self.producers.len() - cfg.max_producer_states;
+            tracing::warn!(
+                dropped = excess,
+                "more idempotent producer states than max.producer.states; dropping the longest idle"
+            );
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.producers.remove(&k);
+                expired.push(k);
+            }
+        }
+        expired
+    }
+
+    /// A flush that only removes expired producer state.
+    fn expiry_flush(&self, expired: Vec<ProducerKey>, permit: OwnedSemaphorePermit) -> Flush {
+        Flush {
+            generation: self.generation,
+            durable: Durable::Done(Ok(())),
+            commit: Commit {
+                expired_producers: expired,
+                ..Default::default()
+            },
+            published: Vec::new(),
+            requests: Vec::new(),
+            results: Vec::new(),
+            staged: Vec::new(),
+            _permit: permit,
+        }
     }
 
     /// Rebuilds the writer's state from the metadata store after a failed flush.
@@ -263,7 +335,10 @@ impl Writer {
                 blk.max_timestamp = blk.max_timestamp.max(h.max_timestamp);
                 blk.compressible &= h.compression() == 0;
                 if idempotent {
-                    self.producers.entry(pkey).or_default().record(h, base);
+                    self.producers
+                        .entry(pkey)
+                        .or_default()
+                        .record(h, base, now_ms());
                     touched.push(pkey);
                 }
                 staged.push((ri, bi, base, partition.clone()));
