@@ -347,7 +347,6 @@ async fn data_dir_and_files_are_private() {
 /// chosen producer ids can no longer pile up rows forever.
 #[tokio::test]
 async fn producer_state_expires_and_is_capped() {
-    use streamhouse_storage::MetadataStore;
     let dir = tempfile::tempdir().unwrap();
     let mut config = StorageConfig::new(dir.path());
     config.producer_id_expiration_ms = 300;
