@@ -183,19 +183,19 @@ settings! {
     max_connections_per_ip: i32 = "2147483647", key "max.connections.per.ip";
     /// Per-address exceptions to max.connections.per.ip: `ip:count,ip:count` (IP addresses only).
     max_connections_per_ip_overrides: String = "", key "max.connections.per.ip.overrides", shown "none";
-    /// Close a connection that has sent no request, and has none in flight, for this long (also a
-    /// response the client does not read for this long).
+    /// Close a connection that has sent no request, and has none in flight, for this long.
     connections_max_idle_ms: i64 = "600000", key "connections.max.idle.ms";
     /// Close a connection whose request, once its size has arrived, is not complete within this time,
-    /// so half-sent frames cannot pin memory or a connection slot (StreamHouse's; Kafka has none).
+    /// or that takes no part (1 MiB) of a response within it: half-sent requests and unread responses
+    /// cannot pin memory or a connection slot (StreamHouse's; Kafka has none).
     request_read_timeout_ms: i64 = "30000", key "request.read.timeout.ms";
-    /// Bytes of requests read and not yet finished, over all connections (a produce's until its flush is
-    /// committed, acks=0 included); past it connections stop reading. Kafka's default is -1 (no limit,
+    /// Bytes of requests received whole and not yet finished, over all connections (a produce's until
+    /// its flush is committed, acks=0 included); past it connections stop reading. Kafka's default is -1 (no limit,
     /// only queued.max.requests); StreamHouse bounds it so acks=0 floods cannot exhaust memory. -1:
     /// no limit.
     queued_max_request_bytes: i64 = "268435456", key "queued.max.request.bytes";
-    /// Bytes of encoded responses being written, over all connections; a response waits for its share
-    /// before it is encoded (StreamHouse's). -1: no limit.
+    /// Bytes of fetch responses being read or written, over all connections: a fetch waits for an upper
+    /// bound of its bytes before it reads (StreamHouse's; Kafka has no bound). -1: no limit.
     queued_max_response_bytes: i64 = "268435456", key "queued.max.response.bytes";
     /// Most record bytes one Fetch response carries, whatever the client asks (Kafka's fetch.max.bytes,
     /// 55 MiB); the first batch is still returned whole when larger (KIP-74).

@@ -5,12 +5,13 @@
 //!
 //! What one connection may hold is bounded (see `limits` for the broker-wide budgets):
 //! - requests in flight: [`MAX_IN_FLIGHT`], their bytes [`MAX_IN_FLIGHT_BYTES`], each also reserved from
-//!   queued.max.request.bytes before its body is read and until it is done;
+//!   queued.max.request.bytes once its body is read and until it is done; a request being received
+//!   holds only the bytes that arrived (the reader grows as they come);
 //! - finished responses waiting behind an earlier one: `Limits::connection_responses` bytes, then the
 //!   connection stops reading; a response is encoded only when its turn comes, after its bytes are
 //!   reserved from queued.max.response.bytes;
-//! - time: connections.max.idle.ms without a request (or with a response the client does not read),
-//!   request.read.timeout.ms for a request whose size has arrived to arrive whole.
+//! - time: connections.max.idle.ms without a request; request.read.timeout.ms for a request whose size
+//!   has arrived to arrive whole, and for each MiB of a response to be taken by a client that reads.
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::VecDeque;
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::handlers::{self, Outcome, Pending};
-use crate::limits::{Held, IpSlot, Limits};
+use crate::limits::{Held, IpSlot, Limits, SHED_AFTER};
 use crate::Broker;
 
 /// Requests of one connection being worked on at once; more wait in the socket. librdkafka pipelines
@@ -48,18 +49,22 @@ pub struct Connection {
 enum ReadState {
     /// Waiting for a size prefix.
     Size,
-    /// The size is known and its bytes reserved; the body must arrive by the deadline.
-    Body {
-        size: usize,
-        held: Held,
-        deadline: Instant,
-    },
+    /// The size is known; the body must arrive by the deadline.
+    Body { size: usize, deadline: Instant },
+    /// The body is here; waiting for its bytes in queued.max.request.bytes.
+    Reserving { body: bytes::Bytes },
 }
 
 /// A request in flight, in order: its bytes and what it holds.
 struct InFlight {
     size: usize,
+    fetch: bool,
     _held: Held,
+}
+
+/// Whether a request frame is a Fetch (api key 1), from its first two bytes.
+fn is_fetch(frame: &[u8]) -> bool {
+    frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == 1
 }
 
 impl Connection {
@@ -84,6 +89,7 @@ impl Connection {
         let broker = self.broker.clone();
         let limits = &broker.limits;
         let idle = millis(broker.config.connections_max_idle_ms);
+        // Requests must arrive, and responses leave, within this (see write_making_progress).
         let read_timeout = millis(broker.config.request_read_timeout_ms);
         let (read, mut write) = self.socket.into_split();
         let mut frames = FrameReader::new(read, broker.config.socket_request_max_bytes);
@@ -95,8 +101,33 @@ impl Connection {
         let finished = Arc::new(AtomicUsize::new(0));
         let mut reading = true;
         let mut last_active = Instant::now();
+        let mut fetch_in_flight = false;
+        // A fetch read while another was in flight, with its reserved bytes.
+        let mut deferred: Option<(bytes::Bytes, Held)> = None;
         loop {
+            if !fetch_in_flight {
+                if let Some((frame, reserved)) = deferred.take() {
+                    let size = frame.len();
+                    match handlers::dispatch(&broker, frame, peer).await {
+                        Ok(pending) => {
+                            fetch_in_flight = true;
+                            in_flight.push_back(counted(pending, &finished));
+                            held.push_back(InFlight {
+                                size,
+                                fetch: true,
+                                _held: reserved,
+                            });
+                            held_bytes += size;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "closing connection: bad request");
+                            reading = false;
+                        }
+                    }
+                }
+            }
             let can_read = reading
+                && deferred.is_none()
                 && in_flight.len() < MAX_IN_FLIGHT
                 && (held_bytes < MAX_IN_FLIGHT_BYTES || in_flight.is_empty())
                 && finished.load(Ordering::Acquire) < limits.connection_responses;
@@ -104,30 +135,25 @@ impl Connection {
             let idle_at = (in_flight.is_empty() && !frames.partial()).then_some(last_active + idle);
             let frame_due = match &state {
                 ReadState::Body { deadline, .. } => Some(*deadline),
-                ReadState::Size => None,
+                ReadState::Size | ReadState::Reserving { .. } => None,
             };
             tokio::select! {
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
                     if let Some(done) = held.pop_front() {
                         held_bytes -= done.size;
+                        fetch_in_flight &= !done.fetch;
                     }
                     match outcome {
-                        Outcome::Respond(response) => {
+                        Outcome::Respond(mut response) => {
                             let size = response.size;
                             finished.fetch_sub(size, Ordering::AcqRel);
-                            // Encoded only now, with its bytes reserved until written.
-                            let _bytes = limits.responses.reserve(size).await;
+                            // Encoded only now; a fetch's bytes stay held until written.
+                            let held = std::mem::replace(&mut response.held, Held::none());
+                            let holding = held.bytes() > 0;
                             let Some(frame) = response.encode() else { break };
-                            match tokio::time::timeout(idle, write.write_all(&frame)).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "write failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::info!(%peer, "closing connection: the client does not read its responses");
-                                    return;
-                                }
+                            if let Err(e) = write_making_progress(&mut write, &frame, read_timeout, limits, holding).await {
+                                tracing::info!(%peer, error = %e, "closing connection: response not written");
+                                return;
                             }
                         }
                         Outcome::Silent => {}
@@ -139,18 +165,19 @@ impl Connection {
                     match read {
                         Ok(Some((frame, reserved))) => {
                             last_active = Instant::now();
+                            if is_fetch(&frame) && fetch_in_flight {
+                                // One fetch at a time per connection (as clients send them): the
+                                // next waits, and reading stops, until the one in flight is written.
+                                deferred = Some((frame, reserved));
+                                continue;
+                            }
                             let size = frame.len();
+                            fetch_in_flight |= is_fetch(&frame);
+                            let fetch = is_fetch(&frame);
                             match handlers::dispatch(&broker, frame, peer).await {
                                 Ok(pending) => {
-                                    let finished = finished.clone();
-                                    in_flight.push_back(Box::pin(async move {
-                                        let out = pending.await;
-                                        if let Outcome::Respond(r) = &out {
-                                            finished.fetch_add(r.size, Ordering::AcqRel);
-                                        }
-                                        out
-                                    }));
-                                    held.push_back(InFlight { size, _held: reserved });
+                                    in_flight.push_back(counted(pending, &finished));
+                                    held.push_back(InFlight { size, fetch, _held: reserved });
                                     held_bytes += size;
                                 }
                                 Err(e) => {
@@ -178,12 +205,73 @@ impl Connection {
                 _ = self.stop.changed(), if reading => reading = false,
                 else => break,
             }
-            if !reading && in_flight.is_empty() {
+            if !reading && in_flight.is_empty() && deferred.is_none() {
                 break;
             }
         }
         let _ = write.shutdown().await;
     }
+}
+
+/// A response is written in pieces of this size, each of which must leave within the timeout.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Writes `frame`, failing when the client stops reading: no piece accepted by the socket within
+/// `stall` (request.read.timeout.ms). A slow reader that keeps reading is fine; one that stopped would
+/// otherwise hold its response's bytes until connections.max.idle.ms. A write `holding` fetch bytes
+/// that has stalled for [`SHED_AFTER`] is registered, and fails at once if fetches that need those
+/// bytes are waiting (the connection is shed).
+async fn write_making_progress(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &[u8],
+    stall: Duration,
+    limits: &Arc<Limits>,
+    holding: bool,
+) -> std::io::Result<()> {
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client stopped reading (request.read.timeout.ms)",
+        )
+    };
+    for piece in frame.chunks(WRITE_CHUNK) {
+        let mut w = std::pin::pin!(write.write_all(piece));
+        if let Ok(r) = tokio::time::timeout(SHED_AFTER.min(stall), &mut w).await {
+            r?;
+            continue;
+        }
+        let stalled = holding.then(|| limits.stalled());
+        let shed = async {
+            match &stalled {
+                Some(s) => s.shed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut w => r?,
+            _ = tokio::time::sleep(stall.saturating_sub(SHED_AFTER)) => return Err(timed_out()),
+            _ = shed => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "shed: fetches wait for the response bytes this stalled client holds",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pending`, adding its response's size to `finished` when it is done (it may then wait behind
+/// earlier ones to be written).
+fn counted(pending: Pending, finished: &Arc<AtomicUsize>) -> Pending {
+    let finished = finished.clone();
+    Box::pin(async move {
+        let out = pending.await;
+        if let Outcome::Respond(r) = &out {
+            finished.fetch_add(r.size, Ordering::AcqRel);
+        }
+        out
+    })
 }
 
 fn millis(ms: i64) -> Duration {
@@ -197,8 +285,11 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Reads the next request: its size, then (once its bytes are reserved from queued.max.request.bytes)
-/// its body. Cancel-safe: progress stays in `state` and the reader.
+/// Reads the next request: its size, its body, then its bytes reserved from queued.max.request.bytes.
+/// Reserved once the body is here, not when its size is announced: a client announcing large frames and
+/// sending nothing more then holds only what it sent (and for request.read.timeout.ms at most), never
+/// the budget. While the budget is spent the connection waits with one request in hand: back-pressure,
+/// the client's further bytes stay in its socket. Cancel-safe: progress stays in `state` and the reader.
 async fn next_request<R: AsyncRead + Unpin>(
     frames: &mut FrameReader<R>,
     state: &mut ReadState,
@@ -211,17 +302,19 @@ async fn next_request<R: AsyncRead + Unpin>(
                 let Some(size) = frames.read_size().await? else {
                     return Ok(None);
                 };
-                // Waiting here is the back-pressure: the client's bytes stay in its socket.
-                let held = limits.requests.reserve(size).await;
                 *state = ReadState::Body {
                     size,
-                    held,
                     deadline: Instant::now() + read_timeout,
                 };
             }
             ReadState::Body { size, .. } => {
                 let body = frames.read_body(*size).await?;
-                let ReadState::Body { held, .. } = std::mem::replace(state, ReadState::Size) else {
+                *state = ReadState::Reserving { body };
+            }
+            ReadState::Reserving { body } => {
+                let held = limits.requests.reserve(body.len()).await;
+                let ReadState::Reserving { body } = std::mem::replace(state, ReadState::Size)
+                else {
                     unreachable!("matched above")
                 };
                 return Ok(Some((body, held)));

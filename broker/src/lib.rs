@@ -20,13 +20,13 @@ pub struct Broker {
     pub groups: Arc<group::GroupCoordinator>,
     pub cluster_id: String,
     /// Broker-wide bounds on what clients can make it hold.
-    pub limits: limits::Limits,
+    pub limits: Arc<limits::Limits>,
 }
 
 impl Broker {
     /// Opens storage under the configured data folder (which also keeps the cluster id).
     pub async fn open(config: config::BrokerConfig) -> anyhow::Result<Arc<Broker>> {
-        let limits = limits::Limits::new(&config)?;
+        let limits = Arc::new(limits::Limits::new(&config)?);
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
         let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;

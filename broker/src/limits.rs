@@ -1,14 +1,18 @@
 //! Bounds on what clients, together, can make the broker hold, shared by every connection.
 //!
-//! - Request bytes (`queued.max.request.bytes`): a frame's bytes are reserved once its size prefix is
-//!   read and before its body is, and stay reserved until the request is finished, for a produce until
-//!   its flush is committed (acks=0 included). While the budget is spent, connections stop reading:
-//!   back-pressure, nothing is dropped.
-//! - Response bytes (`queued.max.response.bytes`): a response is encoded only when its turn to be
-//!   written comes (responses go out in request order), after its encoded size is reserved, and the
-//!   bytes are released once written. Responses finished but waiting behind an earlier one (a
-//!   long-poll, say) are kept unencoded, and a connection stops reading new requests while those add up
-//!   to more than its share ([`Limits::connection_responses`]).
+//! - Request bytes (`queued.max.request.bytes`): a request's bytes are reserved once it has arrived
+//!   whole, and stay reserved until it is finished, for a produce until its flush is committed (acks=0
+//!   included). While the budget is spent, connections stop reading: back-pressure, nothing is dropped.
+//!   (Kafka's memory pool reserves when the size prefix arrives, which lets a client pin the pool by
+//!   announcing large frames; here a frame being received holds only what arrived.)
+//! - Fetch response bytes (`queued.max.response.bytes`): before a fetch reads, an upper bound of what
+//!   it can return (from the block index) is reserved; after reading it shrinks to what was read, and
+//!   is released once the response is written. A connection has one fetch in flight at a time (as
+//!   clients send them), so a reservation never waits on one of the same connection's. Other responses
+//!   are built from metadata, are small, and are encoded only when their turn to be written comes;
+//!   finished ones waiting behind an earlier one (a long-poll, say) are kept unencoded, and a
+//!   connection stops reading new requests while those add up to more than its share
+//!   ([`Limits::connection_responses`]).
 //! - Connections per client address (`max.connections.per.ip`, `max.connections.per.ip.overrides`).
 //!
 //! Locking: the per-address map is a short `parking_lot` lock never held across an await; the budgets
@@ -38,6 +42,14 @@ impl Held {
     }
     pub fn bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |p| p.num_permits())
+    }
+    /// Gives back what is held beyond `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if let Some(p) = &mut self.0 {
+            if p.num_permits() > bytes {
+                drop(p.split(p.num_permits() - bytes));
+            }
+        }
     }
 }
 
@@ -88,7 +100,16 @@ pub struct Limits {
     per_ip_default: usize,
     per_ip_overrides: HashMap<IpAddr, usize>,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Connections whose response write has stalled while holding fetch bytes: (since, id) -> the
+    /// signal that closes them. Under memory pressure the longest stalled go first.
+    stalled: Mutex<std::collections::BTreeMap<(std::time::Instant, u64), Arc<tokio::sync::Notify>>>,
+    next_stall_id: std::sync::atomic::AtomicU64,
 }
+
+/// How long a fetch waits for response bytes before a stalled reader is shed, and how long a write
+/// must have made no progress to count as stalled: clients read their sockets continuously (a network
+/// thread), so a second without progress while others wait marks a client that stopped reading.
+pub const SHED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Limits {
     pub fn new(c: &BrokerConfig) -> anyhow::Result<Limits> {
@@ -121,7 +142,53 @@ impl Limits {
             per_ip_default: c.max_connections_per_ip as usize,
             per_ip_overrides,
             open: Arc::new(Mutex::new(HashMap::new())),
+            stalled: Mutex::new(Default::default()),
+            next_stall_id: Default::default(),
         })
+    }
+
+    /// Fetch response bytes: waits for `bytes` of queued.max.response.bytes; while it waits longer than
+    /// [`SHED_AFTER`], the connection whose response write has stalled longest (holding such bytes) is
+    /// closed, so clients that stop reading cannot keep the budget from those that read.
+    pub async fn reserve_response(&self, bytes: usize) -> Held {
+        loop {
+            match tokio::time::timeout(SHED_AFTER, self.responses.reserve(bytes)).await {
+                Ok(held) => return held,
+                Err(_) => {
+                    let oldest = {
+                        let mut stalled = self.stalled.lock();
+                        let due = stalled
+                            .keys()
+                            .next()
+                            .copied()
+                            .filter(|(since, _)| since.elapsed() >= SHED_AFTER);
+                        due.and_then(|k| stalled.remove(&k))
+                    };
+                    if let Some(close) = oldest {
+                        tracing::info!(
+                            "fetch bytes exhausted: closing the connection stalled longest"
+                        );
+                        close.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers a stalled response write; the returned guard unregisters it, and its `closed()`
+    /// resolves if the connection is shed.
+    pub fn stalled(self: &Arc<Self>) -> Stall {
+        let id = self
+            .next_stall_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = (std::time::Instant::now(), id);
+        let signal = Arc::new(tokio::sync::Notify::new());
+        self.stalled.lock().insert(key, signal.clone());
+        Stall {
+            limits: self.clone(),
+            key,
+            signal,
+        }
     }
 
     /// Admits a connection from `ip`, or `None` past max.connections.per.ip (Kafka closes it at once).
@@ -141,6 +208,26 @@ impl Limits {
             ip,
             open: self.open.clone(),
         })
+    }
+}
+
+/// A response write registered as stalled (see [`Limits::stalled`]).
+pub struct Stall {
+    limits: Arc<Limits>,
+    key: (std::time::Instant, u64),
+    signal: Arc<tokio::sync::Notify>,
+}
+
+impl Stall {
+    /// Resolves when the connection is to be closed to free its bytes.
+    pub async fn shed(&self) {
+        self.signal.notified().await
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.limits.stalled.lock().remove(&self.key);
     }
 }
 

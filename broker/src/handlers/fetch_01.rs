@@ -37,26 +37,76 @@ pub async fn handle(
     let max_bytes = (req.max_bytes.max(0) as usize).min(broker.config.fetch_max_bytes as usize);
     req.max_bytes = max_bytes as i32;
     let min_bytes = (req.min_bytes.max(0) as usize).min(max_bytes);
-    Reply::Later(Box::pin(async move {
+    Reply::LaterHeld(Box::pin(async move {
         let mut commits = broker.storage.subscribe_commits();
         let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             commits.borrow_and_update();
+            // Bytes for what this read can return are held (queued.max.response.bytes) before it
+            // reads, and until the answer is written; waiting while nothing is there holds none.
+            let mut held = broker
+                .limits
+                .reserve_response(bound(&broker, version, &req))
+                .await;
             let (resp, bytes, errors) = read_all(&broker, version, &req).await;
             let satisfied = bytes >= min_bytes || errors;
             if satisfied || tokio::time::Instant::now() >= deadline {
-                return resp;
+                held.shrink_to(bytes + overhead(&req));
+                return (resp, held);
             }
+            drop((resp, held));
             // Woken by the next commit (or the deadline), then read again.
             if tokio::time::timeout_at(deadline, commits.changed())
                 .await
                 .is_err()
             {
-                return read_all(&broker, version, &req).await.0;
+                let mut held = broker
+                    .limits
+                    .reserve_response(bound(&broker, version, &req))
+                    .await;
+                let (resp, bytes, _) = read_all(&broker, version, &req).await;
+                held.shrink_to(bytes + overhead(&req));
+                return (resp, held);
             }
         }
     }))
+}
+
+/// Bytes of a response to `req` beside its records: per topic and partition fields.
+fn overhead(req: &FetchRequest) -> usize {
+    req.topics
+        .iter()
+        .map(|t| 64 + t.topic.len() + 96 * t.partitions.len())
+        .sum()
+}
+
+/// An upper bound of the response to `req` if read now, from the block index: what [`read_all`] can
+/// take from each partition (at most its limit, the first one at least one block), within max_bytes
+/// plus the one block KIP-74 may let past it.
+fn bound(broker: &Broker, version: i16, req: &FetchRequest) -> usize {
+    let storage = &broker.storage;
+    let max_bytes = req.max_bytes.max(0) as usize;
+    let (mut sum, mut largest) = (0usize, 0usize);
+    for ft in &req.topics {
+        let topic = if version >= 13 {
+            storage.topic_by_id(ft.topic_id)
+        } else {
+            storage.topic(&ft.topic)
+        };
+        let Some(topic) = topic else { continue };
+        for fp in &ft.partitions {
+            let index = usize::try_from(fp.partition).ok();
+            let Some(partition) = index.and_then(|i| topic.partitions.get(i)) else {
+                continue;
+            };
+            let limit = (fp.partition_max_bytes.max(0) as usize).min(max_bytes);
+            let b = storage.read_bound(partition, fp.fetch_offset, limit, true);
+            sum += b;
+            largest = largest.max(b.saturating_sub(limit));
+        }
+    }
+    sum.min(max_bytes + largest) + overhead(req)
 }
 
 /// One pass over every requested partition: the response, the record bytes in it, and whether any

@@ -38,6 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use streamhouse_protocol::codec::{self, CodecError, RawRequest};
 
+use crate::limits::Held;
 use crate::Broker;
 
 /// An API and the versions this broker serves of it.
@@ -93,10 +94,12 @@ pub enum Outcome {
     Close,
 }
 
-/// A finished response, not encoded yet: its frame size and how to encode it.
+/// A finished response, not encoded yet: its frame size, how to encode it, and the response bytes it
+/// holds from queued.max.response.bytes (a fetch's), released once it is written.
 pub struct Response {
     pub size: usize,
     encode: Box<dyn FnOnce() -> Option<Bytes> + Send>,
+    pub held: Held,
 }
 
 impl Response {
@@ -111,6 +114,8 @@ impl Response {
 pub enum Reply<T> {
     Now(T),
     Later(BoxFuture<'static, T>),
+    /// Later, with response bytes held until the answer is written (fetches).
+    LaterHeld(BoxFuture<'static, (T, Held)>),
     SilentAfter(BoxFuture<'static, ()>),
     Silent,
 }
@@ -121,7 +126,7 @@ fn pending<T: Encodable + HeaderVersion + Send + 'static>(
     version: i16,
     reply: Reply<T>,
 ) -> Pending {
-    let respond = move |body: T| match codec::response_size(version, &body) {
+    let respond = move |body: T, held: Held| match codec::response_size(version, &body) {
         Ok(size) => Outcome::Respond(Response {
             size,
             encode: Box::new(move || {
@@ -129,6 +134,7 @@ fn pending<T: Encodable + HeaderVersion + Send + 'static>(
                     .map_err(|e| tracing::error!(error = %e, "failed to encode a response"))
                     .ok()
             }),
+            held,
         }),
         Err(e) => {
             tracing::error!(error = %e, "failed to size a response; closing the connection");
@@ -137,16 +143,51 @@ fn pending<T: Encodable + HeaderVersion + Send + 'static>(
     };
     match reply {
         Reply::Now(body) => {
-            let out = respond(body);
+            let out = respond(body, Held::none());
             Box::pin(async move { out })
         }
-        Reply::Later(fut) => Box::pin(async move { respond(fut.await) }),
+        Reply::Later(fut) => Box::pin(async move { respond(fut.await, Held::none()) }),
+        Reply::LaterHeld(fut) => Box::pin(async move {
+            let (body, held) = fut.await;
+            respond(body, held)
+        }),
         Reply::SilentAfter(fut) => Box::pin(async move {
             fut.await;
             Outcome::Silent
         }),
         Reply::Silent => Box::pin(async { Outcome::Silent }),
     }
+}
+
+/// Runs one request frame (without its size prefix) through decoding and its handler, as a connection
+/// would, and returns the encoded response frame: for the fuzzer and the property tests, which reach
+/// every served API this way.
+pub async fn serve_frame(broker: &Arc<Broker>, frame: Bytes) -> Option<Bytes> {
+    let pending = dispatch(broker, frame, SocketAddr::from(([127, 0, 0, 1], 1)))
+        .await
+        .ok()?;
+    match pending.await {
+        Outcome::Respond(r) => r.encode(),
+        Outcome::Silent | Outcome::Close => None,
+    }
+}
+
+/// A request frame for `SUPPORTED[pick % len]` at a version chosen by `version_pick` within its range,
+/// with `body` as its body bytes (fuzzing: arbitrary bytes become a request of a served API).
+pub fn fuzz_frame(pick: u8, version_pick: u8, body: &[u8]) -> Bytes {
+    let spec = SUPPORTED[pick as usize % SUPPORTED.len()];
+    let span = (spec.max - spec.min + 1) as u8;
+    let version = spec.min + (version_pick % span) as i16;
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(spec.key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("fuzz")));
+    let mut buf = bytes::BytesMut::new();
+    // Encoding a default header into a growable buffer cannot fail.
+    let _ = header.encode(&mut buf, spec.key.request_header_version(version));
+    buf.extend_from_slice(body);
+    buf.freeze()
 }
 
 /// Decodes one request frame and starts handling it. An error means the connection must be closed.

@@ -799,6 +799,30 @@ impl Storage {
         Ok(result(concat(parts)))
     }
 
+    /// An upper bound of the record bytes [`read`](Self::read) returns for the same arguments, from the
+    /// block index alone (no I/O): the raw bytes of the blocks it would take batches from. With
+    /// `min_one`, at least the first of those blocks (KIP-74 returns its first batch whole).
+    pub fn read_bound(
+        &self,
+        partition: &Partition,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> usize {
+        let (hwm, lso) = {
+            let st = partition.state.read();
+            (st.high_watermark, st.log_start_offset)
+        };
+        if offset < lso || offset >= hwm || (max_bytes == 0 && !min_one) {
+            return 0;
+        }
+        partition
+            .blocks_from(offset, max_bytes.max(1))
+            .iter()
+            .map(|b| b.raw_len as usize)
+            .sum()
+    }
+
     /// Whether segments live in an object store (S3 mode) rather than in local files.
     pub fn uses_object_store(&self) -> bool {
         self.objects.is_some()
