@@ -151,6 +151,33 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn upload_intents(&self) -> Result<Vec<u64>, StorageError>;
     /// Forgets upload intents whose objects are deleted (or committed).
     fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError>;
+    /// The group coordinator's writes, in order, as one transaction (one fsync for a whole batch).
+    fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError>;
+}
+
+/// One change to committed offsets or group state, for [`MetadataStore::group_writes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupWrite {
+    /// Commits, replacing earlier ones of the same partitions.
+    Offsets(Vec<OffsetRecord>),
+    /// A group's offsets: the given (topic, partition) pairs, or all with `None`.
+    DeleteOffsets {
+        group_id: String,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    /// Expired offsets: (topic, partition, commit_ms) deleted only while still that commit, so a
+    /// newer commit written first is kept.
+    ExpireOffsets {
+        group_id: String,
+        partitions: Vec<(String, i32, i64)>,
+    },
+    /// Every group's offsets of a deleted topic.
+    DeleteTopicOffsets { topic: String },
+    /// A group's coordinator document, or its removal with `None`.
+    SaveGroup {
+        group_id: String,
+        state: Option<String>,
+    },
 }
 
 pub struct SqliteMetadata {
@@ -803,6 +830,80 @@ impl MetadataStore for SqliteMetadata {
             let mut del = tx.prepare_cached("DELETE FROM upload_intents WHERE segment_id = ?1")?;
             for id in segment_ids {
                 del.execute([*id as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for w in writes {
+            match w {
+                GroupWrite::Offsets(offsets) => {
+                    let mut st = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    for o in offsets {
+                        st.execute(params![
+                            o.group_id,
+                            o.topic,
+                            o.partition,
+                            o.offset,
+                            o.leader_epoch,
+                            o.metadata,
+                            o.commit_ms
+                        ])?;
+                    }
+                }
+                GroupWrite::DeleteOffsets {
+                    group_id,
+                    partitions: None,
+                } => {
+                    tx.execute("DELETE FROM group_offsets WHERE group_id = ?1", [group_id])?;
+                }
+                GroupWrite::DeleteOffsets {
+                    group_id,
+                    partitions: Some(list),
+                } => {
+                    let mut st = tx.prepare_cached(
+                        "DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                    )?;
+                    for (topic, partition) in list {
+                        st.execute(params![group_id, topic, partition])?;
+                    }
+                }
+                GroupWrite::ExpireOffsets {
+                    group_id,
+                    partitions,
+                } => {
+                    let mut st = tx.prepare_cached(
+                        "DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3 AND commit_ms = ?4",
+                    )?;
+                    for (topic, partition, commit_ms) in partitions {
+                        st.execute(params![group_id, topic, partition, commit_ms])?;
+                    }
+                }
+                GroupWrite::DeleteTopicOffsets { topic } => {
+                    tx.execute("DELETE FROM group_offsets WHERE topic = ?1", [topic])?;
+                }
+                GroupWrite::SaveGroup {
+                    group_id,
+                    state: Some(doc),
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO groups (group_id, state) VALUES (?1, ?2)",
+                        params![group_id, doc],
+                    )?;
+                }
+                GroupWrite::SaveGroup {
+                    group_id,
+                    state: None,
+                } => {
+                    tx.execute("DELETE FROM groups WHERE group_id = ?1", [group_id])?;
+                }
             }
         }
         tx.commit()?;
