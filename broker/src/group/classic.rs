@@ -657,21 +657,19 @@ impl ClassicGroup {
         }
     }
 
-    /// Checks a member's identity for Sync/Heartbeat/OffsetCommit (static fencing first, as Kafka does).
+    /// Checks a member's identity for Sync/Heartbeat/OffsetCommit, as Kafka's ClassicGroup.validateMember:
+    /// with an instance id, its static member must exist (UNKNOWN_MEMBER_ID) and be this member id
+    /// (FENCED_INSTANCE_ID); without one, the member id must be known.
     pub fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> Result<(), i16> {
-        if let Some(instance) = instance_id {
-            match self.static_members.get(instance) {
-                Some(current) if current != member_id => return Err(error::FENCED_INSTANCE_ID),
-                None if !self.members.contains_key(member_id) => {
-                    return Err(error::UNKNOWN_MEMBER_ID)
-                }
-                _ => {}
-            }
+        match instance_id {
+            Some(instance) => match self.static_members.get(instance) {
+                None => Err(error::UNKNOWN_MEMBER_ID),
+                Some(current) if current != member_id => Err(error::FENCED_INSTANCE_ID),
+                Some(_) => Ok(()),
+            },
+            None if self.members.contains_key(member_id) => Ok(()),
+            None => Err(error::UNKNOWN_MEMBER_ID),
         }
-        if !self.members.contains_key(member_id) {
-            return Err(error::UNKNOWN_MEMBER_ID);
-        }
-        Ok(())
     }
 
     pub fn sync(&mut self, req: SyncRequest, now: Instant) -> (Pending<SyncResult>, bool) {
@@ -1239,5 +1237,71 @@ mod tests {
         );
         assert_eq!(g.state, ClassicState::Empty);
         assert!(g.members.is_empty());
+    }
+
+    /// group.max.size (Kafka's acceptJoiningMember): past the limit a new member is refused, a
+    /// member already in is not.
+    #[test]
+    fn classic_group_max_size() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        assert!(
+            g.accept_joining_member("", 1, t),
+            "an Empty group takes anyone"
+        );
+        let j = waited(g.join("g", req("", Some("a"), &["range"]), Duration::ZERO, t))
+            .try_recv()
+            .unwrap();
+        let _ = sync(&mut g, &j.member_id, None, 1, None, vec![], t);
+        assert_eq!(g.state, ClassicState::Stable);
+        assert!(!g.accept_joining_member("", 1, t), "full");
+        assert!(
+            g.accept_joining_member(&j.member_id, 1, t),
+            "a member already in"
+        );
+        assert!(g.accept_joining_member("", 2, t));
+    }
+
+    /// Kafka's ClassicGroup.validateOffsetCommit, state by state.
+    #[test]
+    fn offset_commit_validation() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        assert_eq!(
+            g.validate_offset_commit("", None, -1),
+            Ok(()),
+            "admin, Empty"
+        );
+        assert_eq!(
+            g.validate_offset_commit("x", None, 0),
+            Err(error::UNKNOWN_MEMBER_ID)
+        );
+        let j = waited(g.join("g", req("", Some("a"), &["range"]), Duration::ZERO, t))
+            .try_recv()
+            .unwrap();
+        assert_eq!(g.state, ClassicState::CompletingRebalance);
+        assert_eq!(
+            g.validate_offset_commit(&j.member_id, None, 1),
+            Err(error::REBALANCE_IN_PROGRESS)
+        );
+        let _ = sync(&mut g, &j.member_id, None, 1, None, vec![], t);
+        assert_eq!(g.validate_offset_commit(&j.member_id, None, 1), Ok(()));
+        assert_eq!(
+            g.validate_offset_commit("", None, -1),
+            Err(error::UNKNOWN_MEMBER_ID),
+            "admin commits only to an Empty group"
+        );
+        // b joins: PreparingRebalance still takes a's current generation.
+        let _rb = waited(g.join("g", req("", Some("b"), &["range"]), Duration::ZERO, t));
+        assert_eq!(g.state, ClassicState::PreparingRebalance);
+        assert_eq!(g.validate_offset_commit(&j.member_id, None, 1), Ok(()));
+        assert_eq!(
+            g.validate_offset_commit(&j.member_id, None, 0),
+            Err(error::ILLEGAL_GENERATION)
+        );
+        assert_eq!(
+            g.validate_offset_commit(&j.member_id, Some("other"), 1),
+            Err(error::UNKNOWN_MEMBER_ID)
+        );
     }
 }

@@ -775,4 +775,122 @@ mod tests {
             Err(error::UNKNOWN_MEMBER_ID)
         );
     }
+
+    /// Issue 9.8: the target is computed once per group epoch, not per heartbeat; heartbeats in
+    /// between cost only their own member's assignment. A subscribed topic growing partitions moves
+    /// the epoch (found by the timer), which recomputes once.
+    #[tokio::test]
+    async fn target_is_computed_once_per_group_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 6, Default::default())
+            .await
+            .unwrap();
+        let mut g = ConsumerGroup::default();
+        let now = Instant::now();
+        let session = Duration::from_secs(45);
+        let mut owned: HashMap<String, Option<Assignment>> = HashMap::new();
+        for id in ["a", "b", "c"] {
+            let r = g.heartbeat(hb(id, 0, Some(Assignment::new())), &storage, now);
+            owned.insert(id.to_string(), r.assignment);
+        }
+        // Settle: each member heartbeats with what it was told to own until nothing moves.
+        for _ in 0..4 {
+            for id in ["a", "b", "c"] {
+                let epoch = g.members[id].member_epoch;
+                let r = g.heartbeat(hb(id, epoch, owned[id].clone()), &storage, now);
+                owned.insert(id.to_string(), r.assignment);
+            }
+        }
+        assert_eq!(g.state_name(), "Stable");
+        assert!(owned.values().all(|a| count(a) == 2));
+        let settled = g.computations;
+        assert_eq!(
+            settled, 3,
+            "once per join, at the heartbeat after the epoch moved"
+        );
+        for _ in 0..50 {
+            for id in ["a", "b", "c"] {
+                let epoch = g.members[id].member_epoch;
+                g.heartbeat(hb(id, epoch, owned[id].clone()), &storage, now);
+            }
+        }
+        assert!(!g.tick("g", now, session, &storage), "nothing changed");
+        assert_eq!(
+            g.computations, settled,
+            "unchanged heartbeats compute nothing"
+        );
+        storage.create_partitions("t", 9).await.unwrap();
+        let later = now + Duration::from_secs(2);
+        assert!(
+            g.tick("g", later, session, &storage),
+            "new partitions move the epoch"
+        );
+        let epoch = g.members["a"].member_epoch;
+        let r = g.heartbeat(hb("a", epoch, owned["a"].clone()), &storage, later);
+        assert_eq!(g.computations, settled + 1);
+        assert_eq!(count(&r.assignment), 3, "a gets one of the new partitions");
+    }
+
+    /// Issue 9.8: a member that does not confirm revoking within its rebalance timeout is fenced
+    /// (Kafka's consumer-group rebalance timeout), and its partitions go to the others.
+    #[tokio::test]
+    async fn member_that_does_not_revoke_in_time_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 4, Default::default())
+            .await
+            .unwrap();
+        let mut g = ConsumerGroup::default();
+        let t = Instant::now();
+        let session = Duration::from_secs(45);
+        let a = g.heartbeat(hb("a", 0, Some(Assignment::new())), &storage, t);
+        assert_eq!(count(&a.assignment), 4);
+        g.heartbeat(hb("b", 0, Some(Assignment::new())), &storage, t);
+        let a2 = g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, t);
+        assert_eq!(count(&a2.assignment), 2, "a is told to give two up");
+        // a keeps heartbeating (its session stays alive) but never lets the two go.
+        for s in [10, 20, 29] {
+            let at = t + Duration::from_secs(s);
+            g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, at);
+            assert!(!g.tick("g", at, session, &storage));
+        }
+        let late = t + Duration::from_secs(31); // rebalance timeout 30 s (see hb)
+        assert!(g.tick("g", late, session, &storage), "a is fenced");
+        assert!(!g.members.contains_key("a"));
+        let epoch = g.members["b"].member_epoch;
+        let b = g.heartbeat(hb("b", epoch, Some(Assignment::new())), &storage, late);
+        let b = g.heartbeat(
+            hb("b", b.member_epoch, b.assignment.clone()),
+            &storage,
+            late,
+        );
+        assert_eq!(count(&b.assignment), 4, "b has everything a held");
+        assert_eq!(
+            g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, late)
+                .error,
+            error::UNKNOWN_MEMBER_ID
+        );
+    }
+
+    /// group.consumer.max.size: a new member past the limit gets GROUP_MAX_SIZE_REACHED; members
+    /// already in keep heartbeating.
+    #[tokio::test]
+    async fn consumer_group_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let mut g = ConsumerGroup::default();
+        let now = Instant::now();
+        assert!(g.refuse_if_full(&hb("a", 0, None), 1).is_none());
+        g.heartbeat(hb("a", 0, None), &storage, now);
+        let full = g.refuse_if_full(&hb("b", 0, None), 1).expect("refused");
+        assert_eq!(full.error, error::GROUP_MAX_SIZE_REACHED);
+        assert!(
+            g.refuse_if_full(&hb("a", 0, None), 1).is_none(),
+            "a rejoining"
+        );
+        assert!(g.refuse_if_full(&hb("a", 1, None), 1).is_none());
+    }
 }

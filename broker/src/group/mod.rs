@@ -773,3 +773,171 @@ pub(crate) mod hex_bytes {
         bytes.map(Bytes::from).map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamhouse_storage::StorageConfig;
+
+    async fn coordinator(config: GroupConfig) -> (tempfile::TempDir, Arc<GroupCoordinator>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 2, Default::default())
+            .await
+            .unwrap();
+        (dir, GroupCoordinator::open(storage, config).unwrap())
+    }
+
+    async fn commit(c: &GroupCoordinator, group: &str, member: &str, generation: i32) -> i16 {
+        let req = CommitRequest {
+            group_id: group.into(),
+            member_id: member.into(),
+            instance_id: None,
+            generation_or_epoch: generation,
+            api_version: 8,
+            offsets: vec![("t".into(), 0, 7, -1, None)],
+        };
+        match c.commit_offsets(req) {
+            CommitReply::Done(Ok(codes)) => codes[0],
+            CommitReply::Done(Err(code)) => code,
+            CommitReply::Written(codes, rx) => {
+                assert!(rx.await.unwrap());
+                codes[0]
+            }
+        }
+    }
+
+    fn committed(c: &GroupCoordinator, group: &str) -> Option<i64> {
+        let found = c.fetch_offsets(group, Some(vec![("t".into(), vec![0])]));
+        found[0].1[0].1.as_ref().map(|o| o.offset)
+    }
+
+    async fn settle(c: &GroupCoordinator) {
+        assert!(c.barrier().await.unwrap());
+    }
+
+    /// Issue 9.11: a standalone consumer's offsets expire offsets.retention.minutes after their
+    /// commit (Kafka's OffsetExpirationCondition by commit time), and the group, empty with nothing
+    /// left, goes with them; a newer commit is kept.
+    #[tokio::test]
+    async fn standalone_offsets_expire_by_commit_time() {
+        let retention = Duration::from_secs(60);
+        let (_dir, c) = coordinator(GroupConfig {
+            offsets_retention: retention,
+            ..Default::default()
+        })
+        .await;
+        let before = now_ms();
+        assert_eq!(commit(&c, "simple", "", -1).await, error::NONE);
+        let committed_at = c
+            .fetch_offsets("simple", None)
+            .first()
+            .and_then(|(_, ps)| ps[0].1.as_ref().map(|o| o.commit_ms))
+            .unwrap();
+        assert!(committed_at >= before);
+        assert_eq!(c.expire_offsets(committed_at + 59_999), 0, "not yet");
+        assert_eq!(c.expire_offsets(committed_at + 60_000), 1);
+        settle(&c).await;
+        assert_eq!(committed(&c, "simple"), None);
+        assert!(c.list().is_empty(), "the empty group went with its offsets");
+    }
+
+    /// A classic group's offsets expire only once the group is Empty, counting from when it became
+    /// Empty (Kafka's currentStateTimestamp), not from the commit.
+    #[tokio::test]
+    async fn classic_group_offsets_expire_after_it_became_empty() {
+        let (_dir, c) = coordinator(GroupConfig {
+            offsets_retention: Duration::from_secs(60),
+            initial_rebalance_delay: Duration::ZERO,
+            ..Default::default()
+        })
+        .await;
+        let join = classic::JoinRequest {
+            member_id: String::new(),
+            instance_id: Some("i".into()),
+            client_id: "c".into(),
+            client_host: "h".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: "consumer".into(),
+            // ConsumerProtocolSubscription v0 for topic "t": subscribed offsets never expire.
+            protocols: vec![(
+                "range".into(),
+                bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 255, 255, 255, 255]),
+            )],
+            require_known_member_id: true,
+        };
+        let member = match c.join("g", join) {
+            classic::Pending::Wait(mut rx) => rx.try_recv().unwrap().member_id,
+            classic::Pending::Now(r) => panic!("{r:?}"),
+        };
+        let sync = classic::SyncRequest {
+            member_id: member.clone(),
+            instance_id: None,
+            generation: 1,
+            protocol_type: None,
+            protocol_name: None,
+            assignments: vec![],
+        };
+        let _ = c.with_classic("g", None, |g| Some(g.sync(sync, Instant::now())));
+        assert_eq!(commit(&c, "g", &member, 1).await, error::NONE);
+        let far = now_ms() + 3_600_000;
+        assert_eq!(
+            c.expire_offsets(far),
+            0,
+            "a group with members keeps its offsets"
+        );
+        let (code, _) = c.with_classic("g", (0, false), |g| {
+            g.leave(&member, None, Duration::ZERO, Instant::now())
+        });
+        assert_eq!(code, error::NONE);
+        let since = c
+            .with_classic("g", None, |g| g.empty_since_ms)
+            .expect("Empty since now");
+        assert_eq!(c.expire_offsets(since + 59_999), 0);
+        assert_eq!(c.expire_offsets(since + 60_000), 1);
+        settle(&c).await;
+        assert_eq!(committed(&c, "g"), None);
+    }
+
+    /// The timer does it on its own every offsets.retention.check.interval.ms.
+    #[tokio::test]
+    async fn the_timer_expires_offsets() {
+        let (_dir, c) = coordinator(GroupConfig {
+            offsets_retention: Duration::from_millis(200),
+            offsets_retention_check_interval: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(commit(&c, "simple", "", -1).await, error::NONE);
+        assert_eq!(committed(&c, "simple"), Some(7));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while committed(&c, "simple").is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(committed(&c, "simple"), None, "expired by the timer");
+    }
+
+    /// A commit from a member that is not in the group, or of a group that does not exist, is
+    /// refused with Kafka's codes; an admin commit makes a simple group.
+    #[tokio::test]
+    async fn commit_validation_codes() {
+        let (_dir, c) = coordinator(GroupConfig::default()).await;
+        assert_eq!(commit(&c, "none", "m", 3).await, error::ILLEGAL_GENERATION);
+        let v9 = CommitRequest {
+            group_id: "none".into(),
+            member_id: "m".into(),
+            instance_id: None,
+            generation_or_epoch: 3,
+            api_version: 9,
+            offsets: vec![("t".into(), 0, 7, -1, None)],
+        };
+        assert!(matches!(
+            c.commit_offsets(v9),
+            CommitReply::Done(Err(error::GROUP_ID_NOT_FOUND))
+        ));
+        assert_eq!(commit(&c, "simple", "", -1).await, error::NONE);
+        assert_eq!(commit(&c, "simple", "m", 1).await, error::UNKNOWN_MEMBER_ID);
+    }
+}
