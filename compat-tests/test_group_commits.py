@@ -24,10 +24,12 @@ from compat_util import REPO, create_topic, produce_all, producer, wait_until
 SESSION_MS = 6000  # the broker minimum (group.min.session.timeout.ms)
 
 
-def subscribed_consumer(bootstrap, group, topic, **conf):
+def subscribed_consumer(bootstrap, group, topic, on_commit=None, **conf):
     c = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
          "enable.auto.commit": False, "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500}
     c.update({k.replace("_", "."): v for k, v in conf.items()})
+    if on_commit is not None:
+        c["on_commit"] = on_commit
     consumer = Consumer(c)
     assigned = []
     consumer.subscribe([topic], on_assign=lambda _c, ps: assigned.extend(ps))
@@ -136,7 +138,10 @@ def test_java_commit_async_ends_at_the_last_offset(broker, topic, commit_async_c
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     lines = dict(l.split(" ", 1) for l in r.stdout.splitlines() if " " in l)
     assert lines.get("CALLBACKS", "").startswith("100 ERRORS 0"), r.stdout
-    assert lines.get("AT_ONCE") == "100", r.stdout
+    if protocol == "consumer":
+        # The KIP-848 consumer sends its commits at once, so committed() right behind them sees the
+        # last one; the classic one sends them at its next poll (committed() can come first, on Kafka too).
+        assert lines.get("AT_ONCE") == "100", r.stdout
     assert lines.get("COMMITTED") == "100", r.stdout
 
 

@@ -552,7 +552,9 @@ impl BrokerConfig {
         crate::group::GroupConfig {
             initial_rebalance_delay: Self::ms(self.group_initial_rebalance_delay_ms),
             consumer_heartbeat_interval: Self::ms(self.group_consumer_heartbeat_interval_ms),
-            offsets_retention: Duration::from_secs(self.offsets_retention_minutes.max(1) as u64 * 60),
+            offsets_retention: Duration::from_secs(
+                self.offsets_retention_minutes.max(1) as u64 * 60,
+            ),
             offsets_retention_check_interval: Self::ms(
                 self.offsets_retention_check_interval_ms.max(1),
             ),

@@ -105,6 +105,7 @@ fn one_record() -> Bytes {
     let rec = Record {
         transactional: false,
         control: false,
+        delete_horizon: false,
         partition_leader_epoch: -1,
         producer_id: -1,
         producer_epoch: -1,
