@@ -172,7 +172,7 @@ fn summary(name: &str, mut v: Vec<Duration>) -> String {
 
 type Owned = Arc<Mutex<HashMap<String, BTreeSet<(uuid::Uuid, i32)>>>>;
 
-/// One KIP-848 member: joins, then heartbeats reporting what it owns, until `stop`.
+/// One KIP-848 member: joins, then heartbeats reporting what it owns, until `stopping` is set.
 async fn member(
     addr: SocketAddr,
     group: String,
@@ -180,7 +180,6 @@ async fn member(
     id: String,
     every: Duration,
     owned: Owned,
-    stop: Arc<tokio::sync::Notify>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut c = Client::connect(addr).await;
@@ -230,10 +229,7 @@ async fn member(
         if stopping.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.notified() => {}
-        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -273,7 +269,6 @@ async fn kip848_heartbeats_and_produce_latency() {
     let quiet = summary("no group", produce_latencies(addr, &lat, secs).await);
 
     let owned: Owned = Arc::new(Mutex::new(HashMap::new()));
-    let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let group = format!("load-{run}");
     let mut tasks = Vec::new();
@@ -285,7 +280,6 @@ async fn kip848_heartbeats_and_produce_latency() {
             format!("{run}-member-{i:04}"),
             every,
             owned.clone(),
-            stop.clone(),
             stopping.clone(),
         )));
     }
@@ -314,7 +308,6 @@ async fn kip848_heartbeats_and_produce_latency() {
         produce_latencies(addr, &lat, secs).await,
     );
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-    stop.notify_waiters();
     for t in tasks {
         t.abort();
     }

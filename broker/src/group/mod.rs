@@ -166,22 +166,23 @@ impl Group {
     /// by commit time; a standalone group (no protocol) and a KIP-848 group by commit time.
     /// Returns the expired (topic, partition, commit_ms) and whether every offset expired.
     fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> (Vec<(String, i32, i64)>, bool) {
-        let base: Option<Box<dyn Fn(&CommittedOffset) -> i64>> = match &self.kind {
+        // What an offset's age counts from: its commit, or when the group became Empty.
+        enum Since {
+            Commit,
+            Empty(Option<i64>),
+        }
+        let since = match &self.kind {
             GroupKind::Classic(c) => match (&c.protocol_type, c.state) {
-                (None, _) => Some(Box::new(|o| o.commit_ms)),
-                (Some(_), classic::ClassicState::Empty) => {
-                    let since = c.empty_since_ms;
-                    Some(Box::new(move |o| since.unwrap_or(o.commit_ms)))
-                }
-                (Some(t), classic::ClassicState::Stable) if t == "consumer" => {
-                    Some(Box::new(|o| o.commit_ms))
-                }
-                _ => None,
+                (None, _) => Since::Commit,
+                (Some(_), classic::ClassicState::Empty) => Since::Empty(c.empty_since_ms),
+                (Some(t), classic::ClassicState::Stable) if t == "consumer" => Since::Commit,
+                _ => return (Vec::new(), false),
             },
-            GroupKind::Consumer(_) => Some(Box::new(|o| o.commit_ms)),
+            GroupKind::Consumer(_) => Since::Commit,
         };
-        let Some(base) = base else {
-            return (Vec::new(), false);
+        let base = |o: &CommittedOffset| match since {
+            Since::Commit => o.commit_ms,
+            Since::Empty(at) => at.unwrap_or(o.commit_ms),
         };
         let subscribed = self.subscribed_topics();
         let mut expired = Vec::new();
@@ -267,7 +268,10 @@ pub enum CommitReply {
 
 pub struct GroupCoordinator {
     pub config: GroupConfig,
+    /// Lock rule (see the module notes): the directory only finds, inserts or removes a group; all
+    /// work on a group holds that group's lock alone, never across an await and never around I/O.
     groups: Arc<Directory>,
+    /// Every metadata-store write, in request order, on its own thread.
     writer: Writer,
     pub(crate) storage: Arc<Storage>,
 }
