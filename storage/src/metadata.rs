@@ -978,6 +978,58 @@ mod tests {
         assert!(m.load_offsets().unwrap().is_empty());
     }
 
+    /// The coordinator's batch: one transaction, in order; an expiry deletes only the commit it saw,
+    /// a deleted topic takes every group's offsets of it.
+    #[test]
+    fn group_writes_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMetadata::open(&dir.path().join("meta.db"), true).unwrap();
+        let rec = |g: &str, t: &str, o, ms| OffsetRecord {
+            group_id: g.into(),
+            topic: t.into(),
+            partition: 0,
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: ms,
+        };
+        m.group_writes(&[
+            GroupWrite::Offsets(vec![rec("a", "t", 1, 10), rec("a", "u", 1, 10)]),
+            GroupWrite::Offsets(vec![rec("b", "t", 2, 10), rec("a", "t", 3, 20)]),
+            GroupWrite::SaveGroup {
+                group_id: "a".into(),
+                state: Some("{}".into()),
+            },
+            // Saw the commit of ms 10, but ms 20 replaced it first: kept.
+            GroupWrite::ExpireOffsets {
+                group_id: "a".into(),
+                partitions: vec![("t".into(), 0, 10), ("u".into(), 0, 10)],
+            },
+        ])
+        .unwrap();
+        let mut got: Vec<_> = m
+            .load_offsets()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group_id, r.topic, r.offset))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("a".into(), "t".into(), 3), ("b".into(), "t".into(), 2)]
+        );
+        m.group_writes(&[
+            GroupWrite::DeleteTopicOffsets { topic: "t".into() },
+            GroupWrite::SaveGroup {
+                group_id: "a".into(),
+                state: None,
+            },
+        ])
+        .unwrap();
+        assert!(m.load_offsets().unwrap().is_empty());
+        assert!(m.load_groups().unwrap().is_empty());
+    }
+
     #[test]
     fn topics_blocks_and_producers_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
