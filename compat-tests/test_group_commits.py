@@ -106,13 +106,12 @@ JAVA_COMMIT_ASYNC = textwrap.dedent("""
 """)
 
 
-def kafka_libs():
-    libs = os.environ.get("KAFKA_LIBS")
-    if libs:
-        return Path(libs)
-    found = sorted((Path.home() / ".cache" / "streamhouse-kafka").glob("*/libs"))
-    assert found, "Kafka jars missing: run scripts/kafka/fetch.sh"
-    return found[-1]
+def kafka_classpath():
+    """The Kafka jars' classpath as scripts/kafka/kafka.sh uses it (KAFKA_LIBS, or the fetched cache)."""
+    common = REPO / "scripts" / "kafka" / "common.sh"
+    r = subprocess.run(["bash", "-c", f'. "{common}" && kafka_cp'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +119,7 @@ def commit_async_class():
     """CommitAsync.java compiled against the Kafka 4.4 client jars (javac from the JDK)."""
     out = Path(tempfile.mkdtemp(prefix="commit-async-"))
     (out / "CommitAsync.java").write_text(JAVA_COMMIT_ASYNC)
-    cp = f"{kafka_libs()}/*"
+    cp = kafka_classpath()
     r = subprocess.run(["javac", "-cp", cp, "-d", str(out), str(out / "CommitAsync.java")],
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
