@@ -251,6 +251,17 @@ settings! {
     group_initial_rebalance_delay_ms: u64 = "3000", key "group.initial.rebalance.delay.ms";
     /// Heartbeat interval given to KIP-848 consumers.
     group_consumer_heartbeat_interval_ms: u64 = "5000", key "group.consumer.heartbeat.interval.ms";
+    /// Committed offsets of a group are kept this long after it became empty (a standalone
+    /// consumer's, and those of topics a group no longer subscribes to: after their commit), then
+    /// deleted, and the empty group with them, as in Kafka. Each group with offsets is a few rows.
+    offsets_retention_minutes: i32 = "10080", key "offsets.retention.minutes";
+    /// How often expired offsets are looked for.
+    offsets_retention_check_interval_ms: u64 = "600000", key "offsets.retention.check.interval.ms";
+    /// Most members of a classic group; more get GROUP_MAX_SIZE_REACHED. Each member holds its
+    /// subscription and assignment.
+    group_max_size: i32 = "2147483647", key "group.max.size";
+    /// Most members of a KIP-848 group; more get GROUP_MAX_SIZE_REACHED.
+    group_consumer_max_size: i32 = "2147483647", key "group.consumer.max.size";
 }
 
 /// The layers a value can come from, lowest first: default < file < environment < flag.
@@ -436,6 +447,19 @@ impl BrokerConfig {
             "fetch.max.bytes must not be negative"
         );
         anyhow::ensure!(s.num_partitions >= 1, "num.partitions must be at least 1");
+        // Kafka's lower bounds for these.
+        anyhow::ensure!(
+            s.offsets_retention_minutes >= 1,
+            "offsets.retention.minutes must be at least 1"
+        );
+        anyhow::ensure!(
+            s.offsets_retention_check_interval_ms >= 1,
+            "offsets.retention.check.interval.ms must be at least 1"
+        );
+        anyhow::ensure!(
+            s.group_max_size >= 1 && s.group_consumer_max_size >= 1,
+            "group.max.size and group.consumer.max.size must be at least 1"
+        );
         anyhow::ensure!(
             s.message_max_bytes >= 1,
             "message.max.bytes must be positive"
@@ -528,6 +552,14 @@ impl BrokerConfig {
         crate::group::GroupConfig {
             initial_rebalance_delay: Self::ms(self.group_initial_rebalance_delay_ms),
             consumer_heartbeat_interval: Self::ms(self.group_consumer_heartbeat_interval_ms),
+            offsets_retention: Duration::from_secs(
+                self.offsets_retention_minutes.max(1) as u64 * 60,
+            ),
+            offsets_retention_check_interval: Self::ms(
+                self.offsets_retention_check_interval_ms.max(1),
+            ),
+            classic_max_size: self.group_max_size.max(1) as usize,
+            consumer_max_size: self.group_consumer_max_size.max(1) as usize,
             ..Default::default()
         }
     }

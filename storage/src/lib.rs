@@ -18,4 +18,4 @@ pub use engine::{
     StorageConfig, Topic,
 };
 pub use error::StorageError;
-pub use metadata::{MetadataStore, OffsetRecord, SqliteMetadata, TopicConfigs};
+pub use metadata::{GroupWrite, MetadataStore, OffsetRecord, SqliteMetadata, TopicConfigs};

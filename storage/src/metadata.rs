@@ -151,6 +151,33 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn upload_intents(&self) -> Result<Vec<u64>, StorageError>;
     /// Forgets upload intents whose objects are deleted (or committed).
     fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError>;
+    /// The group coordinator's writes, in order, as one transaction (one fsync for a whole batch).
+    fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError>;
+}
+
+/// One change to committed offsets or group state, for [`MetadataStore::group_writes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupWrite {
+    /// Commits, replacing earlier ones of the same partitions.
+    Offsets(Vec<OffsetRecord>),
+    /// A group's offsets: the given (topic, partition) pairs, or all with `None`.
+    DeleteOffsets {
+        group_id: String,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    /// Expired offsets: (topic, partition, commit_ms) deleted only while still that commit, so a
+    /// newer commit written first is kept.
+    ExpireOffsets {
+        group_id: String,
+        partitions: Vec<(String, i32, i64)>,
+    },
+    /// Every group's offsets of a deleted topic.
+    DeleteTopicOffsets { topic: String },
+    /// A group's coordinator document, or its removal with `None`.
+    SaveGroup {
+        group_id: String,
+        state: Option<String>,
+    },
 }
 
 pub struct SqliteMetadata {
@@ -808,6 +835,80 @@ impl MetadataStore for SqliteMetadata {
         tx.commit()?;
         Ok(())
     }
+
+    fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for w in writes {
+            match w {
+                GroupWrite::Offsets(offsets) => {
+                    let mut st = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO group_offsets (group_id, topic, partition, committed_offset, leader_epoch, metadata, commit_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    for o in offsets {
+                        st.execute(params![
+                            o.group_id,
+                            o.topic,
+                            o.partition,
+                            o.offset,
+                            o.leader_epoch,
+                            o.metadata,
+                            o.commit_ms
+                        ])?;
+                    }
+                }
+                GroupWrite::DeleteOffsets {
+                    group_id,
+                    partitions: None,
+                } => {
+                    tx.execute("DELETE FROM group_offsets WHERE group_id = ?1", [group_id])?;
+                }
+                GroupWrite::DeleteOffsets {
+                    group_id,
+                    partitions: Some(list),
+                } => {
+                    let mut st = tx.prepare_cached(
+                        "DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                    )?;
+                    for (topic, partition) in list {
+                        st.execute(params![group_id, topic, partition])?;
+                    }
+                }
+                GroupWrite::ExpireOffsets {
+                    group_id,
+                    partitions,
+                } => {
+                    let mut st = tx.prepare_cached(
+                        "DELETE FROM group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3 AND commit_ms = ?4",
+                    )?;
+                    for (topic, partition, commit_ms) in partitions {
+                        st.execute(params![group_id, topic, partition, commit_ms])?;
+                    }
+                }
+                GroupWrite::DeleteTopicOffsets { topic } => {
+                    tx.execute("DELETE FROM group_offsets WHERE topic = ?1", [topic])?;
+                }
+                GroupWrite::SaveGroup {
+                    group_id,
+                    state: Some(doc),
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO groups (group_id, state) VALUES (?1, ?2)",
+                        params![group_id, doc],
+                    )?;
+                }
+                GroupWrite::SaveGroup {
+                    group_id,
+                    state: None,
+                } => {
+                    tx.execute("DELETE FROM groups WHERE group_id = ?1", [group_id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 impl SqliteMetadata {
@@ -875,6 +976,58 @@ mod tests {
         assert_eq!(m.load_offsets().unwrap().len(), 1);
         m.delete_offsets("g", None).unwrap();
         assert!(m.load_offsets().unwrap().is_empty());
+    }
+
+    /// The coordinator's batch: one transaction, in order; an expiry deletes only the commit it saw,
+    /// a deleted topic takes every group's offsets of it.
+    #[test]
+    fn group_writes_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMetadata::open(&dir.path().join("meta.db"), true).unwrap();
+        let rec = |g: &str, t: &str, o, ms| OffsetRecord {
+            group_id: g.into(),
+            topic: t.into(),
+            partition: 0,
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: ms,
+        };
+        m.group_writes(&[
+            GroupWrite::Offsets(vec![rec("a", "t", 1, 10), rec("a", "u", 1, 10)]),
+            GroupWrite::Offsets(vec![rec("b", "t", 2, 10), rec("a", "t", 3, 20)]),
+            GroupWrite::SaveGroup {
+                group_id: "a".into(),
+                state: Some("{}".into()),
+            },
+            // Saw the commit of ms 10, but ms 20 replaced it first: kept.
+            GroupWrite::ExpireOffsets {
+                group_id: "a".into(),
+                partitions: vec![("t".into(), 0, 10), ("u".into(), 0, 10)],
+            },
+        ])
+        .unwrap();
+        let mut got: Vec<_> = m
+            .load_offsets()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group_id, r.topic, r.offset))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("a".into(), "t".into(), 3), ("b".into(), "t".into(), 2)]
+        );
+        m.group_writes(&[
+            GroupWrite::DeleteTopicOffsets { topic: "t".into() },
+            GroupWrite::SaveGroup {
+                group_id: "a".into(),
+                state: None,
+            },
+        ])
+        .unwrap();
+        assert!(m.load_offsets().unwrap().is_empty());
+        assert!(m.load_groups().unwrap().is_empty());
     }
 
     #[test]

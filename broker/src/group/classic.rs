@@ -138,9 +138,78 @@ pub struct ClassicGroup {
     initial_delay_until: Option<Instant>,
     sync_deadline: Option<Instant>,
     next_seq: u64,
+    /// Wall-clock ms since when the group is Empty (Kafka's currentStateTimestamp while Empty), which
+    /// offset expiry counts from; `None` when not Empty or not known.
+    pub empty_since_ms: Option<i64>,
 }
 
 impl ClassicGroup {
+    /// Records when the group became Empty (the caller passes the wall clock; the state machine
+    /// itself only knows `Instant`s).
+    pub fn note_state(&mut self, now_ms: i64) {
+        if self.state != ClassicState::Empty {
+            self.empty_since_ms = None;
+        } else if self.empty_since_ms.is_none() {
+            self.empty_since_ms = Some(now_ms);
+        }
+    }
+
+    /// Kafka's acceptJoiningMember (group.max.size): always while Empty; while PreparingRebalance a
+    /// member already waiting in JoinGroup, or anyone while fewer than the limit wait; otherwise a
+    /// known member, or anyone while the group is below the limit. A known member refused is
+    /// removed from the group (Kafka: the last members to rejoin are the ones kicked out).
+    pub fn accept_joining_member(&mut self, member_id: &str, max: usize, now: Instant) -> bool {
+        let known = self.members.get(member_id);
+        let accepted = match self.state {
+            ClassicState::Empty => true,
+            ClassicState::PreparingRebalance => {
+                known.is_some_and(|m| m.join_waiter.is_some())
+                    || self
+                        .members
+                        .values()
+                        .filter(|m| m.join_waiter.is_some())
+                        .count()
+                        < max
+            }
+            ClassicState::CompletingRebalance | ClassicState::Stable => {
+                known.is_some() || self.members.len() < max
+            }
+        };
+        if !accepted && known.is_some() {
+            self.remove_member(member_id);
+            self.after_removal(Duration::ZERO, now);
+        }
+        accepted
+    }
+
+    /// Kafka's ClassicGroup.validateOffsetCommit: a commit without a generation (-1) is taken only
+    /// while the group is Empty; otherwise the member must be known (static members by instance id
+    /// first) and its generation the current one; while the group waits for the leader's assignment
+    /// (CompletingRebalance) the member is told to finish the rebalance. PreparingRebalance accepts
+    /// the current generation: its members still own their partitions until they rejoin.
+    pub fn validate_offset_commit(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i16> {
+        if generation < 0 && self.state == ClassicState::Empty {
+            return Ok(());
+        }
+        if generation >= 0 || !member_id.is_empty() || instance_id.is_some() {
+            self.check_member(member_id, instance_id)?;
+            if generation != self.generation {
+                return Err(error::ILLEGAL_GENERATION);
+            }
+        } else if self.state != ClassicState::Empty {
+            return Err(error::UNKNOWN_MEMBER_ID);
+        }
+        if self.state == ClassicState::CompletingRebalance {
+            return Err(error::REBALANCE_IN_PROGRESS);
+        }
+        Ok(())
+    }
+
     pub fn join(
         &mut self,
         group_id: &str,
@@ -588,21 +657,19 @@ impl ClassicGroup {
         }
     }
 
-    /// Checks a member's identity for Sync/Heartbeat/OffsetCommit (static fencing first, as Kafka does).
+    /// Checks a member's identity for Sync/Heartbeat/OffsetCommit, as Kafka's ClassicGroup.validateMember:
+    /// with an instance id, its static member must exist (UNKNOWN_MEMBER_ID) and be this member id
+    /// (FENCED_INSTANCE_ID); without one, the member id must be known.
     pub fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> Result<(), i16> {
-        if let Some(instance) = instance_id {
-            match self.static_members.get(instance) {
-                Some(current) if current != member_id => return Err(error::FENCED_INSTANCE_ID),
-                None if !self.members.contains_key(member_id) => {
-                    return Err(error::UNKNOWN_MEMBER_ID)
-                }
-                _ => {}
-            }
+        match instance_id {
+            Some(instance) => match self.static_members.get(instance) {
+                None => Err(error::UNKNOWN_MEMBER_ID),
+                Some(current) if current != member_id => Err(error::FENCED_INSTANCE_ID),
+                Some(_) => Ok(()),
+            },
+            None if self.members.contains_key(member_id) => Ok(()),
+            None => Err(error::UNKNOWN_MEMBER_ID),
         }
-        if !self.members.contains_key(member_id) {
-            return Err(error::UNKNOWN_MEMBER_ID);
-        }
-        Ok(())
     }
 
     pub fn sync(&mut self, req: SyncRequest, now: Instant) -> (Pending<SyncResult>, bool) {
@@ -763,10 +830,14 @@ impl ClassicGroup {
     pub fn tick(&mut self, group_id: &str, now: Instant) -> bool {
         self.pending.retain(|_, deadline| *deadline > now);
         let mut changed = false;
-        // Members waiting in a rebalance are governed by its deadline, not by their session.
-        let preparing = self.state == ClassicState::PreparingRebalance;
+        // Kafka's heartbeat purgatory runs in every state: a member waiting in JoinGroup or SyncGroup
+        // has a satisfied heartbeat (the rebalance and sync deadlines govern it); any other member
+        // whose session ran out is removed, also while a rebalance waits for it to rejoin
+        // (ClassicGroupMember.hasSatisfiedHeartbeat).
         let expired = self.remove_members_where(|m| {
-            m.join_waiter.is_none() && !preparing && now > m.last_seen + m.session_timeout
+            m.join_waiter.is_none()
+                && m.sync_waiter.is_none()
+                && now > m.last_seen + m.session_timeout
         });
         for id in &expired {
             tracing::info!(group = group_id, member = %id, "member session expired");
@@ -825,6 +896,7 @@ impl ClassicGroup {
             protocol_name: self.protocol_name.clone(),
             leader: self.leader.clone(),
             stable: self.state == ClassicState::Stable,
+            empty_since_ms: self.empty_since_ms,
             members: members
                 .into_iter()
                 .map(|m| PersistedMember {
@@ -857,6 +929,7 @@ impl ClassicGroup {
             protocol_type: p.protocol_type,
             protocol_name: p.protocol_name,
             leader: p.leader,
+            empty_since_ms: p.empty_since_ms,
             ..Default::default()
         };
         for (seq, m) in p.members.into_iter().enumerate() {
@@ -907,6 +980,8 @@ pub struct PersistedClassic {
     protocol_name: Option<String>,
     leader: Option<String>,
     stable: bool,
+    #[serde(default)]
+    empty_since_ms: Option<i64>,
     members: Vec<PersistedMember>,
 }
 
@@ -1105,6 +1180,47 @@ mod tests {
         );
     }
 
+    /// Issue 16.3: a member that stops heartbeating (no LeaveGroup) while another one joins is removed
+    /// when its session expires, not at the rebalance deadline: Kafka's heartbeat purgatory keeps
+    /// running during PreparingRebalance, and a member not waiting in JoinGroup has no satisfied
+    /// heartbeat there.
+    #[test]
+    fn a_vanished_member_expires_during_a_pending_rebalance() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        let d = Duration::ZERO;
+        let j = waited(g.join("g", req("", Some("a"), &["range"]), d, t))
+            .try_recv()
+            .unwrap();
+        let _ = sync(&mut g, &j.member_id, None, 1, None, vec![], t);
+        assert_eq!(g.state, ClassicState::Stable);
+        // b joins (session 10 s, rebalance 30 s): the group waits for a to rejoin; a never does.
+        let mut rb = waited(g.join("g", req("", Some("b"), &["range"]), d, t));
+        assert_eq!(g.state, ClassicState::PreparingRebalance);
+        let soon = t + Duration::from_secs(5);
+        assert_eq!(
+            g.heartbeat(&j.member_id, None, 1, soon),
+            error::REBALANCE_IN_PROGRESS
+        );
+        assert!(
+            !g.tick("g", t + Duration::from_secs(14)),
+            "a's session still runs"
+        );
+        assert!(g.members.contains_key(&j.member_id));
+        g.tick("g", t + Duration::from_secs(16));
+        assert!(
+            !g.members.contains_key(&j.member_id),
+            "a expired with its session"
+        );
+        let jb = rb.try_recv().expect("b's join completed without a");
+        assert_eq!(
+            (jb.error, jb.generation, g.members.len()),
+            (error::NONE, 2, 1)
+        );
+        assert_eq!(g.state, ClassicState::CompletingRebalance);
+        // b, waiting in JoinGroup all along, was never at risk of expiring.
+    }
+
     #[test]
     fn expired_sessions_trigger_a_rebalance() {
         let mut g = ClassicGroup::default();
@@ -1121,5 +1237,71 @@ mod tests {
         );
         assert_eq!(g.state, ClassicState::Empty);
         assert!(g.members.is_empty());
+    }
+
+    /// group.max.size (Kafka's acceptJoiningMember): past the limit a new member is refused, a
+    /// member already in is not.
+    #[test]
+    fn classic_group_max_size() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        assert!(
+            g.accept_joining_member("", 1, t),
+            "an Empty group takes anyone"
+        );
+        let j = waited(g.join("g", req("", Some("a"), &["range"]), Duration::ZERO, t))
+            .try_recv()
+            .unwrap();
+        let _ = sync(&mut g, &j.member_id, None, 1, None, vec![], t);
+        assert_eq!(g.state, ClassicState::Stable);
+        assert!(!g.accept_joining_member("", 1, t), "full");
+        assert!(
+            g.accept_joining_member(&j.member_id, 1, t),
+            "a member already in"
+        );
+        assert!(g.accept_joining_member("", 2, t));
+    }
+
+    /// Kafka's ClassicGroup.validateOffsetCommit, state by state.
+    #[test]
+    fn offset_commit_validation() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        assert_eq!(
+            g.validate_offset_commit("", None, -1),
+            Ok(()),
+            "admin, Empty"
+        );
+        assert_eq!(
+            g.validate_offset_commit("x", None, 0),
+            Err(error::UNKNOWN_MEMBER_ID)
+        );
+        let j = waited(g.join("g", req("", Some("a"), &["range"]), Duration::ZERO, t))
+            .try_recv()
+            .unwrap();
+        assert_eq!(g.state, ClassicState::CompletingRebalance);
+        assert_eq!(
+            g.validate_offset_commit(&j.member_id, None, 1),
+            Err(error::REBALANCE_IN_PROGRESS)
+        );
+        let _ = sync(&mut g, &j.member_id, None, 1, None, vec![], t);
+        assert_eq!(g.validate_offset_commit(&j.member_id, None, 1), Ok(()));
+        assert_eq!(
+            g.validate_offset_commit("", None, -1),
+            Err(error::UNKNOWN_MEMBER_ID),
+            "admin commits only to an Empty group"
+        );
+        // b joins: PreparingRebalance still takes a's current generation.
+        let _rb = waited(g.join("g", req("", Some("b"), &["range"]), Duration::ZERO, t));
+        assert_eq!(g.state, ClassicState::PreparingRebalance);
+        assert_eq!(g.validate_offset_commit(&j.member_id, None, 1), Ok(()));
+        assert_eq!(
+            g.validate_offset_commit(&j.member_id, None, 0),
+            Err(error::ILLEGAL_GENERATION)
+        );
+        assert_eq!(
+            g.validate_offset_commit(&j.member_id, Some("other"), 1),
+            Err(error::UNKNOWN_MEMBER_ID)
+        );
     }
 }

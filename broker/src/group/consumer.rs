@@ -1,9 +1,17 @@
 //! KIP-848 consumer groups: the broker computes assignments (uniform or range) and hands them out
 //! through ConsumerGroupHeartbeat, revoking before it reassigns: a partition is given to its new owner
 //! only once its previous owner has reported, in a heartbeat, that it let it go.
+//!
+//! Cost: the target assignment is computed only when the group epoch moves (a member joined, left or
+//! changed its subscription, or a subscribed topic's partitions changed, found by the timer), as
+//! Kafka's GroupMetadataManager does; a heartbeat in between costs the size of its own member's
+//! assignment, because who holds which partition is kept in `owners` rather than gathered from
+//! every member. A member that does not revoke within its rebalance timeout is fenced (Kafka's
+//! consumer-group rebalance timeout).
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 use streamhouse_storage::Storage;
 use uuid::Uuid;
@@ -14,6 +22,10 @@ use crate::error;
 pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
 
 pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
+
+/// How often the timer looks for changed partitions of subscribed topics (Kafka reacts to each new
+/// metadata image; one second bounds both the delay and the cost of looking).
+const METADATA_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ConsumerMember {
@@ -34,6 +46,9 @@ pub struct ConsumerMember {
     pub revoking: Assignment,
     #[serde(skip, default = "Instant::now")]
     pub last_seen: Instant,
+    /// When `revoking` must be confirmed by: the rebalance timeout from when it was asked.
+    #[serde(skip)]
+    pub revoke_deadline: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -44,6 +59,13 @@ pub struct ConsumerGroup {
     /// member id -> target assignment of `assignment_epoch`.
     pub target: HashMap<String, Assignment>,
     pub assignor: String,
+    /// (topic id, partition) -> the member holding it (assigned or still revoking).
+    owners: HashMap<(Uuid, i32), String>,
+    /// (topic id, partitions) of the subscribed topics when the target was computed.
+    subscribed_metadata: BTreeMap<Uuid, i32>,
+    next_metadata_check: Option<Instant>,
+    /// Target computations so far (each is a pass over all members and subscribed partitions).
+    pub computations: u64,
 }
 
 /// A ConsumerGroupHeartbeat, as the coordinator needs it.
@@ -79,6 +101,12 @@ fn err(code: i16, msg: &str) -> HeartbeatResult {
     }
 }
 
+/// Partitions of `a` as (topic, partition) keys.
+fn keys(a: &Assignment) -> impl Iterator<Item = (Uuid, i32)> + '_ {
+    a.iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |p| (*t, *p)))
+}
+
 impl ConsumerGroup {
     pub fn state_name(&self) -> &'static str {
         if self.members.is_empty() {
@@ -107,6 +135,34 @@ impl ConsumerGroup {
         v
     }
 
+    /// Kafka's throwIfConsumerGroupIsFull (group.consumer.max.size): a new member is refused with
+    /// GROUP_MAX_SIZE_REACHED once the group has `max` members.
+    pub fn refuse_if_full(&self, req: &HeartbeatRequest, max: usize) -> Option<HeartbeatResult> {
+        let new = req.member_epoch == 0
+            && (req.member_id.is_empty() || !self.members.contains_key(&req.member_id));
+        (new && self.members.len() >= max).then(|| {
+            err(
+                error::GROUP_MAX_SIZE_REACHED,
+                &format!("The consumer group has reached its maximum capacity of {max} members."),
+            )
+        })
+    }
+
+    /// Takes a member out, freeing what it held; the group epoch moves.
+    fn remove_member(&mut self, id: &str) -> bool {
+        let Some(m) = self.members.remove(id) else {
+            return false;
+        };
+        for k in keys(&m.assigned).chain(keys(&m.revoking)) {
+            if self.owners.get(&k).is_some_and(|o| o == id) {
+                self.owners.remove(&k);
+            }
+        }
+        self.target.remove(id);
+        self.group_epoch += 1;
+        true
+    }
+
     pub fn heartbeat(
         &mut self,
         req: HeartbeatRequest,
@@ -121,10 +177,7 @@ impl ConsumerGroup {
         match req.member_epoch {
             -1 | -2 => {
                 // Leaving (-2: a static member leaving temporarily; its partitions are reassigned all the same).
-                if self.members.remove(&req.member_id).is_some() {
-                    self.target.remove(&req.member_id);
-                    self.group_epoch += 1;
-                }
+                self.remove_member(&req.member_id);
                 HeartbeatResult {
                     member_id: req.member_id,
                     member_epoch: req.member_epoch,
@@ -156,12 +209,19 @@ impl ConsumerGroup {
                             if let Some(t) = self.target.remove(&o) {
                                 self.target.insert(id.clone(), t);
                             }
+                            for k in keys(&prev.revoking) {
+                                self.owners.remove(&k);
+                            }
+                            for k in keys(&prev.assigned) {
+                                self.owners.insert(k, id.clone());
+                            }
                             self.members.insert(
                                 id.clone(),
                                 ConsumerMember {
                                     id: id.clone(),
                                     member_epoch: 0,
                                     revoking: Assignment::new(),
+                                    revoke_deadline: None,
                                     ..prev
                                 },
                             );
@@ -186,16 +246,24 @@ impl ConsumerGroup {
                         assigned: Assignment::new(),
                         revoking: Assignment::new(),
                         last_seen: now,
+                        revoke_deadline: None,
                     });
                 if m.member_epoch != 0 {
                     // Rejoining after being fenced: starts over with nothing.
                     m.member_epoch = 0;
+                    let held: Vec<_> = keys(&m.assigned).chain(keys(&m.revoking)).collect();
                     m.assigned.clear();
                     m.revoking.clear();
+                    m.revoke_deadline = None;
+                    for k in held {
+                        if self.owners.get(&k).is_some_and(|o| *o == id) {
+                            self.owners.remove(&k);
+                        }
+                    }
                 }
                 self.group_epoch += 1;
                 self.update_member(&id, &req, now);
-                self.reconcile(&id, req.owned.as_ref(), storage)
+                self.reconcile(&id, req.owned.as_ref(), storage, now)
             }
             epoch => {
                 let Some(m) = self.members.get(&req.member_id) else {
@@ -212,7 +280,7 @@ impl ConsumerGroup {
                 if self.update_member(&id, &req, now) {
                     self.group_epoch += 1;
                 }
-                self.reconcile(&id, req.owned.as_ref(), storage)
+                self.reconcile(&id, req.owned.as_ref(), storage, now)
             }
         }
     }
@@ -250,25 +318,41 @@ impl ConsumerGroup {
         changed
     }
 
-    /// Topics a member subscribes to, by name or pattern, that exist: (name, id, partitions).
-    fn member_topics(m: &ConsumerMember, storage: &Storage) -> Vec<(String, Uuid, i32)> {
-        let pattern = m
-            .regex
-            .as_deref()
-            .and_then(|r| regex::Regex::new(&format!("^(?:{r})$")).ok());
-        storage
-            .topics()
-            .into_iter()
-            .filter(|t| {
-                m.subscribed.contains(&t.name)
-                    || pattern.as_ref().is_some_and(|p| p.is_match(&t.name))
-            })
-            .map(|t| (t.name.clone(), t.id, t.partitions.len() as i32))
-            .collect()
+    /// Subscribed topics that exist, per member: member id -> [(topic id, partitions)], and all of
+    /// them together. One pass over the topics for each member (its pattern compiled once).
+    #[allow(clippy::type_complexity)]
+    fn subscriptions(
+        &self,
+        storage: &Storage,
+    ) -> (HashMap<String, Vec<(Uuid, i32)>>, BTreeMap<Uuid, i32>) {
+        let topics = storage.topics();
+        let mut all = BTreeMap::new();
+        let mut per_member = HashMap::with_capacity(self.members.len());
+        for m in self.members.values() {
+            let pattern = m
+                .regex
+                .as_deref()
+                .and_then(|r| regex::Regex::new(&format!("^(?:{r})$")).ok());
+            let mine: Vec<(Uuid, i32)> = topics
+                .iter()
+                .filter(|t| {
+                    m.subscribed.binary_search(&t.name).is_ok()
+                        || pattern.as_ref().is_some_and(|p| p.is_match(&t.name))
+                })
+                .map(|t| (t.id, t.partitions.len() as i32))
+                .collect();
+            for (id, n) in &mine {
+                all.insert(*id, *n);
+            }
+            per_member.insert(m.id.clone(), mine);
+        }
+        (per_member, all)
     }
 
-    /// Recomputes the target assignment for the current group epoch.
+    /// Recomputes the target assignment for the current group epoch: O(partitions x log members)
+    /// plus one pass over the topics per member.
     fn compute_target(&mut self, storage: &Storage) {
+        self.computations += 1;
         let assignor = self
             .members
             .values()
@@ -277,24 +361,25 @@ impl ConsumerGroup {
             .unwrap_or_else(|| "uniform".to_string());
         let mut ids: Vec<String> = self.members.keys().cloned().collect();
         ids.sort();
-        let subs: HashMap<String, Vec<(String, Uuid, i32)>> = ids
+        let (subs, topics) = self.subscriptions(storage);
+        let prev_owner: HashMap<(Uuid, i32), &String> = self
+            .target
             .iter()
-            .map(|id| (id.clone(), Self::member_topics(&self.members[id], storage)))
+            .flat_map(|(id, a)| keys(a).map(move |k| (k, id)))
             .collect();
-        let mut topics: BTreeMap<Uuid, i32> = BTreeMap::new();
-        for list in subs.values() {
-            for (_, id, n) in list {
-                topics.insert(*id, *n);
-            }
-        }
         let mut target: HashMap<String, Assignment> = ids
             .iter()
             .map(|id| (id.clone(), Assignment::new()))
             .collect();
-        for (topic, partitions) in topics {
+        let mut totals: HashMap<&String, usize> = ids.iter().map(|id| (id, 0)).collect();
+        for (topic, partitions) in &topics {
+            let (topic, partitions) = (*topic, *partitions);
             let candidates: Vec<&String> = ids
                 .iter()
-                .filter(|id| subs[*id].iter().any(|(_, t, _)| *t == topic))
+                .filter(|id| {
+                    subs.get(*id)
+                        .is_some_and(|l| l.iter().any(|(t, _)| *t == topic))
+                })
                 .collect();
             if candidates.is_empty() {
                 continue;
@@ -306,42 +391,54 @@ impl ConsumerGroup {
                 let mut next = 0;
                 for (i, id) in candidates.iter().enumerate() {
                     let count = per + if (i as i32) < extra { 1 } else { 0 };
-                    let set = target.get_mut(*id).map(|a| a.entry(topic).or_default());
-                    if let Some(set) = set {
-                        set.extend(next..next + count);
+                    if let Some(a) = target.get_mut(*id) {
+                        a.entry(topic).or_default().extend(next..next + count);
                     }
+                    *totals.entry(id).or_default() += count as usize;
                     next += count;
                 }
             } else {
                 // Uniform: balanced counts, sticky where the previous target still fits.
                 let quota = (partitions as usize).div_ceil(candidates.len());
+                let eligible: HashSet<&String> = candidates.iter().copied().collect();
+                let mut per_topic: HashMap<&String, usize> = HashMap::new();
                 let mut unassigned = Vec::new();
                 for p in 0..partitions {
-                    let prev = self
-                        .target
-                        .iter()
-                        .find(|(_, a)| a.get(&topic).is_some_and(|s| s.contains(&p)))
-                        .map(|(id, _)| id.clone());
-                    match prev.filter(|id| candidates.contains(&id)) {
-                        Some(id) if target[&id].get(&topic).map_or(0, |s| s.len()) < quota => {
-                            target
-                                .get_mut(&id)
-                                .map(|a| a.entry(topic).or_default().insert(p));
+                    match prev_owner
+                        .get(&(topic, p))
+                        .filter(|id| eligible.contains(**id))
+                    {
+                        Some(id) if per_topic.get(*id).copied().unwrap_or(0) < quota => {
+                            if let Some(a) = target.get_mut(*id) {
+                                a.entry(topic).or_default().insert(p);
+                            }
+                            *per_topic.entry(id).or_default() += 1;
+                            *totals.entry(id).or_default() += 1;
                         }
                         _ => unassigned.push(p),
                     }
                 }
+                // The rest go one at a time to the candidate with the fewest of this topic, then
+                // the fewest overall, then the smallest id.
+                let mut heap: BinaryHeap<Reverse<(usize, usize, &String)>> = candidates
+                    .iter()
+                    .map(|id| {
+                        Reverse((
+                            per_topic.get(*id).copied().unwrap_or(0),
+                            totals.get(*id).copied().unwrap_or(0),
+                            *id,
+                        ))
+                    })
+                    .collect();
                 for p in unassigned {
-                    let total = |id: &String| target[id].values().map(|s| s.len()).sum::<usize>();
-                    let per_topic = |id: &String| target[id].get(&topic).map_or(0, |s| s.len());
-                    if let Some(id) = candidates
-                        .iter()
-                        .min_by_key(|id| (per_topic(id), total(id), (**id).clone()))
-                    {
-                        target
-                            .get_mut(*id)
-                            .map(|a| a.entry(topic).or_default().insert(p));
+                    let Some(Reverse((mine, total, id))) = heap.pop() else {
+                        break;
+                    };
+                    if let Some(a) = target.get_mut(id) {
+                        a.entry(topic).or_default().insert(p);
                     }
+                    *totals.entry(id).or_default() += 1;
+                    heap.push(Reverse((mine + 1, total + 1, id)));
                 }
             }
         }
@@ -350,6 +447,7 @@ impl ConsumerGroup {
         }
         self.target = target;
         self.assignor = assignor;
+        self.subscribed_metadata = topics;
         self.assignment_epoch = self.group_epoch;
     }
 
@@ -360,45 +458,51 @@ impl ConsumerGroup {
         id: &str,
         owned: Option<&Assignment>,
         storage: &Storage,
+        now: Instant,
     ) -> HeartbeatResult {
         if self.group_epoch > self.assignment_epoch {
             self.compute_target(storage);
         }
-        let target = self.target.get(id).cloned().unwrap_or_default();
-        let held_by_others: Assignment = {
-            let mut all = Assignment::new();
-            for (mid, m) in &self.members {
-                if mid != id {
-                    for (t, ps) in m.assigned.iter().chain(m.revoking.iter()) {
-                        all.entry(*t).or_default().extend(ps.iter().copied());
-                    }
-                }
-            }
-            all
-        };
         let assignment_epoch = self.assignment_epoch;
         let Some(m) = self.members.get_mut(id) else {
             return err(error::UNKNOWN_MEMBER_ID, "unknown member");
         };
+        let target = self.target.get(id);
+        let empty = Assignment::new();
+        let target = target.unwrap_or(&empty);
         // Revocations are done once the member reports owning none of them.
         if !m.revoking.is_empty() && owned.is_some_and(|o| intersect(o, &m.revoking).is_empty()) {
+            for k in keys(&m.revoking) {
+                if self.owners.get(&k).is_some_and(|o| o == id) {
+                    self.owners.remove(&k);
+                }
+            }
             m.revoking.clear();
+            m.revoke_deadline = None;
         }
         if m.revoking.is_empty() {
-            let revoke = minus(&m.assigned, &target);
+            let revoke = minus(&m.assigned, target);
             if !revoke.is_empty() {
                 m.assigned = minus(&m.assigned, &revoke);
                 m.revoking = revoke;
+                let timeout = Duration::from_millis(m.rebalance_timeout_ms.max(0) as u64);
+                m.revoke_deadline = Some(now + timeout);
             } else {
                 if m.member_epoch != assignment_epoch {
                     m.previous_epoch = m.member_epoch;
                     m.member_epoch = assignment_epoch;
                 }
                 // Everything in the target that nobody else still holds.
-                let free = minus(&target, &held_by_others);
-                for (t, ps) in free {
-                    m.assigned.entry(t).or_default().extend(ps);
+                for (t, p) in keys(target) {
+                    match self.owners.get(&(t, p)) {
+                        Some(o) if o != id => continue,
+                        _ => {}
+                    }
+                    if m.assigned.entry(t).or_default().insert(p) {
+                        self.owners.insert((t, p), id.to_string());
+                    }
                 }
+                m.assigned.retain(|_, s| !s.is_empty());
             }
         }
         HeartbeatResult {
@@ -410,8 +514,16 @@ impl ConsumerGroup {
         }
     }
 
-    /// Expires members whose session ran out. True if the group changed.
-    pub fn tick(&mut self, group_id: &str, now: Instant, session_timeout: Duration) -> bool {
+    /// Timer work: expires members whose session ran out, fences members that did not revoke within
+    /// their rebalance timeout, and moves the group epoch when a subscribed topic's partitions changed.
+    /// True if the group changed.
+    pub fn tick(
+        &mut self,
+        group_id: &str,
+        now: Instant,
+        session_timeout: Duration,
+        storage: &Storage,
+    ) -> bool {
         let expired: Vec<String> = self
             .members
             .values()
@@ -420,22 +532,53 @@ impl ConsumerGroup {
             .collect();
         for id in &expired {
             tracing::info!(group = group_id, member = %id, "consumer group member session expired");
-            self.members.remove(id);
-            self.target.remove(id);
+            self.remove_member(id);
         }
-        if !expired.is_empty() {
-            self.group_epoch += 1;
+        let fenced: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.revoke_deadline.is_some_and(|d| now >= d))
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &fenced {
+            tracing::info!(group = group_id, member = %id,
+                "consumer group member fenced: it did not revoke partitions within its rebalance timeout");
+            self.remove_member(id);
         }
-        !expired.is_empty()
+        let mut changed = !expired.is_empty() || !fenced.is_empty();
+        if !self.members.is_empty() && self.next_metadata_check.is_none_or(|t| now >= t) {
+            self.next_metadata_check = Some(now + METADATA_CHECK_EVERY);
+            let (_, topics) = self.subscriptions(storage);
+            if topics != self.subscribed_metadata && self.group_epoch == self.assignment_epoch {
+                self.group_epoch += 1;
+                changed = true;
+            }
+        }
+        changed
     }
 
-    /// OffsetCommit from a member: its epoch must be current (or the one before).
-    pub fn check_commit(&self, member_id: &str, epoch: i32) -> Result<(), i16> {
+    /// Kafka's ConsumerGroup.validateOffsetCommit: a commit without an epoch (-1) only while the
+    /// group has no members; otherwise the member must be known, must commit with OffsetCommit v9+
+    /// (it speaks the new protocol), and exactly its current epoch: anything else is
+    /// STALE_MEMBER_EPOCH, so a member that moved on cannot overwrite what a partition's new owner
+    /// commits.
+    pub fn validate_offset_commit(
+        &self,
+        member_id: &str,
+        epoch: i32,
+        api_version: i16,
+    ) -> Result<(), i16> {
+        if epoch < 0 && self.members.is_empty() {
+            return Ok(());
+        }
         let m = self
             .members
             .get(member_id)
             .ok_or(error::UNKNOWN_MEMBER_ID)?;
-        if epoch != m.member_epoch && epoch != m.previous_epoch {
+        if api_version < 9 {
+            return Err(error::UNSUPPORTED_VERSION);
+        }
+        if epoch != m.member_epoch {
             return Err(error::STALE_MEMBER_EPOCH);
         }
         Ok(())
@@ -452,13 +595,20 @@ impl ConsumerGroup {
     }
 
     pub fn restore(p: PersistedConsumer) -> ConsumerGroup {
-        ConsumerGroup {
+        let mut g = ConsumerGroup {
             group_epoch: p.group_epoch,
             assignment_epoch: p.assignment_epoch,
             members: p.members.into_iter().map(|m| (m.id.clone(), m)).collect(),
             target: p.target.into_iter().collect(),
             assignor: p.assignor,
+            ..Default::default()
+        };
+        for m in g.members.values() {
+            for k in keys(&m.assigned).chain(keys(&m.revoking)) {
+                g.owners.insert(k, m.id.clone());
+            }
         }
+        g
     }
 }
 
@@ -589,5 +739,158 @@ mod tests {
         g.heartbeat(hb("b", -1, None), &storage, now);
         let a4 = g.heartbeat(hb("a", 2, a3.assignment.clone()), &storage, now);
         assert_eq!(count(&a4.assignment), 4);
+    }
+
+    /// Issue 16.2: a commit from a KIP-848 member must carry its current epoch (Kafka's
+    /// ConsumerGroup.validateOffsetCommit); the previous epoch is STALE_MEMBER_EPOCH, so a member that
+    /// has moved on cannot overwrite what the partitions' new owner commits.
+    #[tokio::test]
+    async fn commits_need_the_current_member_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 2, Default::default())
+            .await
+            .unwrap();
+        let mut g = ConsumerGroup::default();
+        let now = Instant::now();
+        let a = g.heartbeat(hb("a", 0, Some(Assignment::new())), &storage, now);
+        assert_eq!(a.member_epoch, 1);
+        g.heartbeat(hb("b", 0, Some(Assignment::new())), &storage, now);
+        let a2 = g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, now);
+        let a3 = g.heartbeat(hb("a", 1, a2.assignment.clone()), &storage, now);
+        assert_eq!(a3.member_epoch, 2);
+        assert_eq!(g.validate_offset_commit("a", 2, 9), Ok(()));
+        assert_eq!(
+            g.validate_offset_commit("a", 1, 9),
+            Err(error::STALE_MEMBER_EPOCH)
+        );
+        assert_eq!(
+            g.validate_offset_commit("a", 2, 8),
+            Err(error::UNSUPPORTED_VERSION),
+            "KIP-848 members commit with OffsetCommit v9+"
+        );
+        assert_eq!(
+            g.validate_offset_commit("zed", 2, 9),
+            Err(error::UNKNOWN_MEMBER_ID)
+        );
+    }
+
+    /// Issue 9.8: the target is computed once per group epoch, not per heartbeat; heartbeats in
+    /// between cost only their own member's assignment. A subscribed topic growing partitions moves
+    /// the epoch (found by the timer), which recomputes once.
+    #[tokio::test]
+    async fn target_is_computed_once_per_group_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 6, Default::default())
+            .await
+            .unwrap();
+        let mut g = ConsumerGroup::default();
+        let now = Instant::now();
+        let session = Duration::from_secs(45);
+        let mut owned: HashMap<String, Option<Assignment>> = HashMap::new();
+        for id in ["a", "b", "c"] {
+            let r = g.heartbeat(hb(id, 0, Some(Assignment::new())), &storage, now);
+            owned.insert(id.to_string(), r.assignment);
+        }
+        // Settle: each member heartbeats with what it was told to own until nothing moves.
+        for _ in 0..4 {
+            for id in ["a", "b", "c"] {
+                let epoch = g.members[id].member_epoch;
+                let r = g.heartbeat(hb(id, epoch, owned[id].clone()), &storage, now);
+                owned.insert(id.to_string(), r.assignment);
+            }
+        }
+        assert_eq!(g.state_name(), "Stable");
+        assert!(owned.values().all(|a| count(a) == 2));
+        let settled = g.computations;
+        assert_eq!(
+            settled, 3,
+            "once per join, at the heartbeat after the epoch moved"
+        );
+        for _ in 0..50 {
+            for id in ["a", "b", "c"] {
+                let epoch = g.members[id].member_epoch;
+                g.heartbeat(hb(id, epoch, owned[id].clone()), &storage, now);
+            }
+        }
+        assert!(!g.tick("g", now, session, &storage), "nothing changed");
+        assert_eq!(
+            g.computations, settled,
+            "unchanged heartbeats compute nothing"
+        );
+        storage.create_partitions("t", 9).await.unwrap();
+        let later = now + Duration::from_secs(2);
+        assert!(
+            g.tick("g", later, session, &storage),
+            "new partitions move the epoch"
+        );
+        let epoch = g.members["a"].member_epoch;
+        let r = g.heartbeat(hb("a", epoch, owned["a"].clone()), &storage, later);
+        assert_eq!(g.computations, settled + 1);
+        assert_eq!(count(&r.assignment), 3, "a gets one of the new partitions");
+    }
+
+    /// Issue 9.8: a member that does not confirm revoking within its rebalance timeout is fenced
+    /// (Kafka's consumer-group rebalance timeout), and its partitions go to the others.
+    #[tokio::test]
+    async fn member_that_does_not_revoke_in_time_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 4, Default::default())
+            .await
+            .unwrap();
+        let mut g = ConsumerGroup::default();
+        let t = Instant::now();
+        let session = Duration::from_secs(45);
+        let a = g.heartbeat(hb("a", 0, Some(Assignment::new())), &storage, t);
+        assert_eq!(count(&a.assignment), 4);
+        g.heartbeat(hb("b", 0, Some(Assignment::new())), &storage, t);
+        let a2 = g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, t);
+        assert_eq!(count(&a2.assignment), 2, "a is told to give two up");
+        // a keeps heartbeating (its session stays alive) but never lets the two go.
+        for s in [10, 20, 29] {
+            let at = t + Duration::from_secs(s);
+            g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, at);
+            assert!(!g.tick("g", at, session, &storage));
+        }
+        let late = t + Duration::from_secs(31); // rebalance timeout 30 s (see hb)
+        assert!(g.tick("g", late, session, &storage), "a is fenced");
+        assert!(!g.members.contains_key("a"));
+        let epoch = g.members["b"].member_epoch;
+        let b = g.heartbeat(hb("b", epoch, Some(Assignment::new())), &storage, late);
+        let b = g.heartbeat(
+            hb("b", b.member_epoch, b.assignment.clone()),
+            &storage,
+            late,
+        );
+        assert_eq!(count(&b.assignment), 4, "b has everything a held");
+        assert_eq!(
+            g.heartbeat(hb("a", 1, a.assignment.clone()), &storage, late)
+                .error,
+            error::UNKNOWN_MEMBER_ID
+        );
+    }
+
+    /// group.consumer.max.size: a new member past the limit gets GROUP_MAX_SIZE_REACHED; members
+    /// already in keep heartbeating.
+    #[tokio::test]
+    async fn consumer_group_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let mut g = ConsumerGroup::default();
+        let now = Instant::now();
+        assert!(g.refuse_if_full(&hb("a", 0, None), 1).is_none());
+        g.heartbeat(hb("a", 0, None), &storage, now);
+        let full = g.refuse_if_full(&hb("b", 0, None), 1).expect("refused");
+        assert_eq!(full.error, error::GROUP_MAX_SIZE_REACHED);
+        assert!(
+            g.refuse_if_full(&hb("a", 0, None), 1).is_none(),
+            "a rejoining"
+        );
+        assert!(g.refuse_if_full(&hb("a", 1, None), 1).is_none());
     }
 }

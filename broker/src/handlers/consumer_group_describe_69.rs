@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 };
 use std::sync::Arc;
 
-use super::{str_bytes, ApiSpec, Reply, AUTHORIZED_OPERATIONS_OMITTED};
+use super::{authorized_operations, str_bytes, ApiSpec, Reply, GROUP_AUTHORIZED_OPERATIONS};
 use crate::group::consumer::Assignment as Parts;
 use crate::group::GroupKind;
 use crate::{error, Broker};
@@ -43,16 +43,20 @@ pub async fn handle(
                 .collect(),
         )
     };
-    let groups = broker.groups.state.lock();
+    let ops = authorized_operations(
+        req.include_authorized_operations,
+        GROUP_AUTHORIZED_OPERATIONS,
+    );
     let described = req
         .group_ids
         .iter()
         .map(|id| {
             let out = DescribedGroup::default()
                 .with_group_id(id.clone())
-                .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
-            match groups.get(id.as_str()).map(|g| &g.kind) {
-                Some(GroupKind::Consumer(g)) => {
+                .with_authorized_operations(ops);
+            let not_found = out.clone();
+            let described = broker.groups.with_existing(id.as_str(), |g| match &g.kind {
+                GroupKind::Consumer(g) => {
                     let mut members: Vec<_> = g.members.values().collect();
                     members.sort_by(|a, b| a.id.cmp(&b.id));
                     out.with_group_state(str_bytes(g.state_name()))
@@ -96,19 +100,21 @@ pub async fn handle(
                                 .collect(),
                         )
                 }
-                Some(GroupKind::Classic(_)) => out
+                GroupKind::Classic(_) => out
                     .with_error_code(error::GROUP_ID_NOT_FOUND)
                     .with_error_message(Some(str_bytes(&format!(
                         "Group {} is not a consumer group.",
                         id.as_str()
                     )))),
-                None => out
+            });
+            described.unwrap_or_else(|| {
+                not_found
                     .with_error_code(error::GROUP_ID_NOT_FOUND)
                     .with_error_message(Some(str_bytes(&format!(
                         "Group {} not found.",
                         id.as_str()
-                    )))),
-            }
+                    ))))
+            })
         })
         .collect();
     Reply::Now(ConsumerGroupDescribeResponse::default().with_groups(described))

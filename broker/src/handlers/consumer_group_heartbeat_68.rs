@@ -71,10 +71,26 @@ pub async fn handle(
             .unwrap_or_default(),
         client_host: format!("/{}", peer.ip()),
     };
-    let (r, changed) = broker.groups.consumer_heartbeat(&req.group_id, hb);
-    if changed {
-        broker.groups.persist(&req.group_id);
-    }
+    // The group's step (a target computation over all its partitions when the epoch moved) runs on
+    // a blocking thread: members of one big group queue for its lock there, not on the runtime
+    // threads that serve everyone else. Awaited here, in the in-order part, so its effect still
+    // comes before the connection's next request.
+    let groups = broker.groups.clone();
+    let group_id = req.group_id.to_string();
+    let stepped = tokio::task::spawn_blocking(move || {
+        let (r, changed) = groups.consumer_heartbeat(&group_id, hb);
+        if changed {
+            groups.persist(&group_id);
+        }
+        r
+    })
+    .await;
+    let Ok(r) = stepped else {
+        return fail(
+            error::COORDINATOR_NOT_AVAILABLE,
+            "The coordinator is not available.",
+        );
+    };
     let interval = broker.groups.config.consumer_heartbeat_interval.as_millis() as i32;
     let resp = ConsumerGroupHeartbeatResponse::default()
         .with_error_code(r.error)

@@ -1,6 +1,7 @@
 //! DeleteGroups (key 42), versions 0-2.
 //! v1: same as v0. v2: flexible. Only groups without members can be deleted (NON_EMPTY_GROUP);
-//! their committed offsets go with them.
+//! their committed offsets go with them. Validated and queued in the in-order part (see
+//! offset_commit_08.rs), so a commit sent after it on the connection lands after the deletion.
 
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, RequestHeader};
@@ -20,14 +21,27 @@ pub async fn handle(
     _header: &RequestHeader,
     req: DeleteGroupsRequest,
 ) -> Reply<DeleteGroupsResponse> {
-    let broker = broker.clone();
-    Reply::Later(Box::pin(async move {
-        let mut results = Vec::with_capacity(req.groups_names.len());
-        for g in req.groups_names {
-            let code = if g.is_empty() {
-                error::INVALID_GROUP_ID
+    let queued: Vec<_> = req
+        .groups_names
+        .into_iter()
+        .map(|g| {
+            let r = if g.is_empty() {
+                Err(error::INVALID_GROUP_ID)
             } else {
-                broker.groups.delete_group(&g).await
+                broker.groups.delete_group(&g)
+            };
+            (g, r)
+        })
+        .collect();
+    Reply::Later(Box::pin(async move {
+        let mut results = Vec::with_capacity(queued.len());
+        for (g, r) in queued {
+            let code = match r {
+                Err(code) => code,
+                Ok(deleted) => match deleted.await {
+                    Ok(true) => error::NONE,
+                    _ => error::COORDINATOR_NOT_AVAILABLE,
+                },
             };
             results.push(
                 DeletableGroupResult::default()

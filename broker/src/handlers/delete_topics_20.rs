@@ -90,6 +90,8 @@ pub async fn handle(
         responses.push(match storage.delete_topic(&topic.name).await {
             Ok(_) => {
                 tracing::info!(topic = %topic.name, "deleted topic");
+                // Kafka deletes the groups' committed offsets of a deleted topic.
+                broker.groups.on_topic_deleted(&topic.name).await;
                 r
             }
             Err(e) => r

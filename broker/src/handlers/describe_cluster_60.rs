@@ -1,5 +1,6 @@
 //! DescribeCluster (key 60), versions 0-2.
 //! v0: brokers, cluster id, controller id. v1: endpoint_type (KIP-919). v2: include_fenced_brokers.
+//! Cluster authorized operations, when asked for, are what Kafka answers without an authorizer.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{
@@ -7,7 +8,7 @@ use kafka_protocol::messages::{
 };
 use std::sync::Arc;
 
-use super::{str_bytes, ApiSpec, Reply, AUTHORIZED_OPERATIONS_OMITTED};
+use super::{authorized_operations, str_bytes, ApiSpec, Reply, CLUSTER_AUTHORIZED_OPERATIONS};
 use crate::Broker;
 
 pub const API: ApiSpec = ApiSpec {
@@ -19,7 +20,7 @@ pub const API: ApiSpec = ApiSpec {
 pub async fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
-    _req: DescribeClusterRequest,
+    req: DescribeClusterRequest,
 ) -> Reply<DescribeClusterResponse> {
     let c = &broker.config;
     Reply::Now(
@@ -31,6 +32,9 @@ pub async fn handle(
                 .with_broker_id(BrokerId(c.node_id))
                 .with_host(str_bytes(&c.advertised_host))
                 .with_port(c.advertised_port)])
-            .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+            .with_cluster_authorized_operations(authorized_operations(
+                req.include_cluster_authorized_operations,
+                CLUSTER_AUTHORIZED_OPERATIONS,
+            )),
     )
 }

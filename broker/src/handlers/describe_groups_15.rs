@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 };
 use std::sync::Arc;
 
-use super::{str_bytes, ApiSpec, Reply, AUTHORIZED_OPERATIONS_OMITTED};
+use super::{authorized_operations, str_bytes, ApiSpec, Reply, GROUP_AUTHORIZED_OPERATIONS};
 use crate::group::classic::ClassicState;
 use crate::group::GroupKind;
 use crate::{error, Broker};
@@ -27,16 +27,20 @@ pub async fn handle(
     req: DescribeGroupsRequest,
 ) -> Reply<DescribeGroupsResponse> {
     let version = header.request_api_version;
-    let groups = broker.groups.state.lock();
+    let ops = authorized_operations(
+        req.include_authorized_operations,
+        GROUP_AUTHORIZED_OPERATIONS,
+    );
     let described = req
         .groups
         .iter()
         .map(|id| {
             let out = DescribedGroup::default()
                 .with_group_id(id.clone())
-                .with_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED);
-            let dead = || {
-                let d = out.clone().with_group_state(str_bytes("Dead"));
+                .with_authorized_operations(ops);
+            let base = out.clone();
+            let dead = move || {
+                let d = base.with_group_state(str_bytes("Dead"));
                 if version >= 6 {
                     d.with_error_code(error::GROUP_ID_NOT_FOUND)
                         .with_error_message(Some(str_bytes(&format!(
@@ -47,9 +51,8 @@ pub async fn handle(
                     d
                 }
             };
-            match groups.get(id.as_str()).map(|g| &g.kind) {
-                None => dead(),
-                Some(GroupKind::Consumer(_)) => {
+            let described = broker.groups.with_existing(id.as_str(), |g| match &g.kind {
+                GroupKind::Consumer(_) => {
                     // A KIP-848 group is described by ConsumerGroupDescribe; Kafka says so here.
                     out.with_group_state(str_bytes("Dead"))
                         .with_error_code(if version >= 6 {
@@ -66,7 +69,7 @@ pub async fn handle(
                             None
                         })
                 }
-                Some(GroupKind::Classic(g)) => {
+                GroupKind::Classic(g) => {
                     let stable = g.state == ClassicState::Stable;
                     let protocol = g.protocol_name.clone().unwrap_or_default();
                     let mut members: Vec<_> = g.members.values().collect();
@@ -102,7 +105,8 @@ pub async fn handle(
                         .with_protocol_data(str_bytes(if stable { &protocol } else { "" }))
                         .with_members(members)
                 }
-            }
+            });
+            described.unwrap_or_else(dead)
         })
         .collect();
     Reply::Now(DescribeGroupsResponse::default().with_groups(described))

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use streamhouse_storage::{StorageError, Topic};
 use uuid::Uuid;
 
-use super::{str_bytes, valid_topic_name, ApiSpec, Reply, AUTHORIZED_OPERATIONS_OMITTED};
+use super::{
+    authorized_operations, str_bytes, valid_topic_name, ApiSpec, Reply,
+    AUTHORIZED_OPERATIONS_OMITTED, CLUSTER_AUTHORIZED_OPERATIONS, TOPIC_AUTHORIZED_OPERATIONS,
+};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -140,7 +143,11 @@ pub async fn handle(
             .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
             .with_controller_id(BrokerId(c.node_id))
             .with_topics(topics)
-            .with_cluster_authorized_operations(AUTHORIZED_OPERATIONS_OMITTED),
+            // v8-10 only; the field is not encoded in other versions.
+            .with_cluster_authorized_operations(authorized_operations(
+                req.include_cluster_authorized_operations,
+                CLUSTER_AUTHORIZED_OPERATIONS,
+            )),
     )
 }
 
@@ -162,12 +169,11 @@ fn topic_metadata(broker: &Broker, t: &Topic, include_ops: bool) -> MetadataResp
         .with_name(Some(TopicName(str_bytes(&t.name))))
         .with_topic_id(t.id)
         .with_partitions(partitions)
-        // All operations when asked (no ACLs here): READ..DESCRIBE_CONFIGS bits of AclOperation.
-        .with_topic_authorized_operations(if include_ops {
-            0b1_1111_1111_1000
-        } else {
-            AUTHORIZED_OPERATIONS_OMITTED
-        })
+        // No authorizer: what Kafka answers without one.
+        .with_topic_authorized_operations(authorized_operations(
+            include_ops,
+            TOPIC_AUTHORIZED_OPERATIONS,
+        ))
 }
 
 fn error_topic(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic {

@@ -319,6 +319,32 @@ pub fn str_bytes(s: &str) -> StrBytes {
 /// Kafka's value for "authorized operations not requested".
 pub const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
+/// Authorized operations as Kafka answers them without an authorizer: every operation the resource
+/// type supports (AuthHelper.authorizedOperations over AclEntry.supportedOperations), one bit per
+/// AclOperation code (READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9,
+/// DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12).
+const fn operations(codes: &[u8]) -> i32 {
+    let mut bits = 0i32;
+    let mut i = 0;
+    while i < codes.len() {
+        bits |= 1 << codes[i];
+        i += 1;
+    }
+    bits
+}
+pub const TOPIC_AUTHORIZED_OPERATIONS: i32 = operations(&[3, 4, 5, 6, 7, 8, 10, 11]);
+pub const CLUSTER_AUTHORIZED_OPERATIONS: i32 = operations(&[5, 7, 8, 9, 10, 11, 12]);
+pub const GROUP_AUTHORIZED_OPERATIONS: i32 = operations(&[3, 6, 8, 10, 11]);
+
+/// The bitfield when asked for, else Kafka's "omitted".
+pub fn authorized_operations(included: bool, ops: i32) -> i32 {
+    if included {
+        ops
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,14 @@
 //! OffsetCommit (key 8), versions 2-9.
 //! v2: retention time. v3: throttle time. v5: no retention time. v6: committed leader epoch.
 //! v7: group.instance.id. v8: flexible. v9: KIP-848 member epochs (generation_id_or_member_epoch).
-//! Validation mirrors Kafka: an admin commit (generation -1, no member) only to a group without
-//! members; otherwise the member must be known and its generation (or member epoch) current.
+//! Validation follows Kafka's OffsetMetadataManager and the group's own rule, next to its state
+//! machine (`ClassicGroup::validate_offset_commit`, `ConsumerGroup::validate_offset_commit`).
+//!
+//! Order: the commit is validated and queued for the coordinator's writer here, in the in-order
+//! part that the connection awaits in read order, and only the wait for it to be durable is left to
+//! the future. So pipelined commits (librdkafka's asynchronous ones) take effect in request order
+//! and the last one wins, as in Kafka, and a commit is judged against the group as it was when the
+//! commit arrived, not as it is after the requests behind it (a LeaveGroup, a JoinGroup) ran.
 
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
@@ -11,8 +17,7 @@ use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse
 use std::sync::Arc;
 
 use super::{ApiSpec, Reply};
-use crate::group::classic::ClassicState;
-use crate::group::{Group, GroupKind};
+use crate::group::{CommitReply, CommitRequest};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -23,113 +28,74 @@ pub const API: ApiSpec = ApiSpec {
 
 pub async fn handle(
     broker: &Arc<Broker>,
-    _header: &RequestHeader,
+    header: &RequestHeader,
     req: OffsetCommitRequest,
 ) -> Reply<OffsetCommitResponse> {
-    let broker = broker.clone();
-    Reply::Later(Box::pin(async move {
-        let offsets: Vec<(String, i32, i64, i32, Option<String>)> = req
-            .topics
-            .iter()
-            .flat_map(|t| {
-                t.partitions.iter().map(move |p| {
-                    (
-                        t.name.to_string(),
-                        p.partition_index,
-                        p.committed_offset,
-                        p.committed_leader_epoch,
-                        p.committed_metadata.as_ref().map(|m| m.to_string()),
-                    )
-                })
-            })
-            .collect();
-        let generation = req.generation_id_or_member_epoch;
-        let member = req.member_id.to_string();
-        let instance = req.group_instance_id.as_ref().map(|s| s.to_string());
-        let codes = if req.group_id.is_empty() {
-            Err(error::INVALID_GROUP_ID)
-        } else {
-            broker
-                .groups
-                .commit_offsets(
-                    &req.group_id,
-                    |g| validate(g, generation, &member, instance.as_deref()),
-                    offsets,
+    if req.group_id.is_empty() {
+        return Reply::Now(response(&req, Err(error::INVALID_GROUP_ID)));
+    }
+    let offsets = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    p.committed_metadata.as_ref().map(|m| m.to_string()),
                 )
-                .await
-        };
-        let mut codes_iter = match &codes {
-            Ok(c) => c.clone().into_iter(),
-            Err(_) => Vec::new().into_iter(),
-        };
-        let topics = req
-            .topics
-            .iter()
-            .map(|t| {
-                let partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let code = match codes {
-                            Ok(_) => codes_iter.next().unwrap_or(error::UNKNOWN_SERVER_ERROR),
-                            Err(code) => code,
-                        };
-                        OffsetCommitResponsePartition::default()
-                            .with_partition_index(p.partition_index)
-                            .with_error_code(code)
-                    })
-                    .collect();
-                OffsetCommitResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(partitions)
             })
-            .collect();
-        OffsetCommitResponse::default().with_topics(topics)
-    }))
+        })
+        .collect();
+    let commit = CommitRequest {
+        group_id: req.group_id.to_string(),
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
+        generation_or_epoch: req.generation_id_or_member_epoch,
+        api_version: header.request_api_version,
+        offsets,
+    };
+    match broker.groups.commit_offsets(commit) {
+        CommitReply::Done(codes) => Reply::Now(response(&req, codes)),
+        CommitReply::Written(codes, written) => Reply::Later(Box::pin(async move {
+            let codes = match written.await {
+                Ok(true) => Ok(codes),
+                _ => Err(error::COORDINATOR_NOT_AVAILABLE),
+            };
+            response(&req, codes)
+        })),
+    }
 }
 
-fn validate(
-    group: Option<&mut Group>,
-    generation: i32,
-    member: &str,
-    instance: Option<&str>,
-) -> Result<(), i16> {
-    let admin = generation < 0 && member.is_empty();
-    let Some(group) = group else {
-        // A group that does not exist yet can only take an admin (or standalone consumer) commit.
-        return if admin {
-            Ok(())
-        } else {
-            Err(error::ILLEGAL_GENERATION)
-        };
+/// One code per partition in request order, or the same code for all.
+fn response(req: &OffsetCommitRequest, codes: Result<Vec<i16>, i16>) -> OffsetCommitResponse {
+    let mut each = match &codes {
+        Ok(c) => c.clone().into_iter(),
+        Err(_) => Vec::new().into_iter(),
     };
-    match &group.kind {
-        GroupKind::Classic(g) => {
-            if admin {
-                return if g.members.is_empty() {
-                    Ok(())
-                } else {
-                    Err(error::UNKNOWN_MEMBER_ID)
-                };
-            }
-            g.check_member(member, instance)?;
-            if generation != g.generation {
-                return Err(error::ILLEGAL_GENERATION);
-            }
-            if g.state == ClassicState::CompletingRebalance {
-                return Err(error::REBALANCE_IN_PROGRESS);
-            }
-            Ok(())
-        }
-        GroupKind::Consumer(g) => {
-            if admin {
-                return if g.members.is_empty() {
-                    Ok(())
-                } else {
-                    Err(error::UNKNOWN_MEMBER_ID)
-                };
-            }
-            g.check_commit(member, generation)
-        }
-    }
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let code = match codes {
+                        Ok(_) => each.next().unwrap_or(error::UNKNOWN_SERVER_ERROR),
+                        Err(code) => code,
+                    };
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
 }

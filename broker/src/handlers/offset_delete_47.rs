@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::Broker;
+use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
     key: ApiKey::OffsetDelete,
@@ -23,39 +23,45 @@ pub async fn handle(
     _header: &RequestHeader,
     req: OffsetDeleteRequest,
 ) -> Reply<OffsetDeleteResponse> {
-    let broker = broker.clone();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    let (results, deleted) = match broker.groups.delete_offsets(&req.group_id, topics) {
+        Err(code) => return Reply::Now(OffsetDeleteResponse::default().with_error_code(code)),
+        Ok(r) => r,
+    };
     Reply::Later(Box::pin(async move {
-        let topics = req
-            .topics
-            .iter()
-            .map(|t| {
-                (
-                    t.name.to_string(),
-                    t.partitions.iter().map(|p| p.partition_index).collect(),
-                )
-            })
-            .collect();
-        match broker.groups.delete_offsets(&req.group_id, topics).await {
-            Err(code) => OffsetDeleteResponse::default().with_error_code(code),
-            Ok(results) => OffsetDeleteResponse::default().with_topics(
-                results
-                    .into_iter()
-                    .map(|(t, parts)| {
-                        OffsetDeleteResponseTopic::default()
-                            .with_name(TopicName(str_bytes(&t)))
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|(p, code)| {
-                                        OffsetDeleteResponsePartition::default()
-                                            .with_partition_index(p)
-                                            .with_error_code(code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
+        if let Some(deleted) = deleted {
+            if !matches!(deleted.await, Ok(true)) {
+                return OffsetDeleteResponse::default()
+                    .with_error_code(error::COORDINATOR_NOT_AVAILABLE);
+            }
         }
+        OffsetDeleteResponse::default().with_topics(
+            results
+                .into_iter()
+                .map(|(t, parts)| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(TopicName(str_bytes(&t)))
+                        .with_partitions(
+                            parts
+                                .into_iter()
+                                .map(|(p, code)| {
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
     }))
 }

@@ -3,6 +3,9 @@
 //! v5: committed leader epoch. v6: flexible. v7: require_stable. v8: several groups in one request
 //! (KIP-709). v9: member id and epoch for KIP-848 groups.
 //! The committed metadata string comes back exactly as committed; an uncommitted partition is -1.
+//! While commits are queued for the coordinator's writer, the answer waits until they are applied,
+//! so a fetch pipelined behind commits on the same connection sees them (Kafka reads a connection's
+//! requests one at a time).
 
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -41,6 +44,18 @@ pub async fn handle(
     req: OffsetFetchRequest,
 ) -> Reply<OffsetFetchResponse> {
     let version = header.request_api_version;
+    if broker.groups.writes_applied() {
+        return Reply::Now(answer(broker, version, req));
+    }
+    let applied = broker.groups.barrier();
+    let broker = broker.clone();
+    Reply::Later(Box::pin(async move {
+        let _ = applied.await;
+        answer(&broker, version, req)
+    }))
+}
+
+fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let groups = &broker.groups;
     if version >= 8 {
         let out = req
@@ -83,7 +98,7 @@ pub async fn handle(
                     .with_error_code(code)
             })
             .collect();
-        return Reply::Now(OffsetFetchResponse::default().with_groups(out));
+        return OffsetFetchResponse::default().with_groups(out);
     }
     // v1 has no way to ask for "all": topics are always listed.
     let wanted = req.topics.as_ref().map(|ts| {
@@ -116,9 +131,7 @@ pub async fn handle(
     } else {
         error::NONE
     };
-    Reply::Now(
-        OffsetFetchResponse::default()
-            .with_topics(topics)
-            .with_error_code(if version >= 2 { code } else { error::NONE }),
-    )
+    OffsetFetchResponse::default()
+        .with_topics(topics)
+        .with_error_code(if version >= 2 { code } else { error::NONE })
 }

@@ -1,0 +1,278 @@
+//! The coordinator's one writer: every durable change to committed offsets and group documents goes
+//! through this queue, on a thread of its own (SQLite and its fsync never run on a runtime thread).
+//!
+//! Ops are applied in the order they were queued, and handlers queue them in their in-order part
+//! (`handle`, which a connection awaits in read order), so a connection's commits, offset deletions
+//! and group deletions take effect in request order — Kafka reads a connection's requests one at a
+//! time, so the last of several asynchronous commits wins there too. A batch of queued ops is one
+//! SQLite transaction (one fsync for many commits); only after it is durable are the in-memory
+//! offsets updated and the requests answered, so OffsetFetch never shows a commit that a crash could
+//! still lose, and a failed write changes nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use streamhouse_storage::{GroupWrite, MetadataStore, OffsetRecord};
+use tokio::sync::oneshot;
+
+use super::{persisted, remove_if, with_group, with_new_group, CommittedOffset, Directory};
+
+/// Ops taken into one transaction at most. Large enough that a burst of commits from many
+/// consumers shares one fsync, small enough that a batch's transaction stays short.
+const MAX_BATCH: usize = 1024;
+
+pub(crate) enum Op {
+    /// OffsetCommit: the records are written, then become visible.
+    Commit {
+        group: String,
+        records: Vec<OffsetRecord>,
+    },
+    /// OffsetDelete of the listed partitions.
+    DeleteOffsets {
+        group: String,
+        partitions: Vec<(String, i32)>,
+    },
+    /// Offset expiry: (topic, partition, commit_ms) removed only while still that commit. With
+    /// `drop_group`, the group goes too if it is still empty and has no offsets left.
+    Expire {
+        group: String,
+        partitions: Vec<(String, i32, i64)>,
+        drop_group: bool,
+    },
+    /// DeleteGroups: the group's offsets and document.
+    DeleteGroup { group: String },
+    /// DeleteTopics: every group's offsets of the topic.
+    DeleteTopic { topic: String },
+    /// Saves the group's membership document as it is when written (a snapshot, so only the last
+    /// one of a group in a batch is written).
+    SaveGroup { group: String },
+    /// Writes nothing; answered once everything queued before it is applied.
+    Barrier,
+}
+
+struct Queued {
+    op: Op,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Queued>,
+    /// Ops queued and not yet applied (readers that must see them wait for a barrier).
+    queued: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    pub(crate) fn start(dir: Arc<Directory>, meta: Arc<dyn MetadataStore>) -> Writer {
+        let (tx, rx) = mpsc::channel::<Queued>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
+        let spawned = std::thread::Builder::new()
+            .name("group-writer".into())
+            .spawn(move || run(rx, &dir, meta.as_ref(), &q));
+        if let Err(e) = spawned {
+            // Without the thread every op is answered as failed (its sender is dropped).
+            tracing::error!(error = %e, "could not start the group writer thread");
+        }
+        Writer { tx, queued }
+    }
+
+    /// Queues an op; the receiver says whether it was made durable and applied.
+    pub(crate) fn submit(&self, op: Op) -> oneshot::Receiver<bool> {
+        let (done, rx) = oneshot::channel();
+        self.queue(op, Some(done));
+        rx
+    }
+
+    /// Queues an op whose outcome nobody waits for (failures are logged).
+    pub(crate) fn submit_quiet(&self, op: Op) {
+        self.queue(op, None);
+    }
+
+    fn queue(&self, op: Op, done: Option<oneshot::Sender<bool>>) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(Queued { op, done }).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("group writer is gone; a group change was not stored");
+        }
+    }
+
+    /// True when nothing is queued: a reader can answer from memory at once.
+    pub(crate) fn idle(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0
+    }
+}
+
+fn run(
+    rx: mpsc::Receiver<Queued>,
+    dir: &Directory,
+    meta: &dyn MetadataStore,
+    queued: &AtomicUsize,
+) {
+    // Re-saves of groups that a DeleteGroups found with members again by the time it was applied.
+    let mut carry: Vec<Queued> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut carry);
+        if batch.is_empty() {
+            match rx.recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => return, // the coordinator is gone
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let writes = durable_writes(&batch, dir);
+        let ok = match meta.group_writes(&writes) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, ops = batch.len(), "could not store group changes");
+                false
+            }
+        };
+        for q in batch {
+            if ok {
+                if let Some(resave) = apply(&q.op, dir) {
+                    queued.fetch_add(1, Ordering::SeqCst);
+                    carry.push(Queued {
+                        op: resave,
+                        done: None,
+                    });
+                }
+            }
+            queued.fetch_sub(1, Ordering::SeqCst);
+            if let Some(done) = q.done {
+                let _ = done.send(ok);
+            }
+        }
+    }
+}
+
+/// What a batch writes, in queue order.
+fn durable_writes(batch: &[Queued], dir: &Directory) -> Vec<GroupWrite> {
+    let mut last_save: HashMap<&str, usize> = HashMap::new();
+    for (i, q) in batch.iter().enumerate() {
+        if let Op::SaveGroup { group } = &q.op {
+            last_save.insert(group, i);
+        }
+    }
+    let mut writes = Vec::with_capacity(batch.len());
+    for (i, q) in batch.iter().enumerate() {
+        match &q.op {
+            Op::Commit { records, .. } => writes.push(GroupWrite::Offsets(records.clone())),
+            Op::DeleteOffsets { group, partitions } => writes.push(GroupWrite::DeleteOffsets {
+                group_id: group.clone(),
+                partitions: Some(partitions.clone()),
+            }),
+            Op::Expire {
+                group,
+                partitions,
+                drop_group,
+            } => {
+                if !partitions.is_empty() {
+                    writes.push(GroupWrite::ExpireOffsets {
+                        group_id: group.clone(),
+                        partitions: partitions.clone(),
+                    });
+                }
+                let still_empty = with_group(dir, group, |g| g.is_empty()).unwrap_or(true);
+                if *drop_group && still_empty {
+                    writes.push(GroupWrite::SaveGroup {
+                        group_id: group.clone(),
+                        state: None,
+                    });
+                }
+            }
+            Op::DeleteGroup { group } => {
+                writes.push(GroupWrite::DeleteOffsets {
+                    group_id: group.clone(),
+                    partitions: None,
+                });
+                writes.push(GroupWrite::SaveGroup {
+                    group_id: group.clone(),
+                    state: None,
+                });
+            }
+            Op::DeleteTopic { topic } => writes.push(GroupWrite::DeleteTopicOffsets {
+                topic: topic.clone(),
+            }),
+            Op::SaveGroup { group } if last_save.get(group.as_str()) == Some(&i) => {
+                // Serialized here, off the runtime threads, under the group's lock only.
+                let state = with_group(dir, group, |g| persisted(g)).flatten();
+                writes.push(GroupWrite::SaveGroup {
+                    group_id: group.clone(),
+                    state,
+                });
+            }
+            Op::SaveGroup { .. } | Op::Barrier => {}
+        }
+    }
+    writes
+}
+
+/// Makes a durable op visible in memory. Returns an op to queue next, if any.
+fn apply(op: &Op, dir: &Directory) -> Option<Op> {
+    match op {
+        Op::Commit { group, records } => with_new_group(dir, group, |g| {
+            for r in records {
+                g.offsets.insert(
+                    (r.topic.clone(), r.partition),
+                    CommittedOffset {
+                        offset: r.offset,
+                        leader_epoch: r.leader_epoch,
+                        metadata: r.metadata.clone(),
+                        commit_ms: r.commit_ms,
+                    },
+                );
+            }
+        }),
+        Op::DeleteOffsets { group, partitions } => {
+            with_group(dir, group, |g| {
+                for (t, p) in partitions {
+                    g.offsets.remove(&(t.clone(), *p));
+                }
+            });
+        }
+        Op::Expire {
+            group,
+            partitions,
+            drop_group,
+        } => {
+            with_group(dir, group, |g| {
+                for (t, p, commit_ms) in partitions {
+                    let key = (t.clone(), *p);
+                    if g.offsets
+                        .get(&key)
+                        .is_some_and(|o| o.commit_ms == *commit_ms)
+                    {
+                        g.offsets.remove(&key);
+                    }
+                }
+            });
+            if *drop_group {
+                remove_if(dir, group, |g| g.is_empty() && g.offsets.is_empty());
+            }
+        }
+        Op::DeleteGroup { group } => {
+            with_group(dir, group, |g| g.offsets.clear());
+            let removed = remove_if(dir, group, |g| g.is_empty());
+            // Members joined after the delete was accepted: their group's document is written again.
+            if !removed && with_group(dir, group, |_| ()).is_some() {
+                return Some(Op::SaveGroup {
+                    group: group.clone(),
+                });
+            }
+        }
+        Op::DeleteTopic { topic } => {
+            let all: Vec<_> = dir.lock().values().cloned().collect();
+            for g in all {
+                g.lock().offsets.retain(|(t, _), _| t != topic);
+            }
+        }
+        Op::SaveGroup { .. } | Op::Barrier => {}
+    }
+    None
+}
