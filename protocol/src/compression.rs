@@ -6,9 +6,9 @@
 //! bound on the inflated size: a 1 MB zstd batch of zeros inflates to 32 GiB and Kafka spends the CPU.
 //! Here every decompressor sits behind [`Limited`], which fails with [`TooLarge`] once more than the
 //! limit (`message.max.decompressed.bytes`) comes out, and the decoders' own buffers are bounded by
-//! their format (gzip: a 32 KiB window; lz4: two blocks of at most 4 MiB; zstd: the window, capped at
-//! max(8 MiB, limit) below; snappy: one block, whose declared length is checked against the limit before it is
-//! allocated). Formats, as Kafka's clients write and Kafka's broker reads them:
+//! their format (gzip: a 32 KiB window; lz4: blocks of at most 4 MiB, three in linked mode; zstd: the
+//! window, capped at max(8 MiB, limit) below; snappy: one block, whose declared length is checked
+//! against the limit before it is allocated). Formats, as Kafka's clients write and Kafka's broker reads them:
 //! - gzip: RFC 1952 members, several back to back allowed (java.util.zip.GZIPInputStream).
 //! - snappy: xerial's SnappyOutputStream framing (a 16-byte header, then blocks each prefixed by its
 //!   compressed length as a big-endian u32), or a single raw snappy block when the header is absent,
@@ -17,6 +17,46 @@
 //! - zstd: zstd frames (zstd-jni's ZstdInputStream).
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+/// Where decompression runs: on tokio's blocking threads, at most `concurrency` at once (a semaphore),
+/// so bombs queue up instead of taking the async runtime's threads or every CPU, with the
+/// inflated-size bound (`message.max.decompressed.bytes`) they must stay under.
+#[derive(Clone, Debug)]
+pub struct Inflater {
+    max_bytes: u64,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Inflater {
+    pub fn new(max_bytes: u64, concurrency: usize) -> Inflater {
+        Inflater {
+            max_bytes,
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Runs `f(max_bytes)` on a blocking thread once a slot is free; `None` if the runtime is
+    /// shutting down (or `f` panicked).
+    pub async fn run<T, F>(&self, f: F) -> Option<T>
+    where
+        F: FnOnce(u64) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let max = self.max_bytes;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(max)
+        })
+        .await
+        .ok()
+    }
+}
 
 /// A codec id from the batch attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +174,17 @@ pub fn decompressor<'a>(
         Codec::None => Box::new(payload),
         Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(payload)),
         Codec::Snappy => Box::new(SnappyReader::new(payload, limit)),
-        Codec::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(payload)),
+        Codec::Lz4 => {
+            // Kafka's Lz4BlockInputStream reads only standard frames; the legacy format would let a
+            // payload make the decoder allocate 2 x 8 MiB blocks.
+            if !payload.starts_with(&LZ4_FRAME_MAGIC) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "lz4: not an LZ4 frame",
+                ));
+            }
+            Box::new(lz4_flex::frame::FrameDecoder::new(payload))
+        }
         Codec::Zstd => {
             let mut d = zstd::stream::read::Decoder::with_buffer(payload)?;
             d.window_log_max(zstd_window_log_max(limit))?;
@@ -143,6 +193,9 @@ pub fn decompressor<'a>(
     };
     Ok(Limited::new(inner, limit))
 }
+
+/// 0x184D2204 little-endian: the LZ4 frame magic number.
+const LZ4_FRAME_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 
 const SNAPPY_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 /// xerial's header: the magic, then version 1 and minimum compatible version 1 (big-endian i32s).
@@ -428,6 +481,34 @@ mod tests {
         // A raw snappy block declaring 2^32-1 bytes (varint ff ff ff ff 0f) and carrying nothing.
         let e = inflate(Codec::Snappy, b"\xff\xff\xff\xff\x0f\x00", 1 << 20).unwrap_err();
         assert!(is_too_large(&e), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inflater_runs_a_bounded_number_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let inflater = Inflater::new(123, 2);
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (inflater, running, peak) = (inflater.clone(), running.clone(), peak.clone());
+                tokio::spawn(async move {
+                    inflater
+                        .run(move |max| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            max
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Some(123));
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
     }
 
     #[test]
