@@ -218,12 +218,15 @@ fn bombs_of_every_codec_are_refused_within_the_bound() {
     assert!(peak < 64 << 10, "peak {peak}");
 }
 
-fn valid_batches() -> Vec<(Codec, Vec<u8>)> {
-    let plain = records(300);
-    [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd]
-        .into_iter()
-        .map(|c| (c, batch(c, 300, &compression::compress(c, &plain).unwrap())))
-        .collect()
+fn valid_batches() -> &'static [(Codec, Vec<u8>)] {
+    static BATCHES: std::sync::OnceLock<Vec<(Codec, Vec<u8>)>> = std::sync::OnceLock::new();
+    BATCHES.get_or_init(|| {
+        let plain = records(300);
+        [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd]
+            .into_iter()
+            .map(|c| (c, batch(c, 300, &compression::compress(c, &plain).unwrap())))
+            .collect()
+    })
 }
 
 proptest::proptest! {
