@@ -4,7 +4,7 @@
 //! endpoints on NOT_LEADER. v11: no change (KIP-890 server side). v12: no change. v13: topics by id.
 //! acks=0 gets no response at all, as in Kafka; acks=1 and acks=all are answered after the batches are
 //! durable and committed (there are no followers, so both mean the same here).
-
+//!
 //! Every batch is validated as Kafka's LogValidator does (streamhouse_protocol::validator) against its
 //! topic's settings (topic_config accessors): structure and count of its records, compressed ones
 //! decompressed within message.max.decompressed.bytes on the broker's blocking pool (never on the
@@ -19,7 +19,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, TopicName};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use streamhouse_protocol::batch::{self, BatchError};
+use streamhouse_protocol::batch::{BatchError, BatchHeader};
 use streamhouse_protocol::validator::{self, Rules, Validated};
 use streamhouse_storage::engine::Topic;
 use streamhouse_storage::AppendBatch;
@@ -237,14 +237,14 @@ async fn check(
                 max: rules.max_message_bytes,
             })
         }
-        Some(data) => match batch::check_batch_header(&data) {
-            Err(e) => Err(e),
-            Ok(h) if validator::is_heavy(&h, &rules) => broker
+        // The header decides where validation runs; validation itself checks it (CRC included).
+        Some(data) => match BatchHeader::parse(&data) {
+            Some(h) if validator::is_heavy(&h, &rules) => broker
                 .inflater
                 .run(move |_| validated(data, &rules))
                 .await
                 .unwrap_or(Err(BatchError::Corrupt("validation did not finish"))),
-            Ok(_) => validated(data, &rules),
+            _ => validated(data, &rules),
         },
     };
     (topic, partition, result)
