@@ -170,6 +170,28 @@ settings! {
     /// Largest record batch accepted (MESSAGE_TOO_LARGE past it); topics may override it with
     /// `max.message.bytes`.
     message_max_bytes: i32 = "1048588", key "message.max.bytes";
+    /// StreamHouse's own bound (Kafka has none): most bytes a compressed record batch may inflate to, at
+    /// produce (MESSAGE_TOO_LARGE past it) and wherever stored batches are decompressed (ListOffsets by
+    /// timestamp). 64 MiB is 64 times message.max.bytes: clients bound a batch before compressing it
+    /// (Java: batch.size 16 KiB, a record up to max.request.size 1 MiB; librdkafka: batch.size 1 MB),
+    /// so real batches stay far below, while a bomb costs at most this much inflating (a fraction of a
+    /// second) on one of the blocking threads that decompress, one per CPU at once. Each holds at most
+    /// this much (one record, or a rebuilt batch) plus its codec's state (zstd window up to 8 MiB, lz4
+    /// blocks up to 12 MiB).
+    message_max_decompressed_bytes: u64 = "67108864", key "message.max.decompressed.bytes";
+    /// Timestamp type of topics without their own `message.timestamp.type`: `CreateTime` (the
+    /// producer's), or `LogAppendTime` (each batch stamped with the broker's time).
+    log_message_timestamp_type: String = "CreateTime", key "log.message.timestamp.type";
+    /// CreateTime records older than now minus this are refused (INVALID_TIMESTAMP, per record), for
+    /// topics without their own `message.timestamp.before.max.ms`.
+    log_message_timestamp_before_max_ms: i64 = "9223372036854775807", key "log.message.timestamp.before.max.ms";
+    /// The same for timestamps ahead of now (one hour: Kafka 4.x's default, KIP-1030), for topics
+    /// without their own `message.timestamp.after.max.ms`.
+    log_message_timestamp_after_max_ms: i64 = "3600000", key "log.message.timestamp.after.max.ms";
+    /// Codec batches are stored in, for topics without their own `compression.type`: `producer` keeps
+    /// each batch as sent; `uncompressed`, `gzip`, `snappy`, `lz4`, `zstd` recompress batches sent in
+    /// another codec (CPU for every such batch), as Kafka does.
+    compression_type: String = "producer", key "compression.type";
     /// Largest request frame; checked before anything is allocated.
     socket_request_max_bytes: usize = "104857600", key "socket.request.max.bytes";
     /// Create unknown topics when a client's Metadata request allows it.
@@ -445,6 +467,20 @@ impl BrokerConfig {
         anyhow::ensure!(
             s.fetch_max_bytes >= 0,
             "fetch.max.bytes must not be negative"
+        );
+        for (name, value) in [
+            ("message.timestamp.type", &s.log_message_timestamp_type),
+            ("compression.type", &s.compression_type),
+        ] {
+            crate::topic_config::validate(name, Some(value)).map_err(anyhow::Error::msg)?;
+        }
+        anyhow::ensure!(
+            s.log_message_timestamp_before_max_ms >= 0 && s.log_message_timestamp_after_max_ms >= 0,
+            "log.message.timestamp.before.max.ms and .after.max.ms must be at least 0"
+        );
+        anyhow::ensure!(
+            s.message_max_decompressed_bytes >= 1,
+            "message.max.decompressed.bytes must be positive"
         );
         anyhow::ensure!(s.num_partitions >= 1, "num.partitions must be at least 1");
         // Kafka's lower bounds for these.

@@ -21,6 +21,10 @@ pub struct Broker {
     pub cluster_id: String,
     /// Broker-wide bounds on what clients can make it hold.
     pub limits: Arc<limits::Limits>,
+    /// Decompression of record batches (produce validation, ListOffsets by timestamp): bounded by
+    /// message.max.decompressed.bytes, on blocking threads, one per CPU at most (it is CPU-bound, so
+    /// more at once gains nothing and multiplies the memory bound).
+    pub inflater: streamhouse_protocol::compression::Inflater,
 }
 
 impl Broker {
@@ -30,7 +34,12 @@ impl Broker {
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
         let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;
+        let inflater = streamhouse_protocol::compression::Inflater::new(
+            config.message_max_decompressed_bytes,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        );
         Ok(Arc::new(Broker {
+            inflater,
             config,
             storage,
             groups,

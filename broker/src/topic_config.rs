@@ -1,7 +1,12 @@
 //! The topic configurations StreamHouse knows, their defaults and the broker settings behind them, for
-//! CreateTopics validation and DescribeConfigs (kafka-topics --describe shows these).
+//! CreateTopics validation and DescribeConfigs (kafka-topics --describe shows these), and typed
+//! accessors for the ones the broker acts on: the topic's own value, else the broker setting, else
+//! Kafka's default (Kafka's LogConfig resolution).
 
 use crate::config::BrokerConfig;
+use streamhouse_protocol::compression::Codec;
+use streamhouse_protocol::validator::TimestampType;
+use streamhouse_storage::TopicConfigs;
 
 /// ConfigSource values from Kafka's DescribeConfigs (KIP-226).
 pub const SOURCE_DYNAMIC_TOPIC: i8 = 1;
@@ -177,6 +182,29 @@ pub fn topic_config(name: &str) -> Option<&'static ConfigDef> {
 /// The default of a topic config on this broker (broker settings override Kafka's defaults).
 pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
     match def.name {
+        "message.timestamp.type" if broker.log_message_timestamp_type != def.default => (
+            broker.log_message_timestamp_type.clone(),
+            SOURCE_STATIC_BROKER,
+        ),
+        "message.timestamp.before.max.ms"
+            if broker.log_message_timestamp_before_max_ms != i64::MAX =>
+        {
+            (
+                broker.log_message_timestamp_before_max_ms.to_string(),
+                SOURCE_STATIC_BROKER,
+            )
+        }
+        "message.timestamp.after.max.ms"
+            if broker.log_message_timestamp_after_max_ms != 3_600_000 =>
+        {
+            (
+                broker.log_message_timestamp_after_max_ms.to_string(),
+                SOURCE_STATIC_BROKER,
+            )
+        }
+        "compression.type" if broker.compression_type != def.default => {
+            (broker.compression_type.clone(), SOURCE_STATIC_BROKER)
+        }
         "max.message.bytes" if broker.message_max_bytes != 1_048_588 => {
             (broker.message_max_bytes.to_string(), SOURCE_STATIC_BROKER)
         }
@@ -191,6 +219,58 @@ pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
         }
         _ => (def.default.to_string(), SOURCE_DEFAULT),
     }
+}
+
+/// `max.message.bytes`: the largest batch a producer may send to the topic (and store after rewriting).
+pub fn max_message_bytes(configs: &TopicConfigs, broker: &BrokerConfig) -> i32 {
+    configs
+        .get("max.message.bytes")
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(broker.message_max_bytes)
+}
+
+/// `message.timestamp.type` (broker: `log.message.timestamp.type`; Kafka: CreateTime).
+pub fn message_timestamp_type(configs: &TopicConfigs, broker: &BrokerConfig) -> TimestampType {
+    configs
+        .get("message.timestamp.type")
+        .and_then(|v| TimestampType::from_config(v))
+        .or_else(|| TimestampType::from_config(&broker.log_message_timestamp_type))
+        .unwrap_or(TimestampType::CreateTime)
+}
+
+/// `message.timestamp.before.max.ms` (broker: `log.message.timestamp.before.max.ms`; Kafka: Long.MAX).
+pub fn message_timestamp_before_max_ms(configs: &TopicConfigs, broker: &BrokerConfig) -> i64 {
+    configs
+        .get("message.timestamp.before.max.ms")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(broker.log_message_timestamp_before_max_ms)
+}
+
+/// `message.timestamp.after.max.ms` (broker: `log.message.timestamp.after.max.ms`; Kafka 4.x: 1 hour).
+pub fn message_timestamp_after_max_ms(configs: &TopicConfigs, broker: &BrokerConfig) -> i64 {
+    configs
+        .get("message.timestamp.after.max.ms")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(broker.log_message_timestamp_after_max_ms)
+}
+
+/// `compression.type` (broker: `compression.type`; Kafka: producer) as the codec batches are stored
+/// in; `None` for `producer` (each batch keeps its own).
+pub fn compression_type(configs: &TopicConfigs, broker: &BrokerConfig) -> Option<Codec> {
+    let v = configs
+        .get("compression.type")
+        .map(String::as_str)
+        .unwrap_or(&broker.compression_type);
+    Codec::from_config(v)
+}
+
+/// `cleanup.policy` (broker: `log.cleanup.policy`; Kafka: delete) contains `compact`.
+pub fn is_compacted(configs: &TopicConfigs, broker: &BrokerConfig) -> bool {
+    configs
+        .get("cleanup.policy")
+        .unwrap_or(&broker.log_cleanup_policy)
+        .split(',')
+        .any(|p| p.trim() == "compact")
 }
 
 /// Checks a topic config value; `Err` holds the message for INVALID_CONFIG.
@@ -209,6 +289,10 @@ pub fn validate(name: &str, value: Option<&str>) -> Result<(), String> {
         }
         TYPE_INT if name == "min.insync.replicas" => value.parse::<i32>().is_ok_and(|v| v >= 1),
         TYPE_INT => value.parse::<i32>().is_ok(),
+        // Kafka: atLeast(0) for the KIP-937 bounds.
+        TYPE_LONG if name.starts_with("message.timestamp.") => {
+            value.parse::<i64>().is_ok_and(|v| v >= 0)
+        }
         TYPE_LONG => value.parse::<i64>().is_ok(),
         TYPE_DOUBLE => value.parse::<f64>().is_ok(),
         _ => match name {
@@ -256,6 +340,88 @@ mod tests {
         assert!(broker_configs(&c)
             .iter()
             .any(|(n, v, _)| *n == "log.retention.ms" && v == "3600000"));
+    }
+
+    #[test]
+    fn accessors_take_the_topic_value_then_the_broker_setting_then_kafkas_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = BrokerConfig::for_tests(dir.path().to_path_buf());
+        let mut t = TopicConfigs::new();
+        assert_eq!(message_timestamp_type(&t, &c), TimestampType::CreateTime);
+        assert_eq!(message_timestamp_before_max_ms(&t, &c), i64::MAX);
+        assert_eq!(message_timestamp_after_max_ms(&t, &c), 3_600_000);
+        assert_eq!(compression_type(&t, &c), None);
+        assert!(!is_compacted(&t, &c));
+        c.log_cleanup_policy = "compact".into();
+        assert!(is_compacted(&t, &c));
+        c.log_message_timestamp_type = "LogAppendTime".into();
+        c.log_message_timestamp_before_max_ms = 5;
+        c.log_message_timestamp_after_max_ms = 6;
+        c.compression_type = "zstd".into();
+        assert_eq!(message_timestamp_type(&t, &c), TimestampType::LogAppendTime);
+        assert_eq!(message_timestamp_before_max_ms(&t, &c), 5);
+        assert_eq!(message_timestamp_after_max_ms(&t, &c), 6);
+        assert_eq!(compression_type(&t, &c), Some(Codec::Zstd));
+        for (k, v) in [
+            ("message.timestamp.type", "CreateTime"),
+            ("message.timestamp.before.max.ms", "7"),
+            ("message.timestamp.after.max.ms", "8"),
+            ("compression.type", "uncompressed"),
+            ("cleanup.policy", "delete,compact"),
+            ("max.message.bytes", "99"),
+        ] {
+            t.insert(k.into(), v.into());
+        }
+        assert_eq!(message_timestamp_type(&t, &c), TimestampType::CreateTime);
+        assert_eq!(message_timestamp_before_max_ms(&t, &c), 7);
+        assert_eq!(message_timestamp_after_max_ms(&t, &c), 8);
+        assert_eq!(compression_type(&t, &c), Some(Codec::None));
+        assert!(is_compacted(&t, &c));
+        t.insert("cleanup.policy".into(), "delete".into());
+        assert!(!is_compacted(&t, &c));
+        assert_eq!(max_message_bytes(&t, &c), 99);
+        t.insert("compression.type".into(), "producer".into());
+        assert_eq!(compression_type(&t, &c), None);
+    }
+
+    #[test]
+    fn broker_settings_are_the_defaults_describe_configs_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = BrokerConfig::for_tests(dir.path().to_path_buf());
+        let d = |n| topic_default(topic_config(n).unwrap(), &c);
+        assert_eq!(d("compression.type"), ("producer".into(), SOURCE_DEFAULT));
+        assert_eq!(
+            d("message.timestamp.type"),
+            ("CreateTime".into(), SOURCE_DEFAULT)
+        );
+        c.log_message_timestamp_type = "LogAppendTime".into();
+        c.compression_type = "gzip".into();
+        c.log_message_timestamp_after_max_ms = 10;
+        c.log_message_timestamp_before_max_ms = 20;
+        let d = |n| topic_default(topic_config(n).unwrap(), &c);
+        assert_eq!(d("compression.type"), ("gzip".into(), SOURCE_STATIC_BROKER));
+        assert_eq!(
+            d("message.timestamp.type"),
+            ("LogAppendTime".into(), SOURCE_STATIC_BROKER)
+        );
+        assert_eq!(
+            d("message.timestamp.after.max.ms"),
+            ("10".into(), SOURCE_STATIC_BROKER)
+        );
+        assert_eq!(
+            d("message.timestamp.before.max.ms"),
+            ("20".into(), SOURCE_STATIC_BROKER)
+        );
+        let shown = broker_configs(&c);
+        for (n, v) in [
+            ("compression.type", "gzip"),
+            ("log.message.timestamp.type", "LogAppendTime"),
+            ("log.message.timestamp.after.max.ms", "10"),
+            ("message.max.decompressed.bytes", "67108864"),
+        ] {
+            assert!(shown.iter().any(|(k, x, _)| *k == n && x == v), "{n}");
+        }
+        assert!(validate("message.timestamp.after.max.ms", Some("-1")).is_err());
     }
 
     #[test]

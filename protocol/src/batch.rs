@@ -13,18 +13,38 @@
 pub const BATCH_HEADER_LEN: usize = 61;
 /// Bytes before `batchLength`'s count starts (baseOffset + batchLength).
 pub const LOG_OVERHEAD: usize = 12;
-const CRC_OFFSET: usize = 17;
-const ATTRIBUTES_OFFSET: usize = 21;
+pub(crate) const CRC_OFFSET: usize = 17;
+pub(crate) const ATTRIBUTES_OFFSET: usize = 21;
+pub(crate) const MAX_TIMESTAMP_OFFSET: usize = 35;
+/// Attributes bit 3: the batch's timestamps are LogAppendTime.
+pub const TIMESTAMP_TYPE_MASK: i16 = 0x8;
 
 /// Why a produced batch was refused; `kafka_error_code` maps it to Kafka's code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
-    /// Bad CRC or a size that does not add up: CORRUPT_MESSAGE, as Kafka's `ensureValid`.
+    /// Bad CRC, a size that does not add up, or records that do not decompress with the batch's
+    /// codec: CORRUPT_MESSAGE, as Kafka's `ensureValid` ("otherwise corrupt" in Kafka's error table;
+    /// Kafka itself answers UNKNOWN_SERVER_ERROR for an undecodable payload, by accident of its
+    /// exception mapping).
     #[error("corrupt record batch: {0}")]
     Corrupt(&'static str),
     /// Structurally valid bytes that break a record rule: INVALID_RECORD (Kafka's LogValidator).
     #[error("invalid record batch: {0}")]
     InvalidRecord(&'static str),
+    /// The records inflate to more than `message.max.decompressed.bytes` (a StreamHouse bound; Kafka
+    /// has none and spends the CPU): MESSAGE_TOO_LARGE, which Java producers answer by splitting.
+    #[error("the record batch decompresses to more than message.max.decompressed.bytes ({0})")]
+    DecompressedTooLarge(u64),
+    /// The batch as it would be stored (after recompression) is over max.message.bytes:
+    /// MESSAGE_TOO_LARGE (Kafka's RecordTooLargeException after validation).
+    #[error(
+        "the record batch is {size} bytes after recompression, larger than max.message.bytes {max}"
+    )]
+    TooLarge { size: usize, max: i32 },
+    /// Some records break a per-record rule (KIP-467): INVALID_TIMESTAMP if any is a timestamp error,
+    /// else INVALID_RECORD, with each bad record's batch index and message.
+    #[error("{}", .0.message())]
+    Records(RecordErrors),
 }
 
 impl BatchError {
@@ -32,7 +52,60 @@ impl BatchError {
         match self {
             BatchError::Corrupt(_) => 2,        // CORRUPT_MESSAGE
             BatchError::InvalidRecord(_) => 87, // INVALID_RECORD
+            BatchError::DecompressedTooLarge(_) | BatchError::TooLarge { .. } => 10, // MESSAGE_TOO_LARGE
+            BatchError::Records(r) if r.invalid_timestamp => 32, // INVALID_TIMESTAMP
+            BatchError::Records(_) => 87,                        // INVALID_RECORD
         }
+    }
+
+    /// Per-record errors (Produce v8+ `record_errors`): only for [`BatchError::Records`], as Kafka
+    /// fills them only for its RecordValidationException.
+    pub fn record_errors(&self) -> &[RecordError] {
+        match self {
+            BatchError::Records(r) => &r.errors,
+            _ => &[],
+        }
+    }
+}
+
+/// One bad record: its index in the batch and why (ProduceResponse.RecordError).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub batch_index: i32,
+    pub message: String,
+}
+
+/// The record errors of a batch, as Kafka's LogValidator.processRecordErrors reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordErrors {
+    pub invalid_timestamp: bool,
+    pub errors: Vec<RecordError>,
+}
+
+impl RecordErrors {
+    /// The top-level error_message, Kafka's words: a fixed one for timestamps, else the count and the
+    /// first three errors in Java's `List<RecordError>.toString()` form.
+    pub fn message(&self) -> String {
+        if self.invalid_timestamp {
+            return "One or more records have been rejected due to invalid timestamp".to_string();
+        }
+        let first: Vec<String> = self
+            .errors
+            .iter()
+            .take(3)
+            .map(|e| {
+                format!(
+                    "RecordError(batchIndex={}, message='{}')",
+                    e.batch_index, e.message
+                )
+            })
+            .collect();
+        format!(
+            "One or more records have been rejected due to {} record errors in total, and only \
+             showing the first three errors at most: [{}]",
+            self.errors.len(),
+            first.join(", ")
+        )
     }
 }
 
@@ -86,6 +159,10 @@ impl BatchHeader {
     pub fn compression(&self) -> u8 {
         (self.attributes & 0x7) as u8
     }
+    /// Attributes bit 3: timestamps are the broker's append time (the batch's maxTimestamp).
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_MASK != 0
+    }
     pub fn is_transactional(&self) -> bool {
         self.attributes & 0x10 != 0
     }
@@ -112,9 +189,10 @@ impl BatchHeader {
     }
 }
 
-/// Validates the records of one Produce partition, which for Produce v3+ must be exactly one magic-v2
-/// batch (Kafka's ProduceRequest.validateRecords). Returns its header.
-pub fn validate_produce_batch(data: &[u8]) -> Result<BatchHeader, BatchError> {
+/// The header rules of one Produce partition's records, which for Produce v3+ must be exactly one
+/// magic-v2 batch (Kafka's ProduceRequest.validateRecords, then LogValidator.validateBatch). Returns
+/// the header; the records themselves are checked by [`crate::validator`].
+pub fn check_batch_header(data: &[u8]) -> Result<BatchHeader, BatchError> {
     let h = BatchHeader::parse(data).ok_or(BatchError::Corrupt("shorter than a batch header"))?;
     if h.magic != 2 {
         return Err(BatchError::InvalidRecord(
@@ -150,80 +228,38 @@ pub fn validate_produce_batch(data: &[u8]) -> Result<BatchHeader, BatchError> {
             "clients may not produce control batches",
         ));
     }
+    if h.has_producer_id() && h.base_sequence < 0 {
+        // LogValidator.validateBatch: an idempotent batch needs a sequence.
+        return Err(BatchError::InvalidRecord(
+            "invalid sequence number in a record batch with a producer id",
+        ));
+    }
     if h.compression() > 4 {
         return Err(BatchError::Corrupt("unknown compression codec"));
-    }
-    if h.compression() == 0 {
-        validate_uncompressed_records(&data[BATCH_HEADER_LEN..total], h.record_count)?;
     }
     Ok(h)
 }
 
-/// Walks uncompressed records without allocating: every record's length must tile the region exactly,
-/// each offset delta must equal its position, and the count must match the header (a forged count under
-/// a valid CRC is caught here).
-fn validate_uncompressed_records(mut rest: &[u8], expected: i32) -> Result<(), BatchError> {
-    let bad = BatchError::InvalidRecord("malformed record");
-    let mut count: i32 = 0;
-    while !rest.is_empty() {
-        let (len, n) = read_varint(rest).ok_or(bad.clone())?;
-        if len < 0 || (len as usize) > rest.len() - n {
-            return Err(BatchError::InvalidRecord("record length exceeds the batch"));
-        }
-        let mut rec = &rest[n..n + len as usize];
-        rest = &rest[n + len as usize..];
-        if count >= expected {
-            return Err(BatchError::InvalidRecord(
-                "more records than the batch header counts",
-            ));
-        }
-        // attributes (1 byte), timestampDelta varlong, offsetDelta varint
-        rec = rec.get(1..).ok_or(bad.clone())?;
-        let (_, n) = read_varlong(rec).ok_or(bad.clone())?;
-        rec = &rec[n..];
-        let (offset_delta, n) = read_varint(rec).ok_or(bad.clone())?;
-        rec = &rec[n..];
-        if offset_delta != count {
+/// Decompressed bytes a batch may inflate to unless the broker says otherwise
+/// (`message.max.decompressed.bytes`; see the broker's configuration for the why of 64 MiB).
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
+
+/// Structural validation of one produced batch, without topic rules: the header
+/// ([`check_batch_header`]) and every record, decompressed within
+/// [`DEFAULT_MAX_DECOMPRESSED_BYTES`]. Returns the header.
+pub fn validate_produce_batch(data: &[u8]) -> Result<BatchHeader, BatchError> {
+    let h = check_batch_header(data)?;
+    let mut records = crate::records::Records::open(data, &h, DEFAULT_MAX_DECOMPRESSED_BYTES)?;
+    let mut index = 0;
+    while let Some(r) = records.next_record()? {
+        if r.offset_delta != index {
             return Err(BatchError::InvalidRecord(
                 "record offset deltas are not consecutive",
             ));
         }
-        rec = skip_nullable_bytes(rec).ok_or(bad.clone())?; // key
-        rec = skip_nullable_bytes(rec).ok_or(bad.clone())?; // value
-        let (headers, n) = read_varint(rec).ok_or(bad.clone())?;
-        if headers < 0 {
-            return Err(bad);
-        }
-        rec = &rec[n..];
-        for _ in 0..headers {
-            let (klen, n) = read_varint(rec).ok_or(bad.clone())?;
-            if klen < 0 {
-                return Err(BatchError::InvalidRecord("null header key"));
-            }
-            rec = rec.get(n + klen as usize..).ok_or(bad.clone())?;
-            rec = skip_nullable_bytes(rec).ok_or(bad.clone())?;
-        }
-        if !rec.is_empty() {
-            return Err(BatchError::InvalidRecord(
-                "record length does not match its fields",
-            ));
-        }
-        count += 1;
+        index += 1;
     }
-    if count != expected {
-        return Err(BatchError::InvalidRecord(
-            "fewer records than the batch header counts",
-        ));
-    }
-    Ok(())
-}
-
-fn skip_nullable_bytes(b: &[u8]) -> Option<&[u8]> {
-    let (len, n) = read_varint(b)?;
-    if len < 0 {
-        return Some(&b[n..]);
-    }
-    b.get(n + len as usize..)
+    Ok(h)
 }
 
 /// Zig-zag varint (i32), as records use. Returns the value and the bytes it took.
@@ -275,7 +311,7 @@ pub fn batches(data: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::BytesMut;
     use kafka_protocol::records::{
@@ -295,6 +331,42 @@ mod tests {
                 sequence: i as i32,
                 timestamp: 1_000 + i as i64,
                 key: Some(bytes::Bytes::from(format!("k{i}"))),
+                value: Some(bytes::Bytes::from(format!("value-{i}"))),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let opts = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, &recs, &opts).unwrap();
+        buf.to_vec()
+    }
+
+    /// A batch with one record per key (`None`: no key), record i stamped `base_ts + ts_deltas[i]`.
+    pub(crate) fn encode_records(
+        keys: &[Option<&str>],
+        base_ts: i64,
+        ts_deltas: &[i64],
+        compression: Compression,
+    ) -> Vec<u8> {
+        let recs: Vec<Record> = keys
+            .iter()
+            .zip(ts_deltas)
+            .enumerate()
+            .map(|(i, (k, d))| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: -1,
+                producer_id: 7,
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: base_ts + d,
+                key: k.map(|k| bytes::Bytes::from(k.to_string())),
                 value: Some(bytes::Bytes::from(format!("value-{i}"))),
                 headers: Default::default(),
                 delete_horizon: false,
@@ -338,7 +410,7 @@ mod tests {
         );
     }
 
-    fn refresh_crc(b: &mut [u8]) {
+    pub(crate) fn refresh_crc(b: &mut [u8]) {
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     }

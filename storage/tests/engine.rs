@@ -8,6 +8,11 @@ use streamhouse_storage::{AppendBatch, Storage, StorageConfig, StorageError};
 mod common;
 use common::{append_batch, batch, values};
 
+/// ListOffsets by timestamp decompresses through a bounded reader on blocking threads.
+fn inflater() -> streamhouse_protocol::compression::Inflater {
+    streamhouse_protocol::compression::Inflater::new(1 << 20, 2)
+}
+
 #[tokio::test]
 async fn appends_survive_restart_and_duplicates_are_not_written_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,11 +107,21 @@ async fn appends_survive_restart_and_duplicates_are_not_written_twice() {
     ));
     // By timestamp: record timestamps are 10_000 + seq * 10.
     assert_eq!(
-        s.offset_for_timestamp(p, 10_095).await.unwrap(),
+        s.offset_for_timestamp(p, 10_095, &inflater())
+            .await
+            .unwrap(),
         Some((10, 10_100))
     );
-    assert_eq!(s.offset_for_timestamp(p, 99_999).await.unwrap(), None);
-    assert_eq!(s.max_timestamp_offset(p).await.unwrap(), Some((17, 10_170)));
+    assert_eq!(
+        s.offset_for_timestamp(p, 99_999, &inflater())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.max_timestamp_offset(p, &inflater()).await.unwrap(),
+        Some((17, 10_170))
+    );
 }
 
 #[tokio::test]

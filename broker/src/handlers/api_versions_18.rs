@@ -23,9 +23,13 @@ pub fn handle_raw(raw: &RawRequest) -> (i16, ApiVersionsResponse) {
     let api_keys: Vec<ApiVersion> = SUPPORTED
         .iter()
         .map(|s| {
+            // Kafka 4.x advertises Produce from v0 though it serves v3+ only (KAFKA-18659):
+            // librdkafka before 2.x checks Produce v0 to decide whether a broker takes lz4, and sends
+            // uncompressed batches otherwise. Requests below v3 are still refused.
+            let min = if s.key == ApiKey::Produce { 0 } else { s.min };
             ApiVersion::default()
                 .with_api_key(s.key as i16)
-                .with_min_version(s.min)
+                .with_min_version(min)
                 .with_max_version(s.max)
         })
         .collect();
@@ -66,7 +70,8 @@ mod tests {
         assert!(resp
             .api_keys
             .iter()
-            .any(|k| k.api_key == ApiKey::Produce as i16 && k.max_version == 13));
+            .any(|k| k.api_key == ApiKey::Produce as i16
+                && (k.min_version, k.max_version) == (0, 13)));
         let (v, resp) = handle_raw(&raw(99));
         assert_eq!((v, resp.error_code), (0, error::UNSUPPORTED_VERSION));
         assert_eq!(resp.api_keys.len(), SUPPORTED.len());

@@ -83,8 +83,13 @@ pub async fn handle(
                 EARLIEST | EARLIEST_LOCAL => Ok(Some((part.log_start_offset(), -1))),
                 // Nothing is tiered: Kafka answers -1 when there is no remote log.
                 LATEST_TIERED => Ok(Some((-1, -1))),
-                MAX_TIMESTAMP => storage.max_timestamp_offset(part).await,
-                ts if ts >= 0 => storage.offset_for_timestamp(part, ts).await,
+                // Both decompress at most one batch, bounded, on a blocking thread.
+                MAX_TIMESTAMP => storage.max_timestamp_offset(part, &broker.inflater).await,
+                ts if ts >= 0 => {
+                    storage
+                        .offset_for_timestamp(part, ts, &broker.inflater)
+                        .await
+                }
                 _ => Ok(None),
             };
             partitions.push(match found {

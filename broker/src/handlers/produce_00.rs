@@ -4,16 +4,28 @@
 //! endpoints on NOT_LEADER. v11: no change (KIP-890 server side). v12: no change. v13: topics by id.
 //! acks=0 gets no response at all, as in Kafka; acks=1 and acks=all are answered after the batches are
 //! durable and committed (there are no followers, so both mean the same here).
+//!
+//! Every batch is validated as Kafka's LogValidator does (streamhouse_protocol::validator) against its
+//! topic's settings (topic_config accessors): structure and count of its records, compressed ones
+//! decompressed within message.max.decompressed.bytes on the broker's blocking pool (never on the
+//! runtime threads); keys on compacted topics and the KIP-937 timestamp range, with each bad record's
+//! index in record_errors (KIP-467); LogAppendTime and recompression rewrite the batch (its header
+//! only, unless the codec changes). A rejected partition's error_message explains it.
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, TopicName};
 use std::sync::Arc;
-use streamhouse_protocol::batch;
+use std::time::{SystemTime, UNIX_EPOCH};
+use streamhouse_protocol::batch::{BatchError, BatchHeader};
+use streamhouse_protocol::validator::{self, Rules, Validated};
+use streamhouse_storage::engine::Topic;
 use streamhouse_storage::AppendBatch;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::{error, Broker};
+use crate::{error, topic_config, Broker};
 
 pub const API: ApiSpec = ApiSpec {
     key: ApiKey::Produce,
@@ -21,11 +33,21 @@ pub const API: ApiSpec = ApiSpec {
     max: 13,
 };
 
-/// A partition's answer: known now, or the index of its batch in the append.
+/// A partition's answer: known now, rejected by validation, or the index of its batch in the append.
 enum Slot {
     Error(i16, Option<String>),
-    Appended(usize),
+    /// Refused by validation; with the partition's log start offset where Kafka reports it.
+    Rejected(BatchError, i64),
+    Appended(usize, i64),
 }
+
+/// A partition waiting for validation (the index of its check).
+enum Pending {
+    Done(Slot),
+    Check(usize),
+}
+
+type Checked = (Arc<Topic>, i32, Result<(Validated, Bytes), BatchError>);
 
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -42,8 +64,13 @@ pub async fn handle(
     } else {
         None
     };
+    // One "now" for the request: the append time of LogAppendTime topics and the reference of the
+    // timestamp range (Kafka takes it at validation too).
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
 
-    let mut batches = Vec::new();
+    let mut checks = Vec::new();
     let mut layout = Vec::with_capacity(req.topic_data.len());
     for td in req.topic_data {
         let topic = if version >= 13 {
@@ -56,31 +83,19 @@ pub async fn handle(
         } else {
             error::UNKNOWN_TOPIC_OR_PARTITION
         };
-        let max_bytes = topic
-            .as_ref()
-            .and_then(|t| t.configs.get("max.message.bytes"))
-            .and_then(|v| v.parse::<i32>().ok())
-            .unwrap_or(broker.config.message_max_bytes);
         let mut slots = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {
             let slot = match (&refuse_all, &topic) {
-                (Some(code), _) => Slot::Error(*code, None),
-                (None, None) => Slot::Error(unknown, None),
+                (Some(code), _) => Pending::Done(Slot::Error(*code, None)),
+                (None, None) => Pending::Done(Slot::Error(unknown, None)),
                 (None, Some(t)) if pd.index < 0 || pd.index as usize >= t.partitions.len() => {
-                    Slot::Error(error::UNKNOWN_TOPIC_OR_PARTITION, None)
+                    Pending::Done(Slot::Error(error::UNKNOWN_TOPIC_OR_PARTITION, None))
                 }
-                (None, Some(t)) => match check_records(pd.records, max_bytes) {
-                    Err((code, msg)) => Slot::Error(code, Some(msg)),
-                    Ok((header, data)) => {
-                        batches.push(AppendBatch {
-                            topic: t.clone(),
-                            partition: pd.index,
-                            header,
-                            data,
-                        });
-                        Slot::Appended(batches.len() - 1)
-                    }
-                },
+                (None, Some(t)) => {
+                    let rules = rules(broker, t, pd.index, now_ms);
+                    checks.push(check(broker, t.clone(), pd.index, pd.records, rules));
+                    Pending::Check(checks.len() - 1)
+                }
             };
             slots.push((pd.index, slot));
         }
@@ -90,6 +105,45 @@ pub async fn handle(
         };
         layout.push((name, id, slots));
     }
+
+    // Validations run concurrently (the heavy ones on the blocking pool), answers keep request order.
+    let mut checked: Vec<Option<Checked>> = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut batches = Vec::new();
+    let layout: Vec<_> = layout
+        .into_iter()
+        .map(|(name, id, slots)| {
+            let slots: Vec<(i32, Slot)> = slots
+                .into_iter()
+                .map(|(index, p)| {
+                    let slot = match p {
+                        Pending::Done(s) => s,
+                        Pending::Check(i) => match checked.get_mut(i).and_then(Option::take) {
+                            Some((topic, partition, Ok((v, data)))) => {
+                                batches.push(AppendBatch {
+                                    topic,
+                                    partition,
+                                    header: v.header,
+                                    data,
+                                });
+                                Slot::Appended(batches.len() - 1, v.log_append_time_ms)
+                            }
+                            Some((topic, partition, Err(e))) => {
+                                let log_start = log_start_reported(&e, &topic, partition);
+                                Slot::Rejected(e, log_start)
+                            }
+                            None => Slot::Error(error::UNKNOWN_SERVER_ERROR, None),
+                        },
+                    };
+                    (index, slot)
+                })
+                .collect();
+            (name, id, slots)
+        })
+        .collect();
 
     let ticket = if batches.is_empty() {
         None
@@ -126,10 +180,12 @@ pub async fn handle(
                             Slot::Error(code, msg) => r
                                 .with_error_code(code)
                                 .with_error_message(msg.map(|m| str_bytes(&m))),
-                            Slot::Appended(i) => match results.get(i) {
+                            Slot::Rejected(e, log_start) => rejected(r, &e, log_start),
+                            Slot::Appended(i, log_append_time) => match results.get(i) {
                                 Some(Ok(o)) => r
                                     .with_base_offset(o.base_offset)
-                                    .with_log_start_offset(o.log_start_offset),
+                                    .with_log_start_offset(o.log_start_offset)
+                                    .with_log_append_time_ms(log_append_time),
                                 Some(Err(e)) => r
                                     .with_error_code(e.kafka_error_code())
                                     .with_error_message(Some(str_bytes(&e.to_string()))),
@@ -148,23 +204,89 @@ pub async fn handle(
     }))
 }
 
-/// The checks Kafka makes before appending: size (RecordTooLargeException), then the batch itself.
-fn check_records(
+/// The topic's rules for one partition's batch (topic setting, else broker setting, else Kafka's).
+fn rules(broker: &Broker, topic: &Topic, partition: i32, now_ms: i64) -> Rules {
+    let (c, b) = (&topic.configs, &broker.config);
+    Rules {
+        topic_partition: format!("{}-{partition}", topic.name),
+        now_ms,
+        timestamp_type: topic_config::message_timestamp_type(c, b),
+        timestamp_before_max_ms: topic_config::message_timestamp_before_max_ms(c, b),
+        timestamp_after_max_ms: topic_config::message_timestamp_after_max_ms(c, b),
+        compacted: topic_config::is_compacted(c, b),
+        target: topic_config::compression_type(c, b),
+        max_message_bytes: topic_config::max_message_bytes(c, b),
+        max_decompressed_bytes: broker.inflater.max_bytes(),
+    }
+}
+
+/// The checks Kafka makes before appending: size (RecordTooLargeException), the header, then the
+/// records, on the blocking pool when that decompresses or compresses.
+async fn check(
+    broker: &Broker,
+    topic: Arc<Topic>,
+    partition: i32,
     records: Option<Bytes>,
-    max_bytes: i32,
-) -> Result<(batch::BatchHeader, Bytes), (i16, String)> {
-    let data = records.ok_or((error::CORRUPT_MESSAGE, "no records".to_string()))?;
-    if data.len() > max_bytes as usize {
-        return Err((
-            error::MESSAGE_TOO_LARGE,
-            format!(
-                "The record batch is {} bytes, larger than max.message.bytes {max_bytes}",
-                data.len()
-            ),
-        ));
+    rules: Rules,
+) -> Checked {
+    let result = match records {
+        None => Err(BatchError::Corrupt("no records")),
+        Some(data) if data.len() > rules.max_message_bytes.max(0) as usize => {
+            Err(BatchError::TooLarge {
+                size: data.len(),
+                max: rules.max_message_bytes,
+            })
+        }
+        // The header decides where validation runs; validation itself checks it (CRC included).
+        Some(data) => match BatchHeader::parse(&data) {
+            Some(h) if validator::is_heavy(&h, &rules) => broker
+                .inflater
+                .run(move |_| validated(data, &rules))
+                .await
+                .unwrap_or(Err(BatchError::Corrupt("validation did not finish"))),
+            _ => validated(data, &rules),
+        },
+    };
+    (topic, partition, result)
+}
+
+fn validated(data: Bytes, rules: &Rules) -> Result<(Validated, Bytes), BatchError> {
+    let mut v = validator::validate(&data, rules)?;
+    let data = v.rewritten.take().map_or(data, Bytes::from);
+    Ok((v, data))
+}
+
+/// Kafka reports the log start offset with a validation failure, but not with the errors it answers
+/// without touching the log (CORRUPT_MESSAGE, MESSAGE_TOO_LARGE: ReplicaManager.appendToLocalLog).
+fn log_start_reported(e: &BatchError, topic: &Topic, partition: i32) -> i64 {
+    match e {
+        BatchError::Corrupt(_)
+        | BatchError::TooLarge { .. }
+        | BatchError::DecompressedTooLarge(_) => -1,
+        _ => topic
+            .partitions
+            .get(partition as usize)
+            .map_or(-1, |p| p.log_start_offset()),
     }
-    match batch::validate_produce_batch(&data) {
-        Ok(h) => Ok((h, data)),
-        Err(e) => Err((e.kafka_error_code(), e.to_string())),
-    }
+}
+
+/// A validation failure: the error, its message, and (KIP-467, Produce v8+) the bad records.
+fn rejected(
+    r: PartitionProduceResponse,
+    e: &BatchError,
+    log_start: i64,
+) -> PartitionProduceResponse {
+    let record_errors = e
+        .record_errors()
+        .iter()
+        .map(|re| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(re.batch_index)
+                .with_batch_index_error_message(Some(str_bytes(&re.message)))
+        })
+        .collect();
+    r.with_error_code(e.kafka_error_code())
+        .with_error_message(Some(str_bytes(&e.to_string())))
+        .with_record_errors(record_errors)
+        .with_log_start_offset(log_start)
 }

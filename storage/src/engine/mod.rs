@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use streamhouse_protocol::batch::{self, BatchHeader};
+use streamhouse_protocol::compression::Inflater;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -919,35 +920,48 @@ impl Storage {
         Ok(())
     }
 
-    /// The first offset whose record timestamp is >= `timestamp`, with that timestamp (ListOffsets).
+    /// The first offset at or after the log start whose record timestamp is >= `timestamp`, with that
+    /// timestamp (ListOffsets; Kafka's FileRecords.searchForTimestamp). Batches are picked by their
+    /// header's maxTimestamp; only a candidate is decompressed, through `inflater` (bounded, on a
+    /// blocking thread).
     pub async fn offset_for_timestamp(
         &self,
         partition: &Partition,
         timestamp: i64,
+        inflater: &Inflater,
     ) -> Result<Option<(i64, i64)>, StorageError> {
+        let log_start = partition.log_start_offset();
         for meta in partition
             .all_blocks()
             .into_iter()
-            .filter(|b| b.max_timestamp >= timestamp)
+            .filter(|b| b.max_timestamp >= timestamp && b.last_offset >= log_start)
         {
             let raw = self.block(Some(partition), &meta).await?;
             for (pos, h) in batch::batches(&raw) {
-                if h.max_timestamp < timestamp {
+                if h.max_timestamp < timestamp || h.last_offset() < log_start {
                     continue;
                 }
-                let found = records_with_timestamps(&raw.slice(pos..pos + h.total_size()))
-                    .into_iter()
-                    .find(|(_, ts)| *ts >= timestamp);
-                return Ok(Some(found.unwrap_or((h.base_offset, h.max_timestamp))));
+                let one = raw.slice(pos..pos + h.total_size());
+                let found = records_with_timestamps(inflater, &meta, one, move |offset, ts| {
+                    ts >= timestamp && offset >= log_start
+                })
+                .await?;
+                // A header claiming more than its records hold is passed over, as Kafka does.
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
         }
         Ok(None)
     }
 
-    /// The offset and timestamp of the record with the largest timestamp (ListOffsets MAX_TIMESTAMP).
+    /// The offset and timestamp of the record with the largest timestamp (ListOffsets MAX_TIMESTAMP):
+    /// as Kafka, the earliest batch whose header maxTimestamp is the partition's largest, and in it the
+    /// first record with that timestamp. Only that batch is decompressed.
     pub async fn max_timestamp_offset(
         &self,
         partition: &Partition,
+        inflater: &Inflater,
     ) -> Result<Option<(i64, i64)>, StorageError> {
         let blocks = partition.all_blocks();
         let Some(best) = blocks
@@ -957,15 +971,19 @@ impl Storage {
             return Ok(None);
         };
         let raw = self.block(Some(partition), best).await?;
-        let mut found: Option<(i64, i64)> = None;
+        let max = best.max_timestamp;
         for (pos, h) in batch::batches(&raw) {
-            for (offset, ts) in records_with_timestamps(&raw.slice(pos..pos + h.total_size())) {
-                if found.is_none_or(|(_, t)| ts > t) {
-                    found = Some((offset, ts));
-                }
+            if h.max_timestamp != max {
+                continue;
+            }
+            let one = raw.slice(pos..pos + h.total_size());
+            let found =
+                records_with_timestamps(inflater, best, one, move |_, ts| ts == max).await?;
+            if found.is_some() {
+                return Ok(found);
             }
         }
-        Ok(found)
+        Ok(None)
     }
 
     /// A block's raw batches, from the cache or storage. From an object store, one ranged GET also
@@ -1109,16 +1127,26 @@ fn concat(parts: Vec<Bytes>) -> Bytes {
     }
 }
 
-/// (offset, timestamp) of every record in one stored batch. Decodes records (decompressing), so it is
-/// only used off the hot path, by ListOffsets.
-fn records_with_timestamps(batch: &Bytes) -> Vec<(i64, i64)> {
-    let mut buf = batch.clone();
-    match kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
-        Ok(set) => set
-            .records
-            .iter()
-            .map(|r| (r.offset, r.timestamp))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+/// The first record of one stored batch for which `pick(offset, timestamp)` holds, read on a blocking
+/// thread through the bounded streaming reader (a stored bomb is an error, never an allocation).
+async fn records_with_timestamps(
+    inflater: &Inflater,
+    meta: &BlockMeta,
+    batch: Bytes,
+    pick: impl FnMut(i64, i64) -> bool + Send + 'static,
+) -> Result<Option<(i64, i64)>, StorageError> {
+    let found = inflater
+        .run(move |limit| streamhouse_protocol::records::find_record(&batch, limit, pick))
+        .await
+        .ok_or(StorageError::ShuttingDown)?;
+    found.map_err(|e| StorageError::CorruptBlock {
+        segment_id: meta.segment_id,
+        position: meta.position,
+        reason: match e {
+            batch::BatchError::DecompressedTooLarge(_) => {
+                "a batch decompresses to more than message.max.decompressed.bytes"
+            }
+            _ => "a batch's records do not parse",
+        },
+    })
 }
