@@ -1033,3 +1033,19 @@ async fn partitions_are_capped_per_request_and_per_broker() {
     let r: CreatePartitionsResponse = c.call(ApiKey::CreatePartitions, 3, &req).await.unwrap();
     assert_eq!(r.results[0].error_code, 0);
 }
+
+/// Item 3: DescribeGroups and ConsumerGroupDescribe describe a repeated group once.
+#[tokio::test]
+async fn describe_groups_with_a_repeated_group_describes_it_once() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    let req = DescribeGroupsRequest::default().with_groups(vec![group("g"); 1000]);
+    let r: DescribeGroupsResponse = c.call(ApiKey::DescribeGroups, 5, &req).await.unwrap();
+    assert_eq!(r.groups.len(), 1);
+    let req = ConsumerGroupDescribeRequest::default().with_group_ids(vec![group("g"); 1000]);
+    let r: ConsumerGroupDescribeResponse = c
+        .call(ApiKey::ConsumerGroupDescribe, 0, &req)
+        .await
+        .unwrap();
+    assert_eq!(r.groups.len(), 1);
+}

@@ -31,9 +31,14 @@ pub async fn handle(
         req.include_authorized_operations,
         GROUP_AUTHORIZED_OPERATIONS,
     );
+    // A group named twice is described once: each description can be large (members'
+    // metadata and assignments), so repeats must not multiply the response. (Kafka answers every
+    // repeat; its clients never send one.)
+    let mut seen = std::collections::HashSet::new();
     let described = req
         .groups
         .iter()
+        .filter(|id| seen.insert(id.as_str()))
         .map(|id| {
             let out = DescribedGroup::default()
                 .with_group_id(id.clone())
