@@ -31,6 +31,10 @@ pub enum StorageError {
     FlushFailed(String),
     #[error("the storage engine is shutting down")]
     ShuttingDown,
+    /// Work handed to a blocking thread or a task did not complete (it panicked, or the runtime is
+    /// stopping): retriable for the client.
+    #[error("{0} did not complete")]
+    TaskFailed(&'static str),
     /// Starting would risk other data: a metadata store and an object-store prefix that do not belong
     /// together (see `engine::identity`).
     #[error("refusing to start: {0}")]
@@ -49,6 +53,7 @@ impl StorageError {
             StorageError::CorruptBlock { .. } => 56, // KAFKA_STORAGE_ERROR
             StorageError::Metadata(_) | StorageError::Io(_) | StorageError::FlushFailed(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
             StorageError::ShuttingDown => 6, // NOT_LEADER_OR_FOLLOWER: retry elsewhere/later
+            StorageError::TaskFailed(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
             StorageError::Refused(_) => -1,  // UNKNOWN_SERVER_ERROR (a start-up error, never sent)
         }
     }

@@ -127,7 +127,7 @@ impl Storage {
             Ok::<_, StorageError>(Arc::new(SqliteMetadata::open(&db, sync)?))
         })
         .await
-        .map_err(|_| StorageError::ShuttingDown)??;
+        .map_err(|_| StorageError::TaskFailed("opening the metadata store"))??;
         Self::open_with(config, meta).await
     }
 
@@ -172,7 +172,7 @@ impl Storage {
         let st = storage.clone();
         let writer = tokio::task::spawn_blocking(move || st.recover())
             .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+            .map_err(|_| StorageError::TaskFailed("recovery"))??;
         // Uploads whose commit never happened (a crash between PUT and commit): their intents are left.
         let intents = storage.with_meta(|meta| meta.upload_intents()).await?;
         if !intents.is_empty() {
@@ -379,7 +379,7 @@ impl Storage {
         let meta = self.meta.clone();
         tokio::task::spawn_blocking(move || f(meta.as_ref()))
             .await
-            .map_err(|_| StorageError::ShuttingDown)?
+            .map_err(|_| StorageError::TaskFailed("a metadata call"))?
     }
 
     /// Queues batches (of any partitions) for the next flush. Call in the order the batches must be

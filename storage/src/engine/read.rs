@@ -330,7 +330,7 @@ async fn records_with_timestamps(
     let found = inflater
         .run(move |limit| streamhouse_protocol::records::find_record(&batch, limit, pick))
         .await
-        .ok_or(StorageError::ShuttingDown)?;
+        .ok_or(StorageError::TaskFailed("a decompression"))?;
     found.map_err(|e| StorageError::CorruptBlock {
         segment_id: meta.segment_id,
         position: meta.position,

@@ -126,7 +126,7 @@ impl SegmentStore for LocalSegments {
                 segment::read_range(&dir, id, position, len as usize)
             })
             .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+            .map_err(|_| StorageError::TaskFailed("a segment read"))??;
             Ok(Bytes::from(bytes))
         })
     }
@@ -144,7 +144,7 @@ impl SegmentStore for LocalSegments {
                 Ok(())
             })
             .await
-            .map_err(|_| StorageError::ShuttingDown)??;
+            .map_err(|_| StorageError::TaskFailed("a segment deletion"))??;
             Ok(())
         })
     }
@@ -199,7 +199,7 @@ impl SegmentStore for LocalSegments {
                 seg.append_durable(&bytes, &metas)
             })
             .await
-            .unwrap_or(Err(StorageError::ShuttingDown));
+            .unwrap_or(Err(StorageError::TaskFailed("a segment append")));
             (Durable::Done(result), encoded)
         })
     }
@@ -293,7 +293,7 @@ async fn upload(
     let ids: Vec<u64> = segments.iter().map(|(id, _)| *id).collect();
     tokio::task::spawn_blocking(move || meta.record_uploads(&ids))
         .await
-        .map_err(|_| StorageError::ShuttingDown)??;
+        .map_err(|_| StorageError::TaskFailed("recording upload intents"))??;
     futures_util::stream::iter(segments.into_iter().map(|(id, object)| {
         let objects = objects.clone();
         async move { objects.put(id, object).await }

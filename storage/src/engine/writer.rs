@@ -249,7 +249,7 @@ impl Writer {
             Ok::<_, StorageError>(snap.producers)
         })
         .await
-        .map_err(|_| StorageError::ShuttingDown)??;
+        .map_err(|_| StorageError::TaskFailed("reloading the writer's state"))??;
         self.producers = producers.into_iter().collect();
         self.next_offsets.clear();
         self.needs_reset = false;
@@ -427,7 +427,8 @@ async fn commit_loop(
                 Durable::Done(r) => r,
                 Durable::Upload { segment_id, task } => {
                     uploaded = Some(segment_id);
-                    task.await.unwrap_or(Err(StorageError::ShuttingDown))
+                    task.await
+                        .unwrap_or(Err(StorageError::TaskFailed("an upload")))
                 }
             };
             match durable {
@@ -436,7 +437,7 @@ async fn commit_loop(
                     let meta = storage.meta.clone();
                     tokio::task::spawn_blocking(move || meta.commit(&commit))
                         .await
-                        .unwrap_or(Err(StorageError::ShuttingDown))
+                        .unwrap_or(Err(StorageError::TaskFailed("a metadata commit")))
                 }
                 Err(e) => Err(e),
             }
@@ -478,7 +479,7 @@ async fn commit_loop(
         for (req, res) in requests.into_iter().zip(results) {
             let res = res
                 .into_iter()
-                .map(|r| r.unwrap_or(Err(StorageError::ShuttingDown)))
+                .map(|r| r.unwrap_or(Err(StorageError::TaskFailed("sequencing a batch"))))
                 .collect();
             let _ = req.reply.send(res);
         }
