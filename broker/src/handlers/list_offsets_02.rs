@@ -41,11 +41,7 @@ pub async fn handle(
 async fn answer(broker: &Broker, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let storage = &broker.storage;
     // The leader epoch field exists from v4 on.
-    let epoch = if version >= 4 {
-        LEADER_EPOCH
-    } else {
-        -1
-    };
+    let epoch = if version >= 4 { LEADER_EPOCH } else { -1 };
     // Kafka (ListOffsetsRequest.duplicatePartitions, ReplicaManager.fetchOffset): a partition named
     // more than once is answered once, with INVALID_REQUEST.
     let mut count: std::collections::HashMap<(&str, i32), usize> = Default::default();

@@ -417,3 +417,43 @@ fn merge_groups(blocks: &[(BlockMeta, Bytes)]) -> Vec<&[(BlockMeta, Bytes)]> {
     }
     groups
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(base: i64, last: i64) -> BlockMeta {
+        BlockMeta {
+            topic_id: Uuid::nil(),
+            partition: 0,
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 0,
+            segment_id: 1,
+            position: 32,
+            stored_len: 0,
+            raw_len: 0,
+            codec: 0,
+            crc: 0,
+        }
+    }
+
+    #[test]
+    fn merge_groups_split_at_offset_gaps_and_at_the_merged_block_size() {
+        let small = Bytes::from(vec![0u8; 1000]);
+        let big = Bytes::from(vec![0u8; MERGED_BLOCK_BYTES - 2000]);
+        let blocks = vec![
+            (block(0, 9), small.clone()),
+            (block(10, 19), small.clone()),
+            // a gap (20-29 deleted or compacted away elsewhere)
+            (block(30, 39), small.clone()),
+            (block(40, 49), big.clone()),
+            (block(50, 59), big),
+        ];
+        let groups: Vec<Vec<i64>> = merge_groups(&blocks)
+            .iter()
+            .map(|g| g.iter().map(|(b, _)| b.base_offset).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![0, 10], vec![30, 40], vec![50]]);
+    }
+}

@@ -550,3 +550,55 @@ pub(super) fn encode_flush(
 fn size_of(req: &AppendRequest) -> usize {
     req.batches.iter().map(|b| b.data.len()).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(partition: i32, base: i64, raw: &[u8]) -> PartitionBlock {
+        PartitionBlock {
+            partition: Arc::new(Partition::new(Uuid::nil(), partition)),
+            base_offset: base,
+            next_offset: base + 5,
+            max_timestamp: 7,
+            compressible: true,
+            raw: raw.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_flush_is_encoded_back_to_back_with_its_index_rows_and_watermarks() {
+        let blocks = [block(0, 10, &[1u8; 300]), block(1, 0, &[2u8; 50])];
+        let enc = encode_flush(&blocks, 9, 32);
+        assert_eq!(enc.metas.len(), 2);
+        assert_eq!(enc.metas[0].position, 32);
+        assert_eq!(enc.metas[1].position, 32 + enc.metas[0].total_len());
+        assert_eq!(
+            enc.bytes.len() as u64,
+            enc.metas.iter().map(|m| m.total_len()).sum::<u64>()
+        );
+        assert_eq!(
+            (
+                enc.metas[0].base_offset,
+                enc.metas[0].last_offset,
+                enc.metas[0].segment_id
+            ),
+            (10, 14, 9)
+        );
+        assert_eq!(
+            enc.high_watermarks,
+            vec![(Uuid::nil(), 0, 15), (Uuid::nil(), 1, 5)]
+        );
+        assert_eq!(
+            &enc.raws[1][..],
+            &[2u8; 50][..],
+            "the cache gets the raw batches"
+        );
+        // Each block decodes back to what was written.
+        for (m, raw) in enc.metas.iter().zip(&enc.raws) {
+            let at = (m.position - 32) as usize;
+            let stored = &enc.bytes[at..at + m.total_len() as usize];
+            assert_eq!(segment::decode_block(m, stored).unwrap(), raw);
+        }
+    }
+}
