@@ -248,7 +248,8 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
     L.append("## Failures and warnings\n")
     L.extend(fails or ["None."])
     L.append("\nRaw numbers: `raw.csv` (one line per run), `results.csv` (one line per configuration, with ratios); "
-             "tool and broker logs in `logs/`. Columns: see benchmarks/README.md.")
+             "tool and broker logs in `logs/` (on the machine that ran it; not kept in git). "
+             "Columns: see benchmarks/README.md.")
     (outdir / "report.md").write_text("\n".join(L) + "\n")
 
 
@@ -344,13 +345,15 @@ def main() -> int:
         latest = HERE / "results" / "latest.md"
         latest.parent.mkdir(parents=True, exist_ok=True)
         text = (outdir / "report.md").read_text()
-        rel = outdir.resolve()
+        # make the chart link work from benchmarks/results/, never through a machine path: a run
+        # outside it has its chart copied beside latest.md
         try:
-            rel = rel.relative_to(latest.parent.resolve())
+            rel = outdir.resolve().relative_to(latest.parent.resolve())
+            text = text.replace("](chart.png)", f"]({rel}/chart.png)")
         except ValueError:
-            pass
-        # make the chart link work from benchmarks/results/
-        text = text.replace("](chart.png)", f"]({rel}/chart.png)")
+            if (outdir / "chart.png").exists():
+                shutil.copyfile(outdir / "chart.png", latest.parent / "latest-chart.png")
+                text = text.replace("](chart.png)", "](latest-chart.png)")
         latest.write_text(text)
     print(f"report: {outdir / 'report.md'}" + ("" if a.no_latest else f" (and {HERE / 'results' / 'latest.md'})"))
     print((outdir / "report.md").read_text())

@@ -179,6 +179,32 @@ pub fn topic_config(name: &str) -> Option<&'static ConfigDef> {
     TOPIC_CONFIGS.iter().find(|c| c.name == name)
 }
 
+/// Topic configurations StreamHouse accepts (clients and tools set them) but does not act on, and why.
+/// DescribeConfigs says so in each one's documentation.
+pub fn not_applied(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "segment.bytes" | "segment.ms" | "segment.jitter.ms" => {
+            "segments hold all partitions' data and roll on the broker's segment.bytes and segment.ms"
+        }
+        "segment.index.bytes" | "index.interval.bytes" => {
+            "there are no index files: the block index lives in the metadata store"
+        }
+        "flush.messages" | "flush.ms" => "every flush is made durable before it is acknowledged",
+        "preallocate" => "segments are not preallocated",
+        "file.delete.delay.ms" => "the broker's file.delete.delay.ms applies to all segments",
+        "min.insync.replicas" | "unclean.leader.election.enable" => {
+            "one broker holds the only replica"
+        }
+        "delete.retention.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "min.cleanable.dirty.ratio" => {
+            "key compaction is not implemented yet: a compact topic keeps every record"
+        }
+        _ => return None,
+    })
+}
+
 /// The default of a topic config on this broker (broker settings override Kafka's defaults).
 pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
     match def.name {
@@ -214,6 +240,13 @@ pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
         "cleanup.policy" if broker.log_cleanup_policy != "delete" => {
             (broker.log_cleanup_policy.clone(), SOURCE_STATIC_BROKER)
         }
+        // What the broker actually rolls at (a topic's own value is not applied, see not_applied).
+        "segment.bytes" => (broker.segment_bytes.to_string(), SOURCE_STATIC_BROKER),
+        "segment.ms" => (broker.segment_ms.to_string(), SOURCE_STATIC_BROKER),
+        "file.delete.delay.ms" if broker.file_delete_delay_ms != 60_000 => (
+            broker.file_delete_delay_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
         "retention.bytes" if broker.log_retention_bytes != -1 => {
             (broker.log_retention_bytes.to_string(), SOURCE_STATIC_BROKER)
         }
@@ -422,6 +455,20 @@ mod tests {
             assert!(shown.iter().any(|(k, x, _)| *k == n && x == v), "{n}");
         }
         assert!(validate("message.timestamp.after.max.ms", Some("-1")).is_err());
+    }
+
+    #[test]
+    fn defaults_are_what_the_broker_applies_and_unapplied_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = BrokerConfig::for_tests(dir.path().to_path_buf());
+        let seg = topic_config("segment.bytes").unwrap();
+        assert_eq!(
+            topic_default(seg, &c),
+            (c.segment_bytes.to_string(), SOURCE_STATIC_BROKER)
+        );
+        assert!(not_applied("segment.bytes").is_some());
+        assert!(not_applied("retention.ms").is_none());
+        assert!(not_applied("cleanup.policy").is_none());
     }
 
     #[test]

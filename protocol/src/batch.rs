@@ -49,13 +49,15 @@ pub enum BatchError {
 
 impl BatchError {
     pub fn kafka_error_code(&self) -> i16 {
-        match self {
-            BatchError::Corrupt(_) => 2,        // CORRUPT_MESSAGE
-            BatchError::InvalidRecord(_) => 87, // INVALID_RECORD
-            BatchError::DecompressedTooLarge(_) | BatchError::TooLarge { .. } => 10, // MESSAGE_TOO_LARGE
-            BatchError::Records(r) if r.invalid_timestamp => 32, // INVALID_TIMESTAMP
-            BatchError::Records(_) => 87,                        // INVALID_RECORD
-        }
+        use kafka_protocol::error::ResponseError as E;
+        let e = match self {
+            BatchError::Corrupt(_) => E::CorruptMessage,
+            BatchError::InvalidRecord(_) => E::InvalidRecord,
+            BatchError::DecompressedTooLarge(_) | BatchError::TooLarge { .. } => E::MessageTooLarge,
+            BatchError::Records(r) if r.invalid_timestamp => E::InvalidTimestamp,
+            BatchError::Records(_) => E::InvalidRecord,
+        };
+        e.code()
     }
 
     /// Per-record errors (Produce v8+ `record_errors`): only for [`BatchError::Records`], as Kafka

@@ -122,33 +122,6 @@ pub fn response_size<T: Encodable + HeaderVersion>(
     Ok(4 + header + body_size)
 }
 
-/// Decodes a body of any api the broker serves, discarding it: the fuzz and property tests use this
-/// to reach every decoder the broker exposes to the network.
-pub fn fuzz_decode_any(key: ApiKey, body: Bytes, version: i16) -> bool {
-    use kafka_protocol::messages::*;
-    macro_rules! try_decode {
-        ($t:ty) => {
-            decode_body::<$t>(body, version, "fuzz").is_ok()
-        };
-    }
-    if !(0..=20).contains(&version) {
-        return false;
-    }
-    match key {
-        ApiKey::Produce => try_decode!(ProduceRequest),
-        ApiKey::Fetch => try_decode!(FetchRequest),
-        ApiKey::ListOffsets => try_decode!(ListOffsetsRequest),
-        ApiKey::Metadata => try_decode!(MetadataRequest),
-        ApiKey::ApiVersions => try_decode!(ApiVersionsRequest),
-        ApiKey::CreateTopics => try_decode!(CreateTopicsRequest),
-        ApiKey::DeleteTopics => try_decode!(DeleteTopicsRequest),
-        ApiKey::InitProducerId => try_decode!(InitProducerIdRequest),
-        ApiKey::DescribeConfigs => try_decode!(DescribeConfigsRequest),
-        ApiKey::DescribeCluster => try_decode!(DescribeClusterRequest),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,34 +191,12 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any bytes at all: decoding returns, it never panics or aborts.
+        /// Any bytes at all as a request header: decoding returns, it never panics or aborts. (Every
+        /// served API's body decoder is reached through the broker's own dispatch, with the list of
+        /// APIs taken from what it serves: broker/tests/fuzz_handlers.rs and the cargo-fuzz target.)
         #[test]
-        fn decoding_arbitrary_frames_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            if let Ok(raw) = decode_request_header(Bytes::from(data)) {
-                let v = raw.header.request_api_version;
-                let _ = crate::codec::fuzz_decode_any(raw.api_key, raw.body, v);
-            }
-        }
-
-        /// A valid header for every served api and version, then hostile bytes: reaches each decoder.
-        #[test]
-        fn decoding_hostile_bodies_never_panics(
-            key in proptest::sample::select(vec![0i16, 1, 2, 3, 18, 19, 20, 22, 32, 60]),
-            version in 0i16..18,
-            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
-        ) {
-            let mut frame = BytesMut::new();
-            frame.put_i16(key);
-            frame.put_i16(version);
-            frame.put_i32(1);
-            frame.put_i16(-1);
-            if ApiKey::try_from(key).map(|k| k.request_header_version(version) >= 2).unwrap_or(false) {
-                frame.put_u8(0);
-            }
-            frame.put_slice(&body);
-            if let Ok(raw) = decode_request_header(frame.freeze()) {
-                let _ = crate::codec::fuzz_decode_any(raw.api_key, raw.body, version);
-            }
+        fn decoding_arbitrary_headers_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode_request_header(Bytes::from(data));
         }
     }
 }

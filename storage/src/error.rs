@@ -31,6 +31,10 @@ pub enum StorageError {
     FlushFailed(String),
     #[error("the storage engine is shutting down")]
     ShuttingDown,
+    /// Work handed to a blocking thread or a task did not complete (it panicked, or the runtime is
+    /// stopping): retriable for the client.
+    #[error("{0} did not complete")]
+    TaskFailed(&'static str),
     /// Starting would risk other data: a metadata store and an object-store prefix that do not belong
     /// together (see `engine::identity`).
     #[error("refusing to start: {0}")]
@@ -40,16 +44,24 @@ pub enum StorageError {
 impl StorageError {
     /// The one place storage failures become Kafka error codes.
     pub fn kafka_error_code(&self) -> i16 {
-        match self {
-            StorageError::TopicExists(_) => 36, // TOPIC_ALREADY_EXISTS
-            StorageError::UnknownTopicOrPartition => 3, // UNKNOWN_TOPIC_OR_PARTITION
-            StorageError::OffsetOutOfRange { .. } => 1, // OFFSET_OUT_OF_RANGE
-            StorageError::OutOfOrderSequence => 45, // OUT_OF_ORDER_SEQUENCE_NUMBER
-            StorageError::InvalidProducerEpoch => 47, // INVALID_PRODUCER_EPOCH
-            StorageError::CorruptBlock { .. } => 56, // KAFKA_STORAGE_ERROR
-            StorageError::Metadata(_) | StorageError::Io(_) | StorageError::FlushFailed(_) => 56, // KAFKA_STORAGE_ERROR (retriable)
-            StorageError::ShuttingDown => 6, // NOT_LEADER_OR_FOLLOWER: retry elsewhere/later
-            StorageError::Refused(_) => -1,  // UNKNOWN_SERVER_ERROR (a start-up error, never sent)
-        }
+        use kafka_protocol::error::ResponseError as E;
+        let e = match self {
+            StorageError::TopicExists(_) => E::TopicAlreadyExists,
+            StorageError::UnknownTopicOrPartition => E::UnknownTopicOrPartition,
+            StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
+            StorageError::OutOfOrderSequence => E::OutOfOrderSequenceNumber,
+            StorageError::InvalidProducerEpoch => E::InvalidProducerEpoch,
+            // Retriable: the client tries again (the broker may have recovered).
+            StorageError::CorruptBlock { .. }
+            | StorageError::Metadata(_)
+            | StorageError::Io(_)
+            | StorageError::FlushFailed(_)
+            | StorageError::TaskFailed(_) => E::KafkaStorageError,
+            // Retry elsewhere or later.
+            StorageError::ShuttingDown => E::NotLeaderOrFollower,
+            // A start-up error, never sent.
+            StorageError::Refused(_) => E::UnknownServerError,
+        };
+        e.code()
     }
 }

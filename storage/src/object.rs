@@ -157,7 +157,7 @@ impl ObjectSegments {
             Ok::<_, StorageError>(())
         })
         .await
-        .map_err(|_| StorageError::ShuttingDown)?
+        .map_err(|_| StorageError::TaskFailed("an object fsync"))?
     }
 
     pub fn counters(&self) -> ObjectCounters {

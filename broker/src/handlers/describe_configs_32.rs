@@ -70,7 +70,13 @@ pub async fn handle(
                                     synonyms.push(synonym(b, &default, default_source));
                                 }
                             }
-                            entry(def.name, &value, source, def.config_type, synonyms)
+                            let e = entry(def.name, &value, source, def.config_type, synonyms);
+                            match topic_config::not_applied(def.name) {
+                                Some(why) => e.with_documentation(Some(str_bytes(&format!(
+                                    "Accepted, not applied by StreamHouse: {why}."
+                                )))),
+                                None => e,
+                            }
                         })
                         .collect();
                     out.with_configs(configs)

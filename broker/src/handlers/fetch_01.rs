@@ -122,10 +122,10 @@ async fn read_all(
     let mut total = 0usize;
     let mut errors = false;
     let read_committed = req.isolation_level == 1;
-    // Partitions whose data lives in an object store and is not cached start loading together
-    // (as far as the response can hold), rather than one GET after another in the loop below.
+    // Partitions whose data is not cached start loading together (as far as the response can hold),
+    // rather than one GET after another in the loop below (storage does nothing where reads are local).
     let mut budget = max_bytes;
-    for ft in req.topics.iter().filter(|_| storage.uses_object_store()) {
+    for ft in &req.topics {
         let topic = if version >= 13 {
             storage.topic_by_id(ft.topic_id)
         } else {

@@ -31,13 +31,17 @@ pub async fn handle(
     header: &RequestHeader,
     req: ListOffsetsRequest,
 ) -> Reply<ListOffsetsResponse> {
+    // Lookups by timestamp read (and decompress) a batch: out of the connection's in-order part, so
+    // pipelined requests behind this one are not held up; it changes nothing.
+    let broker = broker.clone();
+    let version = header.request_api_version;
+    Reply::Later(Box::pin(async move { answer(&broker, version, req).await }))
+}
+
+async fn answer(broker: &Broker, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let storage = &broker.storage;
     // The leader epoch field exists from v4 on.
-    let epoch = if header.request_api_version >= 4 {
-        LEADER_EPOCH
-    } else {
-        -1
-    };
+    let epoch = if version >= 4 { LEADER_EPOCH } else { -1 };
     // Kafka (ListOffsetsRequest.duplicatePartitions, ReplicaManager.fetchOffset): a partition named
     // more than once is answered once, with INVALID_REQUEST.
     let mut count: std::collections::HashMap<(&str, i32), usize> = Default::default();
@@ -107,5 +111,5 @@ pub async fn handle(
                 .with_partitions(partitions),
         );
     }
-    Reply::Now(ListOffsetsResponse::default().with_topics(topics))
+    ListOffsetsResponse::default().with_topics(topics)
 }

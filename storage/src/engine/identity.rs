@@ -41,7 +41,7 @@ pub(super) async fn cluster_id(
         Ok::<_, StorageError>((stored, live))
     })
     .await
-    .map_err(|_| StorageError::ShuttingDown)??;
+    .map_err(|_| StorageError::TaskFailed("reading the cluster id"))??;
 
     let Some(objects) = objects else {
         return init(meta, stored.unwrap_or_else(new_cluster_id)).await;
@@ -93,5 +93,5 @@ async fn init(meta: &Arc<dyn MetadataStore>, id: String) -> Result<String, Stora
     let m = meta.clone();
     tokio::task::spawn_blocking(move || m.init_cluster_id(&id))
         .await
-        .map_err(|_| StorageError::ShuttingDown)?
+        .map_err(|_| StorageError::TaskFailed("storing the cluster id"))?
 }

@@ -12,10 +12,18 @@
 //!   then needs one ranged GET for many blocks instead of one GET per flush. With no flush objects
 //!   waiting, four or more small compacted objects of one partition are merged the same way.
 
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use streamhouse_protocol::batch;
+use uuid::Uuid;
 
-use super::*;
-use crate::metadata::BlockSwitch;
+use super::{now_ms, Storage};
+use crate::metadata::{BlockSwitch, SegmentRecord};
+use crate::segment::{self, BlockMeta};
+use crate::StorageError;
 
 /// Raw bytes a merged block grows to at most.
 const MERGED_BLOCK_BYTES: usize = 1 << 20;
@@ -47,7 +55,7 @@ pub(super) fn spawn(storage: &Arc<Storage>) {
     every(storage, sweep, |s| {
         Box::pin(async move { s.delete_retired_segments(now_ms()).await.map(|_| ()) })
     });
-    if storage.objects.is_some() && !cfg.compaction_interval.is_zero() {
+    if storage.segments.remote() && !cfg.compaction_interval.is_zero() {
         every(storage, cfg.compaction_interval, |s| {
             Box::pin(async move {
                 // One pass reads about compaction_target_bytes; keep going while there is more, so
@@ -105,32 +113,7 @@ impl Storage {
                 .and_then(|v| v.parse::<i64>().ok())
                 .unwrap_or(self.config.retention_bytes);
             for p in &topic.partitions {
-                let cutoff = {
-                    let st = p.state.read();
-                    let mut cutoff = st.log_start_offset;
-                    if ms >= 0 {
-                        // Blocks whose newest record is older than the retention time.
-                        for b in st.blocks.values() {
-                            if b.max_timestamp >= now_ms - ms {
-                                break;
-                            }
-                            cutoff = cutoff.max(b.last_offset + 1);
-                        }
-                    }
-                    if bytes >= 0 {
-                        // Kafka's rule: drop the oldest while what remains is still at least retention.bytes.
-                        let mut excess =
-                            st.blocks.values().map(|b| b.raw_len as i64).sum::<i64>() - bytes;
-                        for b in st.blocks.values() {
-                            if excess - (b.raw_len as i64) < 0 {
-                                break;
-                            }
-                            excess -= b.raw_len as i64;
-                            cutoff = cutoff.max(b.last_offset + 1);
-                        }
-                    }
-                    cutoff.min(st.high_watermark)
-                };
+                let cutoff = p.retention_cutoff(now_ms, ms, bytes);
                 if cutoff > p.log_start_offset() {
                     tracing::info!(topic = %topic.name, partition = p.index, log_start_offset = cutoff, "retention");
                     self.delete_records(p, cutoff).await?;
@@ -154,29 +137,7 @@ impl Storage {
         if due.is_empty() {
             return Ok(0);
         }
-        match &self.objects {
-            Some(objects) => {
-                futures_util::stream::iter(due.clone().into_iter().map(|id| objects.delete(id)))
-                    .buffer_unordered(8)
-                    .try_collect::<Vec<()>>()
-                    .await?;
-            }
-            None => {
-                let dir = self.segments_dir.clone();
-                let ids = due.clone();
-                tokio::task::spawn_blocking(move || {
-                    for id in ids {
-                        match std::fs::remove_file(segment::segment_path(&dir, id)) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                            _ => {}
-                        }
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|_| StorageError::ShuttingDown)??;
-            }
-        }
+        self.segments.delete(due.clone()).await?;
         let ids = due.clone();
         self.with_meta(move |meta| meta.forget_retired_segments(&ids))
             .await?;
@@ -187,9 +148,9 @@ impl Storage {
     /// One compaction pass (object stores only): rewrites the oldest run of small flush objects, older
     /// than compaction_min_age, as one object per partition.
     pub async fn compact(&self, now_ms: i64) -> Result<CompactionReport, StorageError> {
-        let Some(objects) = self.objects.clone() else {
+        if !self.segments.remote() {
             return Ok(CompactionReport::default());
-        };
+        }
         let segments = self.with_meta(|meta| meta.segments()).await?;
         // Live blocks by segment, from the index.
         let mut by_segment: HashMap<u64, Vec<BlockMeta>> = HashMap::new();
@@ -234,7 +195,7 @@ impl Storage {
             _ => true,
         };
         if worth_it {
-            return self.rewrite(objects, run, &by_segment, now_ms, more).await;
+            return self.rewrite(run, &by_segment, now_ms, more).await;
         }
 
         // No flush objects to compact: merge a partition's small compacted objects (one per earlier
@@ -276,14 +237,13 @@ impl Storage {
         if run.is_empty() {
             return Ok(CompactionReport::default());
         }
-        self.rewrite(objects, run, &by_segment, now_ms, more).await
+        self.rewrite(run, &by_segment, now_ms, more).await
     }
 
     /// Rewrites the live blocks of `run` (segment ids) as one object per partition, adjacent blocks
     /// merged, then switches the index and retires what no block refers to any more.
     async fn rewrite(
         &self,
-        objects: Arc<ObjectSegments>,
         run: Vec<u64>,
         by_segment: &HashMap<u64, Vec<BlockMeta>>,
         now_ms: i64,
@@ -295,9 +255,8 @@ impl Storage {
             let blocks = by_segment.get(&id)?.clone();
             let start = blocks.iter().map(|b| b.position).min()?;
             let end = blocks.iter().map(|b| b.position + b.total_len()).max()?;
-            let objects = objects.clone();
             Some(async move {
-                let bytes = objects.read_range(id, start, end - start).await?;
+                let bytes = self.segments.read(id, start, end - start).await?;
                 let mut raws = Vec::with_capacity(blocks.len());
                 for b in blocks {
                     let at = (b.position - start) as usize;
@@ -338,7 +297,7 @@ impl Storage {
         for ((topic_id, partition), mut blocks) in by_partition {
             blocks.sort_by_key(|(b, _)| b.base_offset);
             report.blocks_in += blocks.len();
-            let id = self.new_segment_id();
+            let id = self.ids.next();
             let mut bytes = Vec::new();
             let mut metas = Vec::new();
             let mut position = segment::FILE_HEADER_LEN;
@@ -392,7 +351,7 @@ impl Storage {
         }
         report.objects_out = uploads.len();
         let ids: Vec<u64> = uploads.iter().map(|(id, _)| *id).collect();
-        let put = self.upload(&objects, uploads).await;
+        let put = self.segments.write_segments(uploads).await;
         let switched = match put {
             Ok(_) => {
                 self.with_meta(move |meta| meta.switch_blocks(&switch).map(|a| (a, switch)))
@@ -423,21 +382,11 @@ impl Storage {
         for (key, removed) in removed_by {
             let Some(p) = self
                 .topic_by_id(key.0)
-                .and_then(|t| t.partitions.get(key.1 as usize).cloned())
+                .and_then(|t| t.partition(key.1).cloned())
             else {
                 continue;
             };
-            let mut st = p.state.write();
-            for (base, seg) in removed {
-                if st.blocks.get(&base).is_some_and(|b| b.segment_id == seg) {
-                    st.blocks.remove(&base);
-                }
-            }
-            for b in added_by.remove(&key).unwrap_or_default() {
-                if b.last_offset >= st.log_start_offset {
-                    st.blocks.insert(b.base_offset, b);
-                }
-            }
+            p.swap_blocks(&removed, &added_by.remove(&key).unwrap_or_default());
         }
         tracing::info!(
             ?report,
@@ -467,4 +416,44 @@ fn merge_groups(blocks: &[(BlockMeta, Bytes)]) -> Vec<&[(BlockMeta, Bytes)]> {
         groups.push(&blocks[start..]);
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(base: i64, last: i64) -> BlockMeta {
+        BlockMeta {
+            topic_id: Uuid::nil(),
+            partition: 0,
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 0,
+            segment_id: 1,
+            position: 32,
+            stored_len: 0,
+            raw_len: 0,
+            codec: 0,
+            crc: 0,
+        }
+    }
+
+    #[test]
+    fn merge_groups_split_at_offset_gaps_and_at_the_merged_block_size() {
+        let small = Bytes::from(vec![0u8; 1000]);
+        let big = Bytes::from(vec![0u8; MERGED_BLOCK_BYTES - 2000]);
+        let blocks = vec![
+            (block(0, 9), small.clone()),
+            (block(10, 19), small.clone()),
+            // a gap (20-29 deleted or compacted away elsewhere)
+            (block(30, 39), small.clone()),
+            (block(40, 49), big.clone()),
+            (block(50, 59), big),
+        ];
+        let groups: Vec<Vec<i64>> = merge_groups(&blocks)
+            .iter()
+            .map(|g| g.iter().map(|(b, _)| b.base_offset).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![0, 10], vec![30, 40], vec![50]]);
+    }
 }

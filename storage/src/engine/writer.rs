@@ -16,17 +16,26 @@
 //! from it): the sequencer waits for the in-flight ones to finish, then rebuilds its state (next offsets,
 //! producer state, the active segment) from the metadata store, as a restart would.
 
+use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::Arc;
+use streamhouse_protocol::batch;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
 
-use super::*;
+use super::segments::Durable;
+use super::{now_ms, AppendOutcome, AppendRequest, AppendResult, Partition, Storage, LEADER_EPOCH};
+use crate::metadata::Commit;
+use crate::producer::{ProducerEntry, SequenceCheck};
+use crate::segment::{self, BlockMeta};
+use crate::StorageError;
 
 pub(super) type ProducerKey = (i64, Uuid, i32);
 
-/// Owns the active segment and the producer state; the only task that appends.
+/// Owns the producer state and sequencing; the only task that writes flushes to the segment store.
 pub(super) struct Writer {
     storage: Arc<Storage>,
-    active: Option<ActiveSegment>,
     producers: HashMap<ProducerKey, ProducerEntry>,
     /// Next offset per partition, counting flushes that are in flight (not committed yet).
     next_offsets: HashMap<(Uuid, i32), i64>,
@@ -44,16 +53,6 @@ struct Progress {
     failed_generation: AtomicU64,
     /// Number of flushes the committer has finished (committed or failed).
     finished: watch::Sender<u64>,
-}
-
-enum Durable {
-    /// Already durable (or failed) when handed over: local appends, flushes without blocks.
-    Done(Result<(), StorageError>),
-    /// An object PUT in progress.
-    Upload {
-        segment_id: u64,
-        task: tokio::task::JoinHandle<Result<(), StorageError>>,
-    },
 }
 
 /// A sequenced flush on its way to the committer.
@@ -85,12 +84,10 @@ pub(super) struct PartitionBlock {
 impl Writer {
     pub(super) fn new(
         storage: Arc<Storage>,
-        active: Option<ActiveSegment>,
         producers: HashMap<ProducerKey, ProducerEntry>,
     ) -> Self {
         Self {
             storage,
-            active,
             producers,
             next_offsets: HashMap::new(),
             generation: 1,
@@ -245,16 +242,14 @@ impl Writer {
 
     /// Rebuilds the writer's state from the metadata store after a failed flush.
     async fn reset(&mut self) -> Result<(), StorageError> {
-        self.active = None;
         let storage = self.storage.clone();
-        let (active, producers) = tokio::task::spawn_blocking(move || {
+        let producers = tokio::task::spawn_blocking(move || {
             let snap = storage.meta.load()?;
-            let (active, _) = storage.reopen_active_segment(&snap)?;
-            Ok::<_, StorageError>((active, snap.producers))
+            storage.reconcile_segments(&snap)?;
+            Ok::<_, StorageError>(snap.producers)
         })
         .await
-        .map_err(|_| StorageError::ShuttingDown)??;
-        self.active = active;
+        .map_err(|_| StorageError::TaskFailed("reloading the writer's state"))??;
         self.producers = producers.into_iter().collect();
         self.next_offsets.clear();
         self.needs_reset = false;
@@ -361,31 +356,17 @@ impl Writer {
 
         let (durable, encoded) = if blocks.is_empty() {
             (Durable::Done(Ok(())), None)
-        } else if let Some(objects) = self.storage.objects.clone() {
-            let id = self.storage.new_segment_id();
-            let now = now_ms();
-            let encoded = encode_flush(&blocks, id, segment::FILE_HEADER_LEN);
-            commit.new_segment = Some(SegmentRecord {
-                id,
-                created_ms: now,
-                sealed: true,
-                level: 0,
-            });
-            let object = segment::encode_object(id, now, &encoded.bytes, &encoded.metas);
-            let storage = self.storage.clone();
-            let task =
-                tokio::spawn(async move { storage.upload(&objects, vec![(id, object)]).await });
-            let durable = Durable::Upload {
-                segment_id: id,
-                task,
-            };
-            (durable, Some(encoded))
         } else {
-            let (result, encoded) = self.append_local(&blocks, &mut commit).await;
-            if result.is_err() {
+            let (durable, encoded) = self
+                .storage
+                .segments
+                .write_flush(&blocks, &mut commit)
+                .await;
+            if matches!(durable, Durable::Done(Err(_))) {
+                // A local append failed part-way: rebuild from what is committed before the next one.
                 self.needs_reset = true;
             }
-            (Durable::Done(result), Some(encoded))
+            (durable, Some(encoded))
         };
         let published = match encoded {
             Some(enc) => {
@@ -410,67 +391,6 @@ impl Writer {
             staged,
             _permit: permit,
         }
-    }
-
-    /// Rolls the local segment if due, then appends the flush's blocks and fsyncs them.
-    async fn append_local(
-        &mut self,
-        blocks: &[PartitionBlock],
-        commit: &mut Commit,
-    ) -> (Result<(), StorageError>, EncodedFlush) {
-        let cfg = &self.storage.config;
-        let now = now_ms();
-        let due = self.active.as_ref().is_none_or(|a| {
-            !a.is_empty() && (a.len() >= cfg.segment_bytes || now - a.created_ms >= cfg.segment_ms)
-        });
-        let mut old = None;
-        if due {
-            old = self.active.take();
-            commit.sealed_segment = old.as_ref().map(|s| s.id);
-            commit.new_segment = Some(SegmentRecord {
-                id: self.storage.new_segment_id(),
-                created_ms: now,
-                sealed: false,
-                level: 0,
-            });
-        }
-        let new_segment = commit.new_segment;
-        let mut active = self.active.take();
-        let segment_id = new_segment
-            .map(|s| s.id)
-            .or(active.as_ref().map(|a| a.id))
-            .unwrap_or(0);
-        let position = match (&active, new_segment) {
-            (Some(a), None) => a.len(),
-            _ => segment::FILE_HEADER_LEN,
-        };
-        let mut encoded = encode_flush(blocks, segment_id, position);
-        let bytes = std::mem::take(&mut encoded.bytes);
-        let metas = encoded.metas.clone();
-        let dir = self.storage.segments_dir.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let run = |active: &mut Option<ActiveSegment>| -> Result<(), StorageError> {
-                if let Some(s) = new_segment {
-                    if let Some(old) = old {
-                        old.seal()?;
-                    }
-                    *active = Some(ActiveSegment::create(&dir, s.id, s.created_ms)?);
-                }
-                let seg = active.as_mut().ok_or(StorageError::ShuttingDown)?;
-                seg.append_durable(&bytes, &metas)
-            };
-            let r = run(&mut active);
-            (active, r)
-        })
-        .await;
-        let result = match joined {
-            Ok((active, r)) => {
-                self.active = active;
-                r
-            }
-            Err(_) => Err(StorageError::ShuttingDown),
-        };
-        (result, encoded)
     }
 }
 
@@ -507,7 +427,8 @@ async fn commit_loop(
                 Durable::Done(r) => r,
                 Durable::Upload { segment_id, task } => {
                     uploaded = Some(segment_id);
-                    task.await.unwrap_or(Err(StorageError::ShuttingDown))
+                    task.await
+                        .unwrap_or(Err(StorageError::TaskFailed("an upload")))
                 }
             };
             match durable {
@@ -516,7 +437,7 @@ async fn commit_loop(
                     let meta = storage.meta.clone();
                     tokio::task::spawn_blocking(move || meta.commit(&commit))
                         .await
-                        .unwrap_or(Err(StorageError::ShuttingDown))
+                        .unwrap_or(Err(StorageError::TaskFailed("a metadata commit")))
                 }
                 Err(e) => Err(e),
             }
@@ -525,11 +446,7 @@ async fn commit_loop(
             Ok(()) => {
                 if !published.is_empty() {
                     for (partition, meta, high_watermark, raw) in published {
-                        {
-                            let mut st = partition.state.write();
-                            st.blocks.insert(meta.base_offset, meta);
-                            st.high_watermark = st.high_watermark.max(high_watermark);
-                        }
+                        partition.publish(meta, high_watermark);
                         // Blocks just written are served from memory.
                         storage
                             .cache
@@ -562,7 +479,7 @@ async fn commit_loop(
         for (req, res) in requests.into_iter().zip(results) {
             let res = res
                 .into_iter()
-                .map(|r| r.unwrap_or(Err(StorageError::ShuttingDown)))
+                .map(|r| r.unwrap_or(Err(StorageError::TaskFailed("sequencing a batch"))))
                 .collect();
             let _ = req.reply.send(res);
         }
@@ -632,4 +549,56 @@ pub(super) fn encode_flush(
 
 fn size_of(req: &AppendRequest) -> usize {
     req.batches.iter().map(|b| b.data.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(partition: i32, base: i64, raw: &[u8]) -> PartitionBlock {
+        PartitionBlock {
+            partition: Arc::new(Partition::new(Uuid::nil(), partition)),
+            base_offset: base,
+            next_offset: base + 5,
+            max_timestamp: 7,
+            compressible: true,
+            raw: raw.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_flush_is_encoded_back_to_back_with_its_index_rows_and_watermarks() {
+        let blocks = [block(0, 10, &[1u8; 300]), block(1, 0, &[2u8; 50])];
+        let enc = encode_flush(&blocks, 9, 32);
+        assert_eq!(enc.metas.len(), 2);
+        assert_eq!(enc.metas[0].position, 32);
+        assert_eq!(enc.metas[1].position, 32 + enc.metas[0].total_len());
+        assert_eq!(
+            enc.bytes.len() as u64,
+            enc.metas.iter().map(|m| m.total_len()).sum::<u64>()
+        );
+        assert_eq!(
+            (
+                enc.metas[0].base_offset,
+                enc.metas[0].last_offset,
+                enc.metas[0].segment_id
+            ),
+            (10, 14, 9)
+        );
+        assert_eq!(
+            enc.high_watermarks,
+            vec![(Uuid::nil(), 0, 15), (Uuid::nil(), 1, 5)]
+        );
+        assert_eq!(
+            &enc.raws[1][..],
+            &[2u8; 50][..],
+            "the cache gets the raw batches"
+        );
+        // Each block decodes back to what was written.
+        for (m, raw) in enc.metas.iter().zip(&enc.raws) {
+            let at = (m.position - 32) as usize;
+            let stored = &enc.bytes[at..at + m.total_len() as usize];
+            assert_eq!(segment::decode_block(m, stored).unwrap(), raw);
+        }
+    }
 }
