@@ -14,8 +14,9 @@
 //! small runtime of its own, and starting it on a runtime thread panics ("Cannot start a runtime from
 //! within a runtime"). The engine calls through `Storage::with_meta` and `spawn_blocking` (writer commit,
 //! recovery, identity); the group coordinator through its writer thread, and loads at start on a
-//! blocking thread. The storage tests run on both stores, so a call site that breaks the rule fails
-//! there.
+//! blocking thread. Dropping a store is allowed anywhere (PostgreSQL closes its connections on a
+//! thread of its own). The storage tests run on both stores, so a call site that breaks the rule
+//! fails there.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -362,6 +363,7 @@ mod tests {
         uploads_intents_and_cluster_id,
         schema_newer_than_known_is_refused,
         reopening_keeps_the_schema_version,
+        a_store_may_be_dropped_on_a_runtime_thread,
     );
 
     fn rec(group: &str, topic: &str, p: i32, o: i64, m: Option<&str>, ms: i64) -> OffsetRecord {
@@ -799,6 +801,17 @@ mod tests {
         assert!(v >= 1);
         drop(store.open());
         assert_eq!(store.schema_version(), v);
+    }
+
+    /// The last handle on a store may go on a runtime thread (a `Storage` that failed to open, or
+    /// whose last task ended): that must not block on the runtime, nor panic.
+    fn a_store_may_be_dropped_on_a_runtime_thread(store: TestStore) {
+        let m = store.open();
+        m.allocate_producer_id().unwrap(); // a connection is open and idle
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move { drop(m) });
     }
 
     #[test]

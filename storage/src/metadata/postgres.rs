@@ -299,6 +299,24 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Closing a connection blocks on its runtime, and the last handle on the store may go on any
+    /// thread, a runtime's too (a failed `Storage::open`, the last task of a dropped `Storage`): the
+    /// idle connections are closed on a thread of their own. (Lent ones cannot exist: a lease
+    /// borrows the pool.)
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.state.get_mut().idle);
+        if !idle.is_empty() {
+            let closing = std::thread::Builder::new()
+                .name("metadata-close".into())
+                .spawn(move || drop(idle));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "cannot close metadata connections on a thread of their own");
+            }
+        }
+    }
+}
+
 /// A connection lent from the pool; given back when dropped (or closed, if it broke).
 struct Lease<'a> {
     pool: &'a Pool,
