@@ -99,6 +99,8 @@ const MIGRATIONS: &[&str] = &[SCHEMA_V1];
 
 pub struct PostgresMetadata {
     pool: Pool,
+    /// Transactions run again after a serialization failure or deadlock (since open).
+    retries: std::sync::atomic::AtomicU64,
 }
 
 impl PostgresMetadata {
@@ -125,7 +127,10 @@ impl PostgresMetadata {
             let mut lease = pool.get()?;
             migrate(&mut lease.conn().client)?;
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            retries: Default::default(),
+        })
     }
 
     /// Runs `f` in a transaction at `level`, again (from the start) after a serialization failure or
@@ -157,6 +162,8 @@ impl PostgresMetadata {
             })();
             match result {
                 Err(StorageError::Postgres(e)) if retriable(&e) && attempt < MAX_ATTEMPTS => {
+                    self.retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // A few ms, growing: the conflicting transaction is usually done by then.
                     std::thread::sleep(Duration::from_millis(1 << attempt.min(6)));
                     attempt += 1;
@@ -1116,5 +1123,124 @@ impl MetadataStore for PostgresMetadata {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::testing::TestStore;
+
+    fn url(store: &TestStore) -> String {
+        store.location().as_setting().to_string()
+    }
+
+    fn setting(m: &PostgresMetadata, name: &'static str) -> String {
+        m.read_committed(|tx| Ok(tx.query_one(name, &[])?.try_get::<_, String>(0)?))
+            .unwrap()
+    }
+
+    /// sync.metadata off is not a no-op here: the connections stop waiting for the server's WAL flush.
+    #[test]
+    fn sync_metadata_sets_synchronous_commit() {
+        let store = TestStore::postgres();
+        let on = PostgresMetadata::open(&url(&store), true).unwrap();
+        assert_eq!(setting(&on, "SHOW synchronous_commit"), "on");
+        let off = PostgresMetadata::open(&url(&store), false).unwrap();
+        assert_eq!(setting(&off, "SHOW synchronous_commit"), "off");
+    }
+
+    /// More callers than connections: each waits its turn, at most POOL_SIZE connections open, and
+    /// producer ids stay unique (the sequence) however the calls interleave.
+    #[test]
+    fn many_callers_share_the_pool_and_ids_stay_unique() {
+        let store = TestStore::postgres();
+        let m = PostgresMetadata::open(&url(&store), true).unwrap();
+        let ids = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let id = m.allocate_producer_id().unwrap();
+                        ids.lock().unwrap().push(id);
+                        assert!(m.pool.state.lock().open <= POOL_SIZE);
+                    }
+                });
+            }
+        });
+        let mut ids = ids.into_inner().unwrap();
+        ids.sort();
+        assert_eq!(ids, (1000..1320).collect::<Vec<i64>>());
+        assert!(m.pool.state.lock().open <= POOL_SIZE);
+    }
+
+    /// Flush commits and retention on the same partition at once: serializable transactions that
+    /// conflict are run again, so every call succeeds, and no block below the final log start
+    /// offset is left in the index.
+    #[test]
+    fn conflicting_transactions_are_retried() {
+        let store = TestStore::postgres();
+        let m = PostgresMetadata::open(&url(&store), true).unwrap();
+        let t = TopicRecord {
+            id: Uuid::new_v4(),
+            name: "t".into(),
+            partitions: 1,
+            configs: Default::default(),
+            created_ms: 0,
+        };
+        m.create_topic(&t).unwrap();
+        let block = |i: i64| BlockMeta {
+            topic_id: t.id,
+            partition: 0,
+            base_offset: i,
+            last_offset: i,
+            max_timestamp: 0,
+            segment_id: i as u64 + 1,
+            position: 0,
+            stored_len: 1,
+            raw_len: 1,
+            codec: 0,
+            crc: 0,
+        };
+        // Retention moves the log start only below what is committed, as the engine does.
+        let committed = std::sync::atomic::AtomicI64::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..100 {
+                    m.commit(&Commit {
+                        new_segment: Some(SegmentRecord {
+                            id: i as u64 + 1,
+                            created_ms: 0,
+                            sealed: true,
+                            level: 0,
+                        }),
+                        blocks: vec![block(i)],
+                        high_watermarks: vec![(t.id, 0, i + 1)],
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    committed.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            s.spawn(|| {
+                for lso in 0..50 {
+                    while committed.load(std::sync::atomic::Ordering::SeqCst) <= lso {
+                        std::thread::yield_now();
+                    }
+                    m.truncate_head(t.id, 0, lso).unwrap();
+                }
+            });
+        });
+        eprintln!(
+            "conflicting transactions run again: {}",
+            m.retries.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let snap = m.load().unwrap();
+        assert_eq!(snap.partitions[0].log_start_offset, 49);
+        assert!(snap.blocks.iter().all(|b| b.last_offset >= 49));
+        assert_eq!(snap.blocks.len(), 51);
+        // Each truncation retired the segments it emptied.
+        assert_eq!(snap.segments.len(), 51);
+        assert_eq!(snap.retired.len(), 49);
     }
 }
