@@ -33,7 +33,14 @@ impl Broker {
         let limits = Arc::new(limits::Limits::new(&config)?);
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
-        let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;
+        // The coordinator loads its groups from the metadata store: a blocking call, so on a blocking
+        // thread (the store's rule, streamhouse_storage::metadata; PostgreSQL's client panics on a
+        // runtime thread). Its timer task is spawned from there, into this runtime.
+        let groups = {
+            let (storage, groups) = (storage.clone(), config.groups());
+            tokio::task::spawn_blocking(move || group::GroupCoordinator::open(storage, groups))
+                .await??
+        };
         let inflater = streamhouse_protocol::compression::Inflater::new(
             config.message_max_decompressed_bytes,
             std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -46,5 +53,48 @@ impl Broker {
             cluster_id,
             limits,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamhouse_storage::metadata::testing::TestStore;
+    use streamhouse_storage::{GroupWrite, OffsetRecord};
+
+    /// The broker opens on each metadata store, and its group coordinator loads what the store keeps
+    /// (on PostgreSQL the load must run off the runtime threads: the blocking rule of the store).
+    async fn opens_and_loads_groups(store: TestStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let args = config::BrokerConfig::test_args(data.clone())
+            .set("metadata", store.location().as_setting());
+        let config = config::BrokerConfig::resolve(args).unwrap();
+        drop(Broker::open(config.clone()).await.unwrap());
+        store.blocking(&data, |m| {
+            m.group_writes(&[GroupWrite::Offsets(vec![OffsetRecord {
+                group_id: "kept".into(),
+                topic: "t".into(),
+                partition: 0,
+                offset: 5,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: group::now_ms(),
+            }])])
+            .unwrap()
+        });
+        let broker = Broker::open(config).await.unwrap();
+        let groups: Vec<String> = broker.groups.list().into_iter().map(|g| g.0).collect();
+        assert_eq!(groups, vec!["kept".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn opens_and_loads_groups_sqlite() {
+        opens_and_loads_groups(TestStore::sqlite()).await
+    }
+
+    #[tokio::test]
+    async fn opens_and_loads_groups_postgres() {
+        opens_and_loads_groups(TestStore::postgres()).await
     }
 }
