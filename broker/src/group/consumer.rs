@@ -16,12 +16,16 @@ use std::time::{Duration, Instant};
 use streamhouse_storage::Storage;
 use uuid::Uuid;
 
+use super::view::{AssignedTopic, ConsumerDescription, ConsumerMemberDescription};
 use crate::error;
 
 /// topic id -> partitions
 pub type Assignment = BTreeMap<Uuid, BTreeSet<i32>>;
 
 pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
+
+/// Kafka's default server assignor (group.consumer.assignors lists uniform first).
+pub const DEFAULT_ASSIGNOR: &str = "uniform";
 
 /// How often the timer looks for changed partitions of subscribed topics (Kafka reacts to each new
 /// metadata image; one second bounds both the delay and the cost of looking).
@@ -83,6 +87,36 @@ pub struct HeartbeatRequest {
     pub client_host: String,
 }
 
+impl HeartbeatRequest {
+    /// Kafka's throwIfConsumerGroupHeartbeatRequestIsInvalid, as far as this broker serves it: the
+    /// checks that need no group, made before one is looked up (or made).
+    pub fn validate(&self, group_id: &str, api_version: i16) -> Result<(), HeartbeatResult> {
+        let invalid = |msg: &str| Err(HeartbeatResult::error(error::INVALID_REQUEST, msg));
+        if group_id.is_empty() {
+            return invalid("GroupId can't be empty.");
+        }
+        // v1: the client chooses its member id (KIP-1082).
+        if api_version >= 1 && self.member_id.is_empty() {
+            return invalid("MemberId can't be empty.");
+        }
+        if self.member_epoch == 0 && self.rebalance_timeout_ms < 0 {
+            return invalid("RebalanceTimeoutMs must be provided in first request.");
+        }
+        if self.member_epoch == 0 && self.subscribed.is_none() && self.regex.is_none() {
+            return invalid("SubscribedTopicNames or SubscribedTopicRegex must be set to join");
+        }
+        if let Some(a) = &self.server_assignor {
+            if !ASSIGNORS.contains(&a.as_str()) {
+                return Err(HeartbeatResult::error(
+                    error::UNSUPPORTED_ASSIGNOR,
+                    "unsupported server assignor",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct HeartbeatResult {
     pub error: i16,
@@ -90,15 +124,23 @@ pub struct HeartbeatResult {
     pub member_id: String,
     pub member_epoch: i32,
     pub assignment: Option<Assignment>,
+    /// group.consumer.heartbeat.interval.ms when the heartbeat succeeded (set by the coordinator).
+    pub heartbeat_interval_ms: i32,
+}
+
+impl HeartbeatResult {
+    pub(super) fn error(code: i16, msg: &str) -> HeartbeatResult {
+        HeartbeatResult {
+            error: code,
+            message: Some(msg.to_string()),
+            member_epoch: -1,
+            ..Default::default()
+        }
+    }
 }
 
 fn err(code: i16, msg: &str) -> HeartbeatResult {
-    HeartbeatResult {
-        error: code,
-        message: Some(msg.to_string()),
-        member_epoch: -1,
-        ..Default::default()
-    }
+    HeartbeatResult::error(code, msg)
 }
 
 /// Partitions of `a` as (topic, partition) keys.
@@ -163,17 +205,13 @@ impl ConsumerGroup {
         true
     }
 
+    /// One heartbeat of a request that passed [`HeartbeatRequest::validate`].
     pub fn heartbeat(
         &mut self,
         req: HeartbeatRequest,
         storage: &Storage,
         now: Instant,
     ) -> HeartbeatResult {
-        if let Some(a) = &req.server_assignor {
-            if !ASSIGNORS.contains(&a.as_str()) {
-                return err(error::UNSUPPORTED_ASSIGNOR, "unsupported server assignor");
-            }
-        }
         match req.member_epoch {
             -1 | -2 => {
                 // Leaving (-2: a static member leaving temporarily; its partitions are reassigned all the same).
@@ -185,12 +223,6 @@ impl ConsumerGroup {
                 }
             }
             0 => {
-                if req.subscribed.is_none() && req.regex.is_none() {
-                    return err(
-                        error::INVALID_REQUEST,
-                        "SubscribedTopicNames or SubscribedTopicRegex must be set to join",
-                    );
-                }
                 let id = if req.member_id.is_empty() {
                     Uuid::new_v4().to_string()
                 } else {
@@ -358,7 +390,7 @@ impl ConsumerGroup {
             .values()
             .filter_map(|m| m.server_assignor.clone())
             .max()
-            .unwrap_or_else(|| "uniform".to_string());
+            .unwrap_or_else(|| DEFAULT_ASSIGNOR.to_string());
         let mut ids: Vec<String> = self.members.keys().cloned().collect();
         ids.sort();
         let (subs, topics) = self.subscriptions(storage);
@@ -511,6 +543,7 @@ impl ConsumerGroup {
             member_id: m.id.clone(),
             member_epoch: m.member_epoch,
             assignment: Some(m.assigned.clone()),
+            ..Default::default()
         }
     }
 
@@ -582,6 +615,49 @@ impl ConsumerGroup {
             return Err(error::STALE_MEMBER_EPOCH);
         }
         Ok(())
+    }
+
+    /// ConsumerGroupDescribe's view: members sorted by id, assignments with their topics' names
+    /// (`topic_name` of a topic id, empty if it is gone); an assignor not chosen yet is reported as
+    /// the default (Kafka's asDescribedGroup with defaultConsumerGroupAssignor).
+    pub fn describe(&self, topic_name: impl Fn(Uuid) -> String) -> ConsumerDescription {
+        let topics = |a: &Assignment| -> Vec<AssignedTopic> {
+            a.iter()
+                .map(|(id, ps)| AssignedTopic {
+                    topic_id: *id,
+                    topic_name: topic_name(*id),
+                    partitions: ps.iter().copied().collect(),
+                })
+                .collect()
+        };
+        let mut members: Vec<&ConsumerMember> = self.members.values().collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        let none = Assignment::new();
+        ConsumerDescription {
+            state: self.state_name(),
+            group_epoch: self.group_epoch,
+            assignment_epoch: self.assignment_epoch,
+            assignor_name: if self.assignor.is_empty() {
+                DEFAULT_ASSIGNOR.to_string()
+            } else {
+                self.assignor.clone()
+            },
+            members: members
+                .into_iter()
+                .map(|m| ConsumerMemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    rack_id: m.rack_id.clone(),
+                    member_epoch: m.member_epoch,
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    subscribed_topic_names: m.subscribed.clone(),
+                    subscribed_topic_regex: m.regex.clone(),
+                    assignment: topics(&m.assigned),
+                    target_assignment: topics(self.target.get(&m.id).unwrap_or(&none)),
+                })
+                .collect(),
+        }
     }
 
     pub fn persist(&self) -> PersistedConsumer {

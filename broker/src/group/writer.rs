@@ -9,35 +9,38 @@
 //! offsets updated and the requests answered, so OffsetFetch never shows a commit that a crash could
 //! still lose, and a failed write changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use streamhouse_storage::{GroupWrite, MetadataStore, OffsetRecord};
+use streamhouse_storage::{GroupWrite, MetadataStore};
 use tokio::sync::oneshot;
 
-use super::{persisted, remove_if, with_group, with_new_group, CommittedOffset, Directory};
+use super::offsets::ExpiredOffset;
+use super::{
+    persisted, remove_if, with_group, with_new_group, CommittedOffset, Directory, TopicPartition,
+};
 
 /// Ops taken into one transaction at most. Large enough that a burst of commits from many
 /// consumers shares one fsync, small enough that a batch's transaction stays short.
 const MAX_BATCH: usize = 1024;
 
 pub(crate) enum Op {
-    /// OffsetCommit: the records are written, then become visible.
+    /// OffsetCommit: the offsets are written, then become visible.
     Commit {
         group: String,
-        records: Vec<OffsetRecord>,
+        offsets: BTreeMap<TopicPartition, CommittedOffset>,
     },
     /// OffsetDelete of the listed partitions.
     DeleteOffsets {
         group: String,
-        partitions: Vec<(String, i32)>,
+        partitions: Vec<TopicPartition>,
     },
-    /// Offset expiry: (topic, partition, commit_ms) removed only while still that commit. With
-    /// `drop_group`, the group goes too if it is still empty and has no offsets left.
+    /// Offset expiry: each offset removed only while it is still that commit. With `drop_group`,
+    /// the group goes too if it is still empty and has no offsets left.
     Expire {
         group: String,
-        partitions: Vec<(String, i32, i64)>,
+        offsets: Vec<ExpiredOffset>,
         drop_group: bool,
     },
     /// DeleteGroups: the group's offsets and document.
@@ -162,20 +165,33 @@ fn durable_writes(batch: &[Queued], dir: &Directory) -> Vec<GroupWrite> {
     let mut writes = Vec::with_capacity(batch.len());
     for (i, q) in batch.iter().enumerate() {
         match &q.op {
-            Op::Commit { records, .. } => writes.push(GroupWrite::Offsets(records.clone())),
+            Op::Commit { group, offsets } => writes.push(GroupWrite::Offsets(
+                offsets
+                    .iter()
+                    .map(|(at, o)| o.to_record(group, at))
+                    .collect(),
+            )),
             Op::DeleteOffsets { group, partitions } => writes.push(GroupWrite::DeleteOffsets {
                 group_id: group.clone(),
-                partitions: Some(partitions.clone()),
+                partitions: Some(
+                    partitions
+                        .iter()
+                        .map(|at| (at.topic.clone(), at.partition))
+                        .collect(),
+                ),
             }),
             Op::Expire {
                 group,
-                partitions,
+                offsets,
                 drop_group,
             } => {
-                if !partitions.is_empty() {
+                if !offsets.is_empty() {
                     writes.push(GroupWrite::ExpireOffsets {
                         group_id: group.clone(),
-                        partitions: partitions.clone(),
+                        partitions: offsets
+                            .iter()
+                            .map(|e| (e.at.topic.clone(), e.at.partition, e.commit_ms))
+                            .collect(),
                     });
                 }
                 let still_empty = with_group(dir, group, |g| g.is_empty()).unwrap_or(true);
@@ -216,39 +232,29 @@ fn durable_writes(batch: &[Queued], dir: &Directory) -> Vec<GroupWrite> {
 /// Makes a durable op visible in memory. Returns an op to queue next, if any.
 fn apply(op: &Op, dir: &Directory) -> Option<Op> {
     match op {
-        Op::Commit { group, records } => with_new_group(dir, group, |g| {
-            for r in records {
-                g.offsets.insert(
-                    (r.topic.clone(), r.partition),
-                    CommittedOffset {
-                        offset: r.offset,
-                        leader_epoch: r.leader_epoch,
-                        metadata: r.metadata.clone(),
-                        commit_ms: r.commit_ms,
-                    },
-                );
-            }
+        Op::Commit { group, offsets } => with_new_group(dir, group, |g| {
+            g.offsets
+                .extend(offsets.iter().map(|(at, o)| (at.clone(), o.clone())));
         }),
         Op::DeleteOffsets { group, partitions } => {
             with_group(dir, group, |g| {
-                for (t, p) in partitions {
-                    g.offsets.remove(&(t.clone(), *p));
+                for at in partitions {
+                    g.offsets.remove(at);
                 }
             });
         }
         Op::Expire {
             group,
-            partitions,
+            offsets,
             drop_group,
         } => {
             with_group(dir, group, |g| {
-                for (t, p, commit_ms) in partitions {
-                    let key = (t.clone(), *p);
+                for e in offsets {
                     if g.offsets
-                        .get(&key)
-                        .is_some_and(|o| o.commit_ms == *commit_ms)
+                        .get(&e.at)
+                        .is_some_and(|o| o.commit_ms == e.commit_ms)
                     {
-                        g.offsets.remove(&key);
+                        g.offsets.remove(&e.at);
                     }
                 }
             });
@@ -269,7 +275,7 @@ fn apply(op: &Op, dir: &Directory) -> Option<Op> {
         Op::DeleteTopic { topic } => {
             let all: Vec<_> = dir.lock().values().cloned().collect();
             for g in all {
-                g.lock().offsets.retain(|(t, _), _| t != topic);
+                g.lock().offsets.retain(|at, _| at.topic != *topic);
             }
         }
         Op::SaveGroup { .. } | Op::Barrier => {}

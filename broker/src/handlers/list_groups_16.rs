@@ -29,14 +29,14 @@ pub async fn handle(
         .groups
         .list()
         .into_iter()
-        .filter(|(_, _, state, _)| states.is_empty() || states.contains(&state.to_lowercase()))
-        .filter(|(_, _, _, kind)| types.is_empty() || types.contains(&kind.to_string()))
-        .map(|(id, protocol_type, state, kind)| {
+        .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+        .filter(|g| types.is_empty() || types.contains(&g.group_type.to_string()))
+        .map(|g| {
             ListedGroup::default()
-                .with_group_id(GroupId(str_bytes(&id)))
-                .with_protocol_type(str_bytes(&protocol_type))
-                .with_group_state(str_bytes(if version >= 4 { state } else { "" }))
-                .with_group_type(str_bytes(if version >= 5 { kind } else { "" }))
+                .with_group_id(GroupId(str_bytes(&g.group_id)))
+                .with_protocol_type(str_bytes(&g.protocol_type))
+                .with_group_state(str_bytes(if version >= 4 { g.state } else { "" }))
+                .with_group_type(str_bytes(if version >= 5 { g.group_type } else { "" }))
         })
         .collect();
     Reply::Now(ListGroupsResponse::default().with_groups(groups))
