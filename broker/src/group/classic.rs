@@ -979,9 +979,9 @@ impl ClassicGroup {
         }
     }
 
-    /// Back from the metadata store: members get a fresh session to come back and heartbeat.
-    pub fn restore(p: PersistedClassic) -> ClassicGroup {
-        let now = Instant::now();
+    /// Back from the metadata store: members get a fresh session (from `now`) to come back and
+    /// heartbeat.
+    pub fn restore(p: PersistedClassic, now: Instant) -> ClassicGroup {
         let mut g = ClassicGroup {
             generation: p.generation,
             protocol_type: p.protocol_type,

@@ -22,6 +22,7 @@
 //!   once the writer made them durable. Membership changes take effect in memory at once (as in
 //!   Kafka, the state machine is the authority) and the writer saves a snapshot of the group.
 
+mod assignor;
 mod classic;
 mod consumer;
 mod offsets;
@@ -37,7 +38,7 @@ use streamhouse_storage::{Storage, StorageError};
 
 use crate::error;
 use classic::ClassicGroup;
-use consumer::ConsumerGroup;
+use consumer::{ConsumerGroup, TopicSnapshot};
 use writer::{Op, Writer};
 
 pub use classic::{
@@ -227,10 +228,13 @@ impl GroupCoordinator {
     ) -> Result<Arc<GroupCoordinator>, StorageError> {
         let meta = storage.metadata();
         let mut groups: HashMap<String, Group> = HashMap::new();
+        let now = Instant::now();
         for (id, doc) in meta.load_groups()? {
             let kind = match serde_json::from_str::<PersistedGroup>(&doc) {
-                Ok(PersistedGroup::Classic(p)) => GroupKind::Classic(ClassicGroup::restore(p)),
-                Ok(PersistedGroup::Consumer(p)) => GroupKind::Consumer(ConsumerGroup::restore(p)),
+                Ok(PersistedGroup::Classic(p)) => GroupKind::Classic(ClassicGroup::restore(p, now)),
+                Ok(PersistedGroup::Consumer(p)) => {
+                    GroupKind::Consumer(ConsumerGroup::restore(p, now))
+                }
                 Err(e) => {
                     tracing::warn!(group = %id, error = %e, "ignoring unreadable group state");
                     continue;
@@ -287,8 +291,19 @@ impl GroupCoordinator {
         self.groups.lock().values().cloned().collect()
     }
 
+    /// The topics a KIP-848 step assigns from, as storage has them now.
+    fn topic_snapshot(&self) -> TopicSnapshot {
+        let mut snap = TopicSnapshot::default();
+        for t in self.storage.topics() {
+            snap.insert(t.name.clone(), t.id, t.partitions.len() as i32);
+        }
+        snap
+    }
+
     fn on_tick(&self, now: Instant) {
         let wall = now_ms();
+        // Taken once per pass, by the first group that checks its topics.
+        let topics = std::cell::OnceCell::new();
         for arc in self.all_groups() {
             let mut g = arc.lock();
             if g.removed {
@@ -297,12 +312,11 @@ impl GroupCoordinator {
             let id = g.id.clone();
             let changed = match &mut g.kind {
                 GroupKind::Classic(c) => c.tick(&id, now),
-                GroupKind::Consumer(c) => c.tick(
-                    &id,
-                    now,
-                    self.config.consumer_session_timeout,
-                    &self.storage,
-                ),
+                GroupKind::Consumer(c) => {
+                    c.tick(&id, now, self.config.consumer_session_timeout, || {
+                        topics.get_or_init(|| self.topic_snapshot())
+                    })
+                }
             };
             g.note_state(wall);
             if changed {
@@ -481,7 +495,10 @@ impl GroupCoordinator {
                         return (full, false);
                     }
                     let before = (c.group_epoch, c.assignment_epoch, c.members.len());
-                    let r = c.heartbeat(req, &self.storage, Instant::now());
+                    let topics = std::cell::OnceCell::new();
+                    let r = c.heartbeat(req, Instant::now(), || {
+                        topics.get_or_init(|| self.topic_snapshot())
+                    });
                     let changed = before != (c.group_epoch, c.assignment_epoch, c.members.len());
                     (r, changed)
                 }
