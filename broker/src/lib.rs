@@ -33,7 +33,7 @@ impl Broker {
         let limits = Arc::new(limits::Limits::new(&config)?);
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
-        let groups = group::GroupCoordinator::open(storage.clone(), config.groups())?;
+        let groups = group::GroupCoordinator::open(storage.clone(), config.groups()).await?;
         let inflater = streamhouse_protocol::compression::Inflater::new(
             config.message_max_decompressed_bytes,
             std::thread::available_parallelism().map_or(2, |n| n.get()),

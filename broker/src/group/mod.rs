@@ -12,15 +12,26 @@
 //!
 //! - The directory (`groups`) maps a group id to that group's own lock. It is held only to find,
 //!   insert or remove an entry: never while a group's state machine runs, never across an await.
-//!   Lock order is directory, then group; nothing takes the directory while holding a group.
-//!   Removing a group takes both and marks it `removed`, so whoever still holds its `Arc` looks it
-//!   up again ([`with_group`]).
+//!   Lock order is directory, then group (then, briefly, storage's topic catalog for a snapshot or
+//!   a topic name); nothing takes the directory while holding a group. Removing a group takes both
+//!   and marks it `removed`, so whoever still holds its `Arc` looks it up again ([`with_group`]).
 //! - A group's lock guards its state machine and its committed offsets; it is held for one state
 //!   machine step (no I/O, no await), so unrelated groups never wait for each other.
-//! - Nothing here touches the metadata store on a runtime thread. Durable changes are ops for the
-//!   writer thread (`writer.rs`), queued in request order; committed offsets change in memory only
-//!   once the writer made them durable. Membership changes take effect in memory at once (as in
-//!   Kafka, the state machine is the authority) and the writer saves a snapshot of the group.
+//!
+//! The rule for blocking work: no coordinator call blocks a runtime thread on I/O, and what runs on
+//! a runtime thread is bounded by one group (or, for ListGroups, one short entry per group). Each
+//! kind of work has one home:
+//!
+//! - Runtime threads (handlers' in-order parts) run one in-memory step of one group under its
+//!   lock: classic Join/Sync/Heartbeat/Leave, commit validation, a group's view or offsets.
+//! - The writer thread (`writer.rs`) is the only caller of the metadata store: it restores the
+//!   groups at open, then applies every durable change in request order. Committed offsets change
+//!   in memory only once it made them durable; membership changes take effect in memory at once
+//!   (as in Kafka, the state machine is the authority) and it saves a snapshot of the group.
+//! - The timer thread (`group-timer`) makes the passes over every group: expiring sessions,
+//!   completing rebalances, checking subscribed topics, expiring offsets.
+//! - A blocking-pool thread runs a KIP-848 heartbeat ([`GroupCoordinator::consumer_heartbeat`]),
+//!   whose step may compute a target over all the group's partitions; its handler puts it there.
 
 mod assignor;
 mod classic;
@@ -34,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streamhouse_storage::{Storage, StorageError};
+use streamhouse_storage::{MetadataStore, Storage, StorageError};
 
 use crate::error;
 use classic::ClassicGroup;
@@ -220,69 +231,47 @@ pub fn now_ms() -> i64 {
 }
 
 impl GroupCoordinator {
-    /// Loads committed offsets and persisted groups, starts the writer thread and the timer that
-    /// expires members, completes rebalances and expires offsets.
-    pub fn open(
+    /// Starts the writer thread, which loads committed offsets and persisted groups (so the
+    /// metadata store is not read on a runtime thread), then the timer thread that expires members,
+    /// completes rebalances and expires offsets.
+    pub async fn open(
         storage: Arc<Storage>,
         config: GroupConfig,
     ) -> Result<Arc<GroupCoordinator>, StorageError> {
-        let meta = storage.metadata();
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        let now = Instant::now();
-        for (id, doc) in meta.load_groups()? {
-            let kind = match serde_json::from_str::<PersistedGroup>(&doc) {
-                Ok(PersistedGroup::Classic(p)) => GroupKind::Classic(ClassicGroup::restore(p, now)),
-                Ok(PersistedGroup::Consumer(p)) => {
-                    GroupKind::Consumer(ConsumerGroup::restore(p, now))
-                }
-                Err(e) => {
-                    tracing::warn!(group = %id, error = %e, "ignoring unreadable group state");
-                    continue;
-                }
-            };
-            let mut g = Group::new_classic(&id);
-            g.kind = kind;
-            groups.insert(id, g);
-        }
-        for r in meta.load_offsets()? {
-            let group_id = r.group_id.clone();
-            let (at, offset) = CommittedOffset::from_record(r);
-            groups
-                .entry(group_id)
-                .or_insert_with_key(|id| Group::new_classic(id))
-                .offsets
-                .insert(at, offset);
-        }
-        tracing::info!(groups = groups.len(), "group coordinator loaded");
-        let dir: Arc<Directory> = Arc::new(Mutex::new(
-            groups
-                .into_iter()
-                .map(|(id, g)| (id, Arc::new(Mutex::new(g))))
-                .collect(),
-        ));
+        let dir: Arc<Directory> = Arc::new(Mutex::new(HashMap::new()));
+        let (writer, restored) = Writer::start(dir.clone(), storage.metadata())?;
+        let groups = restored.await.map_err(|_| {
+            StorageError::Io(std::io::Error::other(
+                "the group writer thread ended before restoring the groups",
+            ))
+        })??;
+        tracing::info!(groups, "group coordinator loaded");
         let c = Arc::new(GroupCoordinator {
             config,
-            writer: Writer::start(dir.clone(), meta),
+            writer,
             groups: dir,
             storage,
         });
         let weak = Arc::downgrade(&c);
         let check_every = c.config.offsets_retention_check_interval;
-        tokio::spawn(async move {
-            // 100 ms: session and rebalance deadlines are seconds; this keeps expiry within a tenth.
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let mut next_expiry = Instant::now() + check_every;
-            loop {
-                tick.tick().await;
-                let Some(c) = weak.upgrade() else { break };
-                let now = Instant::now();
-                c.on_tick(now);
-                if now >= next_expiry {
-                    next_expiry = now + check_every;
-                    c.expire_offsets(now_ms());
+        std::thread::Builder::new()
+            .name("group-timer".into())
+            .spawn(move || {
+                // 100 ms: session and rebalance deadlines are seconds; this keeps expiry within a
+                // tenth of one.
+                let every = Duration::from_millis(100);
+                let mut next_expiry = Instant::now() + check_every;
+                loop {
+                    std::thread::sleep(every);
+                    let Some(c) = weak.upgrade() else { break };
+                    let now = Instant::now();
+                    c.on_tick(now);
+                    if now >= next_expiry {
+                        next_expiry = now + check_every;
+                        c.expire_offsets(now_ms());
+                    }
                 }
-            }
-        });
+            })?;
         Ok(c)
     }
 
@@ -599,6 +588,46 @@ fn persisted(g: &Group) -> Option<String> {
     serde_json::to_string(&doc).ok()
 }
 
+/// Fills the (empty) directory from the metadata store: persisted groups, then committed offsets
+/// (a group with offsets and no document is a simple group). Runs on the writer thread.
+fn restore(dir: &Directory, meta: &dyn MetadataStore) -> Result<usize, StorageError> {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "the metadata store is read on the writer thread, not a runtime thread"
+    );
+    let now = Instant::now();
+    let mut groups: HashMap<String, Group> = HashMap::new();
+    for (id, doc) in meta.load_groups()? {
+        let kind = match serde_json::from_str::<PersistedGroup>(&doc) {
+            Ok(PersistedGroup::Classic(p)) => GroupKind::Classic(ClassicGroup::restore(p, now)),
+            Ok(PersistedGroup::Consumer(p)) => GroupKind::Consumer(ConsumerGroup::restore(p, now)),
+            Err(e) => {
+                tracing::warn!(group = %id, error = %e, "ignoring unreadable group state");
+                continue;
+            }
+        };
+        let mut g = Group::new_classic(&id);
+        g.kind = kind;
+        groups.insert(id, g);
+    }
+    for r in meta.load_offsets()? {
+        let group_id = r.group_id.clone();
+        let (at, offset) = CommittedOffset::from_record(r);
+        groups
+            .entry(group_id)
+            .or_insert_with_key(|id| Group::new_classic(id))
+            .offsets
+            .insert(at, offset);
+    }
+    let n = groups.len();
+    dir.lock().extend(
+        groups
+            .into_iter()
+            .map(|(id, g)| (id, Arc::new(Mutex::new(g)))),
+    );
+    Ok(n)
+}
+
 /// Bytes as hex in persisted documents.
 mod hex_bytes {
     use bytes::Bytes;
@@ -638,7 +667,7 @@ pub(super) mod tests {
             .create_topic("t", 2, Default::default())
             .await
             .unwrap();
-        (dir, GroupCoordinator::open(storage, config).unwrap())
+        (dir, GroupCoordinator::open(storage, config).await.unwrap())
     }
 
     fn join_request(session_timeout: Duration, protocol_type: &str) -> JoinRequest {
@@ -751,6 +780,93 @@ pub(super) mod tests {
                 state: "Stable",
                 group_type: "consumer",
             }]
+        );
+    }
+
+    /// Restore runs on the writer thread: called on a runtime thread, it refuses (the rule for
+    /// blocking work in the module notes).
+    #[cfg(debug_assertions)]
+    #[tokio::test]
+    #[should_panic(expected = "writer thread")]
+    async fn restore_refuses_a_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let _ = restore(&Mutex::new(HashMap::new()), storage.metadata().as_ref());
+    }
+
+    /// What the writer stored comes back at open (restored on the writer thread): committed
+    /// offsets, a Stable classic group with its member and assignment, a KIP-848 group.
+    #[tokio::test]
+    async fn groups_and_offsets_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 2, Default::default())
+            .await
+            .unwrap();
+        let config = GroupConfig {
+            initial_rebalance_delay: Duration::ZERO,
+            ..Default::default()
+        };
+        let c = GroupCoordinator::open(storage.clone(), config.clone())
+            .await
+            .unwrap();
+        let joined = now(c.join("classic", join_request(Duration::from_secs(10), "consumer")));
+        let sync = SyncRequest {
+            member_id: joined.member_id.clone(),
+            instance_id: Some("i".into()),
+            generation: joined.generation,
+            protocol_type: None,
+            protocol_name: None,
+            assignments: vec![MemberAssignment {
+                member_id: joined.member_id.clone(),
+                assignment: Bytes::from_static(b"mine"),
+            }],
+        };
+        assert_eq!(now(c.sync("classic", sync)).error, error::NONE);
+        let commit = CommitRequest {
+            group_id: "classic".into(),
+            member_id: joined.member_id.clone(),
+            instance_id: Some("i".into()),
+            generation_or_epoch: joined.generation,
+            api_version: 8,
+            offsets: vec![PartitionCommit {
+                topic: "t".into(),
+                partition: 1,
+                offset: 42,
+                leader_epoch: 3,
+                metadata: Some("m".into()),
+            }],
+        };
+        let CommitReply::Written(_, written) = c.commit_offsets(commit) else {
+            panic!("a commit to write");
+        };
+        assert!(written.await.unwrap());
+        assert_eq!(
+            c.consumer_heartbeat("kip848", 1, heartbeat(0, None)).error,
+            0
+        );
+        assert!(c.barrier().await.unwrap());
+        let before = (c.describe_classic("classic"), c.describe_consumer("kip848"));
+        drop(c);
+
+        let c = GroupCoordinator::open(storage, config).await.unwrap();
+        let Described::Found(classic) = c.describe_classic("classic") else {
+            panic!("the classic group is back");
+        };
+        assert_eq!(classic.state, "Stable");
+        assert_eq!(classic.members[0].assignment, Bytes::from_static(b"mine"));
+        assert_eq!(Described::Found(classic), before.0);
+        assert_eq!(c.describe_consumer("kip848"), before.1);
+        let offsets = c.fetch_offsets("classic", None);
+        let restored = offsets.topics[0].partitions[0].committed.clone().unwrap();
+        assert_eq!(
+            (offsets.topics[0].partitions[0].partition, restored.offset),
+            (1, 42)
+        );
+        assert_eq!(
+            (restored.leader_epoch, restored.metadata.as_deref()),
+            (3, Some("m"))
         );
     }
 

@@ -1,5 +1,7 @@
-//! The coordinator's one writer: every durable change to committed offsets and group documents goes
-//! through this queue, on a thread of its own (SQLite and its fsync never run on a runtime thread).
+//! The coordinator's one writer: the only thread that calls the metadata store. It first restores
+//! the groups and committed offsets into the directory, then every durable change to committed
+//! offsets and group documents goes through its queue (SQLite and its fsync never run on a
+//! runtime thread).
 //!
 //! Ops are applied in the order they were queued, and handlers queue them in their in-order part
 //! (`handle`, which a connection awaits in read order), so a connection's commits, offset deletions
@@ -13,12 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use streamhouse_storage::{GroupWrite, MetadataStore};
+use streamhouse_storage::{GroupWrite, MetadataStore, StorageError};
 use tokio::sync::oneshot;
 
 use super::offsets::ExpiredOffset;
 use super::{
-    persisted, remove_if, with_group, with_new_group, CommittedOffset, Directory, TopicPartition,
+    persisted, remove_if, restore, with_group, with_new_group, CommittedOffset, Directory,
+    TopicPartition,
 };
 
 /// Ops taken into one transaction at most. Large enough that a burst of commits from many
@@ -65,19 +68,31 @@ pub(crate) struct Writer {
     queued: Arc<AtomicUsize>,
 }
 
+/// What the writer's restore answers: the number of groups loaded, or why it could not load.
+pub(crate) type Restored = oneshot::Receiver<Result<usize, StorageError>>;
+
 impl Writer {
-    pub(crate) fn start(dir: Arc<Directory>, meta: Arc<dyn MetadataStore>) -> Writer {
+    /// Starts the writer thread, which restores `dir` from the metadata store (answered on the
+    /// receiver) and then applies queued ops. Ops queued before the restore is answered wait for it.
+    pub(crate) fn start(
+        dir: Arc<Directory>,
+        meta: Arc<dyn MetadataStore>,
+    ) -> Result<(Writer, Restored), StorageError> {
         let (tx, rx) = mpsc::channel::<Queued>();
+        let (restored_tx, restored) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let q = queued.clone();
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("group-writer".into())
-            .spawn(move || run(rx, &dir, meta.as_ref(), &q));
-        if let Err(e) = spawned {
-            // Without the thread every op is answered as failed (its sender is dropped).
-            tracing::error!(error = %e, "could not start the group writer thread");
-        }
-        Writer { tx, queued }
+            .spawn(move || {
+                let r = restore(&dir, meta.as_ref());
+                let ok = r.is_ok();
+                let _ = restored_tx.send(r);
+                if ok {
+                    run(rx, &dir, meta.as_ref(), &q);
+                }
+            })?;
+        Ok((Writer { tx, queued }, restored))
     }
 
     /// Queues an op; the receiver says whether it was made durable and applied.
@@ -112,6 +127,10 @@ fn run(
     meta: &dyn MetadataStore,
     queued: &AtomicUsize,
 ) {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "the metadata store is written on the writer thread, not a runtime thread"
+    );
     // Re-saves of groups that a DeleteGroups found with members again by the time it was applied.
     let mut carry: Vec<Queued> = Vec::new();
     loop {
