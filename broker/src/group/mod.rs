@@ -514,6 +514,15 @@ impl GroupCoordinator {
 
     /// Every group, sorted by id.
     pub fn list(&self) -> Vec<GroupListing> {
+        self.list_filtered(&[], &[])
+    }
+
+    /// ListGroups: the groups in one of `states` and of one of `types` (an empty filter takes
+    /// all), compared case-insensitively as Kafka's GroupMetadataManager.listGroups does; sorted
+    /// by id.
+    pub fn list_filtered(&self, states: &[String], types: &[String]) -> Vec<GroupListing> {
+        let states: Vec<String> = states.iter().map(|s| s.to_lowercase()).collect();
+        let types: Vec<String> = types.iter().map(|s| s.to_lowercase()).collect();
         let mut v: Vec<GroupListing> = self
             .all_groups()
             .into_iter()
@@ -521,6 +530,8 @@ impl GroupCoordinator {
                 let g = arc.lock();
                 (!g.removed).then(|| g.listing())
             })
+            .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+            .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
             .collect();
         v.sort();
         v
@@ -868,6 +879,46 @@ pub(super) mod tests {
             (restored.leader_epoch, restored.metadata.as_deref()),
             (3, Some("m"))
         );
+    }
+
+    /// ListGroups' filters: by state and by type, either case, empty taking all.
+    #[tokio::test]
+    async fn list_filters_by_state_and_type() {
+        let (_dir, c) = coordinator(GroupConfig::default()).await;
+        assert_eq!(
+            c.consumer_heartbeat("kip848", 1, heartbeat(0, None)).error,
+            0
+        );
+        let commit = CommitRequest {
+            group_id: "simple".into(),
+            member_id: String::new(),
+            instance_id: None,
+            generation_or_epoch: -1,
+            api_version: 8,
+            offsets: vec![PartitionCommit {
+                topic: "t".into(),
+                partition: 0,
+                offset: 1,
+                leader_epoch: -1,
+                metadata: None,
+            }],
+        };
+        let CommitReply::Written(_, written) = c.commit_offsets(commit) else {
+            panic!("a commit to write");
+        };
+        assert!(written.await.unwrap());
+        let ids = |states: &[&str], types: &[&str]| -> Vec<String> {
+            let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            c.list_filtered(&owned(states), &owned(types))
+                .into_iter()
+                .map(|g| g.group_id)
+                .collect()
+        };
+        assert_eq!(ids(&[], &[]), vec!["kip848", "simple"]);
+        assert_eq!(ids(&["STABLE"], &[]), vec!["kip848"]);
+        assert_eq!(ids(&["empty", "dead"], &[]), vec!["simple"]);
+        assert_eq!(ids(&[], &["Classic"]), vec!["simple"]);
+        assert_eq!(ids(&["stable"], &["classic"]), Vec::<String>::new());
     }
 
     /// Views: a group is described by its own protocol's describe, and is the other protocol's

@@ -301,3 +301,148 @@ fn apply(op: &Op, dir: &Directory) -> Option<Op> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use streamhouse_storage::{Storage, StorageConfig};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        meta: Arc<dyn MetadataStore>,
+        groups: Arc<Directory>,
+        writer: Writer,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let meta = storage.metadata();
+        let groups: Arc<Directory> = Arc::new(Mutex::new(HashMap::new()));
+        let (writer, restored) = Writer::start(groups.clone(), meta.clone()).unwrap();
+        assert_eq!(restored.await.unwrap().unwrap(), 0, "nothing stored yet");
+        Fixture {
+            _dir: dir,
+            meta,
+            groups,
+            writer,
+        }
+    }
+
+    fn at(partition: i32) -> TopicPartition {
+        TopicPartition::new("t", partition)
+    }
+
+    fn commit(group: &str, partition: i32, offset: i64, commit_ms: i64) -> Op {
+        let o = CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms,
+        };
+        Op::Commit {
+            group: group.into(),
+            offsets: BTreeMap::from([(at(partition), o)]),
+        }
+    }
+
+    /// (partition, offset) pairs of topic "t".
+    type Offsets = Vec<(i32, i64)>;
+
+    /// A group's offsets in memory and in the store.
+    fn offsets(f: &Fixture, group: &str) -> (Offsets, Offsets) {
+        let memory = with_group(&f.groups, group, |g| {
+            g.offsets
+                .iter()
+                .map(|(at, o)| (at.partition, o.offset))
+                .collect()
+        })
+        .unwrap_or_default();
+        let mut stored: Vec<(i32, i64)> = f
+            .meta
+            .load_offsets()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.group_id == group)
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        stored.sort();
+        (memory, stored)
+    }
+
+    /// Ops take effect in the order they were queued (one transaction for the batch), the same in
+    /// memory as in the store: commit, delete, commit again leaves the last commit.
+    #[tokio::test]
+    async fn ops_apply_in_queue_order() {
+        let f = fixture().await;
+        f.writer.submit_quiet(commit("g", 0, 1, 10));
+        f.writer.submit_quiet(commit("g", 1, 5, 10));
+        f.writer.submit_quiet(Op::DeleteOffsets {
+            group: "g".into(),
+            partitions: vec![at(0)],
+        });
+        let last = f.writer.submit(commit("g", 0, 3, 11));
+        assert!(last.await.unwrap());
+        assert!(f.writer.idle());
+        let want = vec![(0, 3), (1, 5)];
+        assert_eq!(offsets(&f, "g"), (want.clone(), want));
+    }
+
+    /// Expiry removes an offset only while it is still the commit found expired: one committed
+    /// again in between stays, in memory and in the store; a group left empty with nothing goes.
+    #[tokio::test]
+    async fn expiry_spares_a_newer_commit() {
+        let f = fixture().await;
+        f.writer.submit_quiet(commit("g", 0, 1, 100));
+        f.writer.submit_quiet(commit("g", 1, 2, 100));
+        f.writer.submit_quiet(commit("g", 1, 9, 200));
+        let expired = |partition| ExpiredOffset {
+            at: at(partition),
+            commit_ms: 100,
+        };
+        let done = f.writer.submit(Op::Expire {
+            group: "g".into(),
+            offsets: vec![expired(0), expired(1)],
+            drop_group: true,
+        });
+        assert!(done.await.unwrap());
+        assert_eq!(offsets(&f, "g"), (vec![(1, 9)], vec![(1, 9)]));
+        assert!(
+            with_group(&f.groups, "g", |_| ()).is_some(),
+            "not empty yet"
+        );
+        let done = f.writer.submit(Op::Expire {
+            group: "g".into(),
+            offsets: vec![ExpiredOffset {
+                at: at(1),
+                commit_ms: 200,
+            }],
+            drop_group: true,
+        });
+        assert!(done.await.unwrap());
+        assert!(
+            with_group(&f.groups, "g", |_| ()).is_none(),
+            "the group went"
+        );
+        assert_eq!(offsets(&f, "g"), (vec![], vec![]));
+    }
+
+    /// DeleteTopics takes every group's offsets of the topic; DeleteGroups the group's own.
+    #[tokio::test]
+    async fn topic_and_group_deletion() {
+        let f = fixture().await;
+        f.writer.submit_quiet(commit("a", 0, 1, 10));
+        f.writer.submit_quiet(commit("b", 1, 2, 10));
+        f.writer.submit_quiet(commit("c", 1, 3, 10));
+        f.writer.submit_quiet(Op::DeleteTopic { topic: "t".into() });
+        f.writer.submit_quiet(commit("c", 0, 4, 11));
+        let done = f.writer.submit(Op::DeleteGroup { group: "c".into() });
+        assert!(done.await.unwrap());
+        assert_eq!(offsets(&f, "a"), (vec![], vec![]));
+        assert_eq!(offsets(&f, "b"), (vec![], vec![]));
+        assert_eq!(offsets(&f, "c"), (vec![], vec![]));
+        assert!(with_group(&f.groups, "c", |_| ()).is_none());
+        assert!(f.meta.load_groups().unwrap().is_empty());
+    }
+}

@@ -1,6 +1,6 @@
 //! ListGroups (key 16), versions 0-5.
 //! v1: throttle time. v3: flexible. v4: state filter and group state (KIP-518). v5: type filter and
-//! group type (KIP-848). Filters compare case-insensitively, as Kafka does.
+//! group type (KIP-848). The coordinator applies the filters (case-insensitively, as Kafka does).
 
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{
@@ -23,14 +23,12 @@ pub async fn handle(
     req: ListGroupsRequest,
 ) -> Reply<ListGroupsResponse> {
     let version = header.request_api_version;
-    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
-    let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
+    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
+    let types: Vec<String> = req.types_filter.iter().map(|s| s.to_string()).collect();
     let groups = broker
         .groups
-        .list()
+        .list_filtered(&states, &types)
         .into_iter()
-        .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
-        .filter(|g| types.is_empty() || types.contains(&g.group_type.to_string()))
         .map(|g| {
             ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&g.group_id)))
