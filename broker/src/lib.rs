@@ -33,14 +33,7 @@ impl Broker {
         let limits = Arc::new(limits::Limits::new(&config)?);
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
-        // The coordinator loads its groups from the metadata store: a blocking call, so on a blocking
-        // thread (the store's rule, streamhouse_storage::metadata; PostgreSQL's client panics on a
-        // runtime thread). Its timer task is spawned from there, into this runtime.
-        let groups = {
-            let (storage, groups) = (storage.clone(), config.groups());
-            tokio::task::spawn_blocking(move || group::GroupCoordinator::open(storage, groups))
-                .await??
-        };
+        let groups = group::GroupCoordinator::open(storage.clone(), config.groups()).await?;
         let inflater = streamhouse_protocol::compression::Inflater::new(
             config.message_max_decompressed_bytes,
             std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -84,7 +77,7 @@ mod tests {
             .unwrap()
         });
         let broker = Broker::open(config).await.unwrap();
-        let groups: Vec<String> = broker.groups.list().into_iter().map(|g| g.0).collect();
+        let groups: Vec<String> = broker.groups.list().into_iter().map(|g| g.group_id).collect();
         assert_eq!(groups, vec!["kept".to_string()]);
     }
 

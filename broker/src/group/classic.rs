@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+use super::view::{ClassicDescription, ClassicMemberDescription};
 use crate::error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,12 +43,37 @@ pub struct JoinResult {
     pub leader: String,
     pub member_id: String,
     pub skip_assignment: bool,
-    /// (member id, instance id, metadata for the chosen protocol): for the leader only.
-    pub members: Vec<(String, Option<String>, Bytes)>,
+    /// The members and their metadata for the chosen protocol: for the leader only.
+    pub members: Vec<JoinMember>,
+}
+
+/// A member as the leader learns it from JoinGroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    /// Its metadata for the chosen protocol.
+    pub metadata: Bytes,
+}
+
+/// A protocol a member supports (its name, say an assignor, and the member's metadata for it);
+/// persisted as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protocol {
+    pub name: String,
+    #[serde(with = "super::hex_bytes")]
+    pub metadata: Bytes,
+}
+
+/// The leader's assignment for one member (SyncGroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAssignment {
+    pub member_id: String,
+    pub assignment: Bytes,
 }
 
 impl JoinResult {
-    fn error(code: i16, member_id: &str) -> JoinResult {
+    pub(super) fn error(code: i16, member_id: &str) -> JoinResult {
         JoinResult {
             error: code,
             generation: -1,
@@ -73,7 +99,7 @@ pub struct Member {
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
     pub protocol_type: String,
-    pub protocols: Vec<(String, Bytes)>,
+    pub protocols: Vec<Protocol>,
     pub assignment: Bytes,
     join_waiter: Option<oneshot::Sender<JoinResult>>,
     sync_waiter: Option<oneshot::Sender<SyncResult>>,
@@ -85,8 +111,8 @@ impl Member {
     fn metadata_for(&self, protocol: &str) -> Bytes {
         self.protocols
             .iter()
-            .find(|(n, _)| n == protocol)
-            .map(|(_, m)| m.clone())
+            .find(|p| p.name == protocol)
+            .map(|p| p.metadata.clone())
             .unwrap_or_default()
     }
 }
@@ -100,7 +126,7 @@ pub struct JoinRequest {
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
     pub protocol_type: String,
-    pub protocols: Vec<(String, Bytes)>,
+    pub protocols: Vec<Protocol>,
     /// v4+: a new dynamic member first gets MEMBER_ID_REQUIRED with its id (KIP-394).
     pub require_known_member_id: bool,
 }
@@ -113,7 +139,7 @@ pub struct SyncRequest {
     pub protocol_type: Option<String>,
     pub protocol_name: Option<String>,
     /// The leader's assignment per member id (empty from followers).
-    pub assignments: Vec<(String, Bytes)>,
+    pub assignments: Vec<MemberAssignment>,
 }
 
 /// Either an answer now, or one that comes when the rebalance completes.
@@ -230,7 +256,7 @@ impl ClassicGroup {
                 .all(|m| {
                     m.protocols
                         .iter()
-                        .any(|(n, _)| req.protocols.iter().any(|(rn, _)| rn == n))
+                        .any(|p| req.protocols.iter().any(|r| r.name == p.name))
                 });
             if !same_type || (!self.members.is_empty() && !common) {
                 return Pending::Now(JoinResult::error(
@@ -451,17 +477,15 @@ impl ClassicGroup {
         }
     }
 
-    fn member_list(&self) -> Vec<(String, Option<String>, Bytes)> {
+    fn member_list(&self) -> Vec<JoinMember> {
         let protocol = self.protocol_name.clone().unwrap_or_default();
         let mut v: Vec<&Member> = self.members.values().collect();
         v.sort_by_key(|m| m.join_seq);
         v.iter()
-            .map(|m| {
-                (
-                    m.id.clone(),
-                    m.instance_id.clone(),
-                    m.metadata_for(&protocol),
-                )
+            .map(|m| JoinMember {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                metadata: m.metadata_for(&protocol),
             })
             .collect()
     }
@@ -586,11 +610,11 @@ impl ClassicGroup {
             .map(|m| {
                 m.protocols
                     .iter()
-                    .map(|(n, _)| n)
+                    .map(|p| &p.name)
                     .filter(|n| {
                         members
                             .iter()
-                            .all(|o| o.protocols.iter().any(|(on, _)| on == *n))
+                            .all(|o| o.protocols.iter().any(|op| op.name == **n))
                     })
                     .collect()
             })
@@ -600,7 +624,7 @@ impl ClassicGroup {
             if let Some(choice) = m
                 .protocols
                 .iter()
-                .map(|(n, _)| n)
+                .map(|p| &p.name)
                 .find(|n| candidates.contains(n))
             {
                 if let Some(v) = votes.iter_mut().find(|(_, c)| *c == choice) {
@@ -733,7 +757,10 @@ impl ClassicGroup {
                     return (Pending::Wait(rx), false);
                 }
                 // The leader's assignment, passed through untouched; members it left out get nothing.
-                let mut by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
+                let mut by_member: HashMap<String, Bytes> = assignments
+                    .into_iter()
+                    .map(|a| (a.member_id, a.assignment))
+                    .collect();
                 self.state = ClassicState::Stable;
                 self.sync_deadline = None;
                 let (pt, pn) = (self.protocol_type.clone(), self.protocol_name.clone());
@@ -884,6 +911,44 @@ impl ClassicGroup {
         topics
     }
 
+    /// DescribeGroups' view of the group, as Kafka's GroupMetadataManager.describeGroups: the chosen
+    /// protocol and each member's metadata and assignment only while Stable (members are otherwise
+    /// described without metadata); members sorted by id.
+    pub fn describe(&self) -> ClassicDescription {
+        let stable = self.state == ClassicState::Stable;
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        let mut members: Vec<&Member> = self.members.values().collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        ClassicDescription {
+            state: self.state.name(),
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            protocol_data: if stable {
+                protocol.clone()
+            } else {
+                String::new()
+            },
+            members: members
+                .into_iter()
+                .map(|m| ClassicMemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: if stable {
+                        m.metadata_for(&protocol)
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
+                })
+                .collect(),
+        }
+    }
+
     // ---- persistence ----------------------------------------------------------------------------
 
     pub fn persist(&self) -> PersistedClassic {
@@ -907,23 +972,16 @@ impl ClassicGroup {
                     session_timeout_ms: m.session_timeout.as_millis() as u64,
                     rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
                     protocol_type: m.protocol_type.clone(),
-                    protocols: m
-                        .protocols
-                        .iter()
-                        .map(|(n, b)| PersistedProtocol {
-                            name: n.clone(),
-                            metadata: b.clone(),
-                        })
-                        .collect(),
+                    protocols: m.protocols.clone(),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
         }
     }
 
-    /// Back from the metadata store: members get a fresh session to come back and heartbeat.
-    pub fn restore(p: PersistedClassic) -> ClassicGroup {
-        let now = Instant::now();
+    /// Back from the metadata store: members get a fresh session (from `now`) to come back and
+    /// heartbeat.
+    pub fn restore(p: PersistedClassic, now: Instant) -> ClassicGroup {
         let mut g = ClassicGroup {
             generation: p.generation,
             protocol_type: p.protocol_type,
@@ -946,11 +1004,7 @@ impl ClassicGroup {
                     session_timeout: Duration::from_millis(m.session_timeout_ms),
                     rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
                     protocol_type: m.protocol_type,
-                    protocols: m
-                        .protocols
-                        .into_iter()
-                        .map(|p| (p.name, p.metadata))
-                        .collect(),
+                    protocols: m.protocols,
                     assignment: m.assignment,
                     join_waiter: None,
                     sync_waiter: None,
@@ -994,16 +1048,9 @@ struct PersistedMember {
     session_timeout_ms: u64,
     rebalance_timeout_ms: u64,
     protocol_type: String,
-    protocols: Vec<PersistedProtocol>,
+    protocols: Vec<Protocol>,
     #[serde(with = "super::hex_bytes")]
     assignment: Bytes,
-}
-
-#[derive(Serialize, Deserialize)]
-struct PersistedProtocol {
-    name: String,
-    #[serde(with = "super::hex_bytes")]
-    metadata: Bytes,
 }
 
 #[cfg(test)]
@@ -1021,7 +1068,10 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: protocols
                 .iter()
-                .map(|p| (p.to_string(), Bytes::from(p.to_string())))
+                .map(|p| Protocol {
+                    name: p.to_string(),
+                    metadata: Bytes::from(p.to_string()),
+                })
                 .collect(),
             require_known_member_id: true,
         }
@@ -1042,7 +1092,13 @@ mod tests {
             generation,
             protocol_type: protocol.map(|p| p.0.into()),
             protocol_name: protocol.map(|p| p.1.into()),
-            assignments,
+            assignments: assignments
+                .into_iter()
+                .map(|(member_id, assignment)| MemberAssignment {
+                    member_id,
+                    assignment,
+                })
+                .collect(),
         };
         g.sync(req, now)
     }
@@ -1260,6 +1316,46 @@ mod tests {
             "a member already in"
         );
         assert!(g.accept_joining_member("", 2, t));
+    }
+
+    /// DescribeGroups (Kafka's GroupMetadataManager.describeGroups): the protocol, the members'
+    /// metadata for it and their assignments only once the group is Stable.
+    #[test]
+    fn described_with_metadata_only_when_stable() {
+        let mut g = ClassicGroup::default();
+        let t = Instant::now();
+        let j = waited(g.join(
+            "g",
+            req("", Some("a"), &["range", "roundrobin"]),
+            Duration::ZERO,
+            t,
+        ))
+        .try_recv()
+        .unwrap();
+        let d = g.describe();
+        assert_eq!(
+            (d.state, d.protocol_type.as_str()),
+            ("CompletingRebalance", "consumer")
+        );
+        assert_eq!(d.protocol_data, "", "not Stable yet");
+        assert_eq!(d.members.len(), 1);
+        assert_eq!(
+            (d.members[0].metadata.len(), d.members[0].assignment.len()),
+            (0, 0)
+        );
+        let mine = vec![(j.member_id.clone(), Bytes::from_static(b"x"))];
+        let _ = sync(&mut g, &j.member_id, None, 1, None, mine, t);
+        let d = g.describe();
+        assert_eq!((d.state, d.protocol_data.as_str()), ("Stable", "range"));
+        let m = &d.members[0];
+        assert_eq!(m.member_id, j.member_id);
+        assert_eq!(m.instance_id.as_deref(), Some("a"));
+        assert_eq!(
+            m.metadata,
+            Bytes::from_static(b"range"),
+            "the chosen protocol's"
+        );
+        assert_eq!(m.assignment, Bytes::from_static(b"x"));
     }
 
     /// Kafka's ClassicGroup.validateOffsetCommit, state by state.

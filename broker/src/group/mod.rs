@@ -1,24 +1,43 @@
 //! The group coordinator: classic consumer groups (JoinGroup/SyncGroup/Heartbeat/LeaveGroup, see
 //! `classic.rs`), KIP-848 consumer groups (ConsumerGroupHeartbeat, see `consumer.rs`), and committed
-//! offsets for both, with Kafka's offset expiry (`offsets.retention.minutes`) and group size limits
-//! (`group.max.size`, `group.consumer.max.size`).
+//! offsets for both (`offsets.rs`), with Kafka's offset expiry (`offsets.retention.minutes`) and
+//! group size limits (`group.max.size`, `group.consumer.max.size`).
+//!
+//! Handlers see the coordinator's methods and the plain structs of `view.rs` only: a group's state
+//! machine and its lock stay in here. The rules of the protocol (what a request may do to a group)
+//! sit next to the state machines; the checks Kafka's GroupCoordinatorService makes before it reaches
+//! a group (empty group id, session timeout bounds) are made by the methods below.
 //!
 //! # State, locks and blocking
 //!
 //! - The directory (`groups`) maps a group id to that group's own lock. It is held only to find,
 //!   insert or remove an entry: never while a group's state machine runs, never across an await.
-//!   Lock order is directory, then group; nothing takes the directory while holding a group.
-//!   Removing a group takes both and marks it `removed`, so whoever still holds its `Arc` looks it
-//!   up again ([`with_group`]).
+//!   Lock order is directory, then group (then, briefly, storage's topic catalog for a snapshot or
+//!   a topic name); nothing takes the directory while holding a group. Removing a group takes both
+//!   and marks it `removed`, so whoever still holds its `Arc` looks it up again ([`with_group`]).
 //! - A group's lock guards its state machine and its committed offsets; it is held for one state
 //!   machine step (no I/O, no await), so unrelated groups never wait for each other.
-//! - Nothing here touches the metadata store on a runtime thread. Durable changes are ops for the
-//!   writer thread (`writer.rs`), queued in request order; committed offsets change in memory only
-//!   once the writer made them durable. Membership changes take effect in memory at once (as in
-//!   Kafka, the state machine is the authority) and the writer saves a snapshot of the group.
+//!
+//! The rule for blocking work: no coordinator call blocks a runtime thread on I/O, and what runs on
+//! a runtime thread is bounded by one group (or, for ListGroups, one short entry per group). Each
+//! kind of work has one home:
+//!
+//! - Runtime threads (handlers' in-order parts) run one in-memory step of one group under its
+//!   lock: classic Join/Sync/Heartbeat/Leave, commit validation, a group's view or offsets.
+//! - The writer thread (`writer.rs`) is the only caller of the metadata store: it restores the
+//!   groups at open, then applies every durable change in request order. Committed offsets change
+//!   in memory only once it made them durable; membership changes take effect in memory at once
+//!   (as in Kafka, the state machine is the authority) and it saves a snapshot of the group.
+//! - The timer thread (`group-timer`) makes the passes over every group: expiring sessions,
+//!   completing rebalances, checking subscribed topics, expiring offsets.
+//! - A blocking-pool thread runs a KIP-848 heartbeat ([`GroupCoordinator::consumer_heartbeat`]),
+//!   whose step may compute a target over all the group's partitions; its handler puts it there.
 
-pub mod classic;
-pub mod consumer;
+mod assignor;
+mod classic;
+mod consumer;
+mod offsets;
+mod view;
 mod writer;
 
 use parking_lot::Mutex;
@@ -26,13 +45,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streamhouse_storage::{OffsetRecord, Storage, StorageError};
-use tokio::sync::oneshot;
+use streamhouse_storage::{MetadataStore, Storage, StorageError};
 
 use crate::error;
 use classic::ClassicGroup;
-use consumer::ConsumerGroup;
+use consumer::{ConsumerGroup, TopicSnapshot};
 use writer::{Op, Writer};
+
+pub use classic::{
+    JoinMember, JoinRequest, JoinResult, MemberAssignment, Pending, Protocol, SyncRequest,
+    SyncResult,
+};
+pub use consumer::{Assignment, HeartbeatRequest, HeartbeatResult};
+pub use view::*;
 
 /// Coordinator settings, named after Kafka's.
 #[derive(Debug, Clone)]
@@ -78,28 +103,17 @@ impl Default for GroupConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    pub leader_epoch: i32,
-    pub metadata: Option<String>,
-    pub commit_ms: i64,
-}
-
-/// Committed offsets by topic: (topic, [(partition, offset if committed)]).
-pub type TopicOffsets = Vec<(String, Vec<(i32, Option<CommittedOffset>)>)>;
-
 /// Which protocol a group speaks; a group is one or the other (KIP-848 keeps them apart too).
-pub enum GroupKind {
+enum GroupKind {
     Classic(ClassicGroup),
     Consumer(ConsumerGroup),
 }
 
-pub struct Group {
-    pub id: String,
-    pub kind: GroupKind,
-    /// (topic, partition) -> committed offset.
-    pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+struct Group {
+    id: String,
+    kind: GroupKind,
+    /// Committed offsets.
+    offsets: BTreeMap<TopicPartition, CommittedOffset>,
     /// Taken out of the directory; the next lookup finds (or makes) its successor.
     removed: bool,
 }
@@ -114,29 +128,24 @@ impl Group {
         }
     }
 
-    /// Kafka's state name, as DescribeGroups and ListGroups report it.
-    pub fn state_name(&self) -> &'static str {
-        match &self.kind {
-            GroupKind::Classic(g) => g.state.name(),
-            GroupKind::Consumer(g) => g.state_name(),
+    fn listing(&self) -> GroupListing {
+        let (protocol_type, state, group_type) = match &self.kind {
+            GroupKind::Classic(g) => (
+                g.protocol_type.clone().unwrap_or_default(),
+                g.state.name(),
+                "classic",
+            ),
+            GroupKind::Consumer(g) => ("consumer".to_string(), g.state_name(), "consumer"),
+        };
+        GroupListing {
+            group_id: self.id.clone(),
+            protocol_type,
+            state,
+            group_type,
         }
     }
 
-    pub fn protocol_type(&self) -> String {
-        match &self.kind {
-            GroupKind::Classic(g) => g.protocol_type.clone().unwrap_or_default(),
-            GroupKind::Consumer(_) => "consumer".to_string(),
-        }
-    }
-
-    pub fn type_name(&self) -> &'static str {
-        match &self.kind {
-            GroupKind::Classic(_) => "classic",
-            GroupKind::Consumer(_) => "consumer",
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         match &self.kind {
             GroupKind::Classic(g) => g.members.is_empty(),
             GroupKind::Consumer(g) => g.members.is_empty(),
@@ -144,7 +153,7 @@ impl Group {
     }
 
     /// Topics the group's members are subscribed to (for OffsetDelete's GROUP_SUBSCRIBED_TO_TOPIC).
-    pub fn subscribed_topics(&self) -> Vec<String> {
+    fn subscribed_topics(&self) -> Vec<String> {
         match &self.kind {
             GroupKind::Classic(g) => g.subscribed_topics(),
             GroupKind::Consumer(g) => g.subscribed_topics(),
@@ -158,55 +167,13 @@ impl Group {
             c.note_state(now_ms);
         }
     }
-
-    /// Kafka's OffsetMetadataManager.cleanupExpiredOffsets with the group's
-    /// offsetExpirationCondition: offsets of topics the group is subscribed to never expire; a
-    /// classic group with a protocol expires the rest while Empty, counting from when it became
-    /// Empty (or from the commit, if that is unknown), and, if it is a Stable consumer-protocol group,
-    /// by commit time; a standalone group (no protocol) and a KIP-848 group by commit time.
-    /// Returns the expired (topic, partition, commit_ms) and whether every offset expired.
-    fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> (Vec<(String, i32, i64)>, bool) {
-        // What an offset's age counts from: its commit, or when the group became Empty.
-        enum Since {
-            Commit,
-            Empty(Option<i64>),
-        }
-        let since = match &self.kind {
-            GroupKind::Classic(c) => match (&c.protocol_type, c.state) {
-                (None, _) => Since::Commit,
-                (Some(_), classic::ClassicState::Empty) => Since::Empty(c.empty_since_ms),
-                (Some(t), classic::ClassicState::Stable) if t == "consumer" => Since::Commit,
-                _ => return (Vec::new(), false),
-            },
-            GroupKind::Consumer(_) => Since::Commit,
-        };
-        let base = |o: &CommittedOffset| match since {
-            Since::Commit => o.commit_ms,
-            Since::Empty(at) => at.unwrap_or(o.commit_ms),
-        };
-        let subscribed = self.subscribed_topics();
-        let mut expired = Vec::new();
-        let mut all = true;
-        for ((t, p), o) in &self.offsets {
-            if !subscribed.contains(t) && now_ms.saturating_sub(base(o)) >= retention_ms {
-                expired.push((t.clone(), *p, o.commit_ms));
-            } else {
-                all = false;
-            }
-        }
-        (expired, all)
-    }
 }
 
 /// Group id -> that group's own lock (see the module notes for the locking rule).
-pub(crate) type Directory = Mutex<HashMap<String, Arc<Mutex<Group>>>>;
+type Directory = Mutex<HashMap<String, Arc<Mutex<Group>>>>;
 
 /// Runs `f` on the group, or returns `None` if there is none.
-pub(crate) fn with_group<T>(
-    dir: &Directory,
-    id: &str,
-    f: impl FnOnce(&mut Group) -> T,
-) -> Option<T> {
+fn with_group<T>(dir: &Directory, id: &str, f: impl FnOnce(&mut Group) -> T) -> Option<T> {
     loop {
         let arc = dir.lock().get(id).cloned()?;
         let mut g = arc.lock();
@@ -218,7 +185,7 @@ pub(crate) fn with_group<T>(
 }
 
 /// Runs `f` on the group, making an empty classic group if there is none.
-pub(crate) fn with_new_group<T>(dir: &Directory, id: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+fn with_new_group<T>(dir: &Directory, id: &str, f: impl FnOnce(&mut Group) -> T) -> T {
     loop {
         let arc = dir
             .lock()
@@ -234,7 +201,7 @@ pub(crate) fn with_new_group<T>(dir: &Directory, id: &str, f: impl FnOnce(&mut G
 }
 
 /// Removes the group if `pred` holds for it; true if removed.
-pub(crate) fn remove_if(dir: &Directory, id: &str, pred: impl FnOnce(&Group) -> bool) -> bool {
+fn remove_if(dir: &Directory, id: &str, pred: impl FnOnce(&Group) -> bool) -> bool {
     let mut d = dir.lock();
     let Some(arc) = d.get(id).cloned() else {
         return false;
@@ -249,31 +216,14 @@ pub(crate) fn remove_if(dir: &Directory, id: &str, pred: impl FnOnce(&Group) -> 
     true
 }
 
-/// An OffsetCommit as the coordinator needs it.
-pub struct CommitRequest {
-    pub group_id: String,
-    pub member_id: String,
-    pub instance_id: Option<String>,
-    pub generation_or_epoch: i32,
-    pub api_version: i16,
-    /// (topic, partition, offset, leader epoch, metadata)
-    pub offsets: Vec<(String, i32, i64, i32, Option<String>)>,
-}
-
-/// The answer to an OffsetCommit: at once (refused, or nothing to write), or once written.
-pub enum CommitReply {
-    Done(Result<Vec<i16>, i16>),
-    Written(Vec<i16>, oneshot::Receiver<bool>),
-}
-
 pub struct GroupCoordinator {
-    pub config: GroupConfig,
+    config: GroupConfig,
     /// Lock rule (see the module notes): the directory only finds, inserts or removes a group; all
     /// work on a group holds that group's lock alone, never across an await and never around I/O.
     groups: Arc<Directory>,
     /// Every metadata-store write, in request order, on its own thread.
     writer: Writer,
-    pub(crate) storage: Arc<Storage>,
+    storage: Arc<Storage>,
 }
 
 pub fn now_ms() -> i64 {
@@ -281,71 +231,47 @@ pub fn now_ms() -> i64 {
 }
 
 impl GroupCoordinator {
-    /// Loads committed offsets and persisted groups, starts the writer thread and the timer that
-    /// expires members, completes rebalances and expires offsets.
-    pub fn open(
+    /// Starts the writer thread, which loads committed offsets and persisted groups (so the
+    /// metadata store is not read on a runtime thread), then the timer thread that expires members,
+    /// completes rebalances and expires offsets.
+    pub async fn open(
         storage: Arc<Storage>,
         config: GroupConfig,
     ) -> Result<Arc<GroupCoordinator>, StorageError> {
-        let meta = storage.metadata();
-        let mut groups: HashMap<String, Group> = HashMap::new();
-        for (id, doc) in meta.load_groups()? {
-            let kind = match serde_json::from_str::<PersistedGroup>(&doc) {
-                Ok(PersistedGroup::Classic(p)) => GroupKind::Classic(ClassicGroup::restore(p)),
-                Ok(PersistedGroup::Consumer(p)) => GroupKind::Consumer(ConsumerGroup::restore(p)),
-                Err(e) => {
-                    tracing::warn!(group = %id, error = %e, "ignoring unreadable group state");
-                    continue;
-                }
-            };
-            let mut g = Group::new_classic(&id);
-            g.kind = kind;
-            groups.insert(id, g);
-        }
-        for o in meta.load_offsets()? {
-            let g = groups
-                .entry(o.group_id.clone())
-                .or_insert_with(|| Group::new_classic(&o.group_id));
-            g.offsets.insert(
-                (o.topic, o.partition),
-                CommittedOffset {
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata: o.metadata,
-                    commit_ms: o.commit_ms,
-                },
-            );
-        }
-        tracing::info!(groups = groups.len(), "group coordinator loaded");
-        let dir: Arc<Directory> = Arc::new(Mutex::new(
-            groups
-                .into_iter()
-                .map(|(id, g)| (id, Arc::new(Mutex::new(g))))
-                .collect(),
-        ));
+        let dir: Arc<Directory> = Arc::new(Mutex::new(HashMap::new()));
+        let (writer, restored) = Writer::start(dir.clone(), storage.metadata())?;
+        let groups = restored.await.map_err(|_| {
+            StorageError::Io(std::io::Error::other(
+                "the group writer thread ended before restoring the groups",
+            ))
+        })??;
+        tracing::info!(groups, "group coordinator loaded");
         let c = Arc::new(GroupCoordinator {
             config,
-            writer: Writer::start(dir.clone(), meta),
+            writer,
             groups: dir,
             storage,
         });
         let weak = Arc::downgrade(&c);
         let check_every = c.config.offsets_retention_check_interval;
-        tokio::spawn(async move {
-            // 100 ms: session and rebalance deadlines are seconds; this keeps expiry within a tenth.
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let mut next_expiry = Instant::now() + check_every;
-            loop {
-                tick.tick().await;
-                let Some(c) = weak.upgrade() else { break };
-                let now = Instant::now();
-                c.on_tick(now);
-                if now >= next_expiry {
-                    next_expiry = now + check_every;
-                    c.expire_offsets(now_ms());
+        std::thread::Builder::new()
+            .name("group-timer".into())
+            .spawn(move || {
+                // 100 ms: session and rebalance deadlines are seconds; this keeps expiry within a
+                // tenth of one.
+                let every = Duration::from_millis(100);
+                let mut next_expiry = Instant::now() + check_every;
+                loop {
+                    std::thread::sleep(every);
+                    let Some(c) = weak.upgrade() else { break };
+                    let now = Instant::now();
+                    c.on_tick(now);
+                    if now >= next_expiry {
+                        next_expiry = now + check_every;
+                        c.expire_offsets(now_ms());
+                    }
                 }
-            }
-        });
+            })?;
         Ok(c)
     }
 
@@ -354,8 +280,19 @@ impl GroupCoordinator {
         self.groups.lock().values().cloned().collect()
     }
 
+    /// The topics a KIP-848 step assigns from, as storage has them now.
+    fn topic_snapshot(&self) -> TopicSnapshot {
+        let mut snap = TopicSnapshot::default();
+        for t in self.storage.topics() {
+            snap.insert(t.name.clone(), t.id, t.partitions.len() as i32);
+        }
+        snap
+    }
+
     fn on_tick(&self, now: Instant) {
         let wall = now_ms();
+        // Taken once per pass, by the first group that checks its topics.
+        let topics = std::cell::OnceCell::new();
         for arc in self.all_groups() {
             let mut g = arc.lock();
             if g.removed {
@@ -364,12 +301,11 @@ impl GroupCoordinator {
             let id = g.id.clone();
             let changed = match &mut g.kind {
                 GroupKind::Classic(c) => c.tick(&id, now),
-                GroupKind::Consumer(c) => c.tick(
-                    &id,
-                    now,
-                    self.config.consumer_session_timeout,
-                    &self.storage,
-                ),
+                GroupKind::Consumer(c) => {
+                    c.tick(&id, now, self.config.consumer_session_timeout, || {
+                        topics.get_or_init(|| self.topic_snapshot())
+                    })
+                }
             };
             g.note_state(wall);
             if changed {
@@ -380,7 +316,7 @@ impl GroupCoordinator {
 
     /// Saves the group's current state (after a completed rebalance, a leave, an expiry); the
     /// writer takes the snapshot.
-    pub(crate) fn persist(&self, id: &str) {
+    fn persist(&self, id: &str) {
         self.writer.submit_quiet(Op::SaveGroup {
             group: id.to_string(),
         });
@@ -388,13 +324,25 @@ impl GroupCoordinator {
 
     // ---- classic protocol ------------------------------------------------------------------------
 
-    /// JoinGroup. An empty KIP-848 group becomes a classic one; a non-empty one refuses classic members.
-    pub fn join(
-        &self,
-        group_id: &str,
-        req: classic::JoinRequest,
-    ) -> classic::Pending<classic::JoinResult> {
+    /// JoinGroup, after Kafka's GroupCoordinatorService.joinGroup checks (group id, session timeout
+    /// within group.min/max.session.timeout.ms, a protocol type and at least one protocol). An
+    /// empty KIP-848 group becomes a classic one; a non-empty one refuses classic members.
+    pub fn join(&self, group_id: &str, req: JoinRequest) -> Pending<JoinResult> {
         let cfg = &self.config;
+        let refused = if group_id.is_empty() {
+            Some(error::INVALID_GROUP_ID)
+        } else if req.session_timeout < cfg.min_session_timeout
+            || req.session_timeout > cfg.max_session_timeout
+        {
+            Some(error::INVALID_SESSION_TIMEOUT)
+        } else if req.protocol_type.is_empty() || req.protocols.is_empty() {
+            Some(error::INCONSISTENT_GROUP_PROTOCOL)
+        } else {
+            None
+        };
+        if let Some(code) = refused {
+            return Pending::Now(JoinResult::error(code, &req.member_id));
+        }
         with_new_group(&self.groups, group_id, |g| {
             if matches!(&g.kind, GroupKind::Consumer(c) if c.members.is_empty()) {
                 g.kind = GroupKind::Classic(ClassicGroup::default());
@@ -405,14 +353,14 @@ impl GroupCoordinator {
                     {
                         c.join(group_id, req, cfg.initial_rebalance_delay, Instant::now())
                     } else {
-                        classic::Pending::Now(classic::JoinResult {
+                        Pending::Now(JoinResult {
                             error: error::GROUP_MAX_SIZE_REACHED,
                             generation: -1,
                             ..Default::default()
                         })
                     }
                 }
-                GroupKind::Consumer(_) => classic::Pending::Now(classic::JoinResult {
+                GroupKind::Consumer(_) => Pending::Now(JoinResult {
                     error: error::INCONSISTENT_GROUP_PROTOCOL,
                     generation: -1,
                     member_id: req.member_id,
@@ -424,8 +372,74 @@ impl GroupCoordinator {
         })
     }
 
+    /// SyncGroup. A completed rebalance is saved, so a restarted broker knows the members and
+    /// their assignment.
+    pub fn sync(&self, group_id: &str, req: SyncRequest) -> Pending<SyncResult> {
+        let refuse = |code| {
+            Pending::Now(SyncResult {
+                error: code,
+                ..Default::default()
+            })
+        };
+        if group_id.is_empty() {
+            return refuse(error::INVALID_GROUP_ID);
+        }
+        let stepped = self.with_classic(group_id, None, |g| Some(g.sync(req, Instant::now())));
+        let Some((pending, completed)) = stepped else {
+            return refuse(error::UNKNOWN_MEMBER_ID);
+        };
+        if completed {
+            self.persist(group_id);
+        }
+        pending
+    }
+
+    /// Heartbeat of a classic member: its error code.
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> i16 {
+        if group_id.is_empty() {
+            return error::INVALID_GROUP_ID;
+        }
+        self.with_classic(group_id, error::UNKNOWN_MEMBER_ID, |g| {
+            g.heartbeat(member_id, instance_id, generation, Instant::now())
+        })
+    }
+
+    /// LeaveGroup: a code per member, in order, or one for the whole request.
+    pub fn leave(&self, group_id: &str, members: &[LeavingMember]) -> Result<Vec<i16>, i16> {
+        if group_id.is_empty() {
+            return Err(error::INVALID_GROUP_ID);
+        }
+        let delay = self.config.initial_rebalance_delay;
+        let mut changed = false;
+        let codes = members
+            .iter()
+            .map(|m| {
+                self.with_classic(group_id, error::UNKNOWN_MEMBER_ID, |g| {
+                    let (code, c) = g.leave(
+                        &m.member_id,
+                        m.instance_id.as_deref(),
+                        delay,
+                        Instant::now(),
+                    );
+                    changed |= c;
+                    code
+                })
+            })
+            .collect();
+        if changed {
+            self.persist(group_id);
+        }
+        Ok(codes)
+    }
+
     /// Runs `f` on the classic group, or answers `missing` when there is none (or it is a KIP-848 one).
-    pub fn with_classic<T>(
+    fn with_classic<T>(
         &self,
         group_id: &str,
         missing: T,
@@ -443,22 +457,24 @@ impl GroupCoordinator {
         .unwrap_or(missing)
     }
 
-    /// Reads a group (DescribeGroups, ConsumerGroupDescribe); `None` if there is none.
-    pub fn with_existing<T>(&self, group_id: &str, f: impl FnOnce(&Group) -> T) -> Option<T> {
-        with_group(&self.groups, group_id, |g| f(g))
-    }
-
     // ---- KIP-848 --------------------------------------------------------------------------------
 
-    /// ConsumerGroupHeartbeat. An empty classic group (say, one with only committed offsets) becomes a
-    /// consumer group; one with classic members refuses (Kafka: GROUP_ID_NOT_FOUND, "not a consumer group").
+    /// ConsumerGroupHeartbeat (the request validated first, as Kafka's
+    /// throwIfConsumerGroupHeartbeatRequestIsInvalid, so a refused request makes no group). An empty
+    /// classic group (say, one with only committed offsets) becomes a consumer group; one with
+    /// classic members refuses (Kafka: GROUP_ID_NOT_FOUND, "not a consumer group"). Its step can
+    /// cost a target computation over all the group's partitions: call it from a blocking thread.
     pub fn consumer_heartbeat(
         &self,
         group_id: &str,
-        req: consumer::HeartbeatRequest,
-    ) -> (consumer::HeartbeatResult, bool) {
+        api_version: i16,
+        req: HeartbeatRequest,
+    ) -> HeartbeatResult {
+        if let Err(refused) = req.validate(group_id, api_version) {
+            return refused;
+        }
         let max = self.config.consumer_max_size;
-        with_new_group(&self.groups, group_id, |g| {
+        let (mut r, changed) = with_new_group(&self.groups, group_id, |g| {
             if matches!(&g.kind, GroupKind::Classic(c) if c.members.is_empty()) {
                 g.kind = GroupKind::Consumer(ConsumerGroup::default());
             }
@@ -468,264 +484,92 @@ impl GroupCoordinator {
                         return (full, false);
                     }
                     let before = (c.group_epoch, c.assignment_epoch, c.members.len());
-                    let r = c.heartbeat(req, &self.storage, Instant::now());
+                    let topics = std::cell::OnceCell::new();
+                    let r = c.heartbeat(req, Instant::now(), || {
+                        topics.get_or_init(|| self.topic_snapshot())
+                    });
                     let changed = before != (c.group_epoch, c.assignment_epoch, c.members.len());
                     (r, changed)
                 }
                 GroupKind::Classic(_) => (
-                    consumer::HeartbeatResult {
-                        error: error::GROUP_ID_NOT_FOUND,
-                        message: Some(format!("Group {group_id} is not a consumer group")),
-                        member_epoch: -1,
-                        ..Default::default()
-                    },
+                    HeartbeatResult::error(
+                        error::GROUP_ID_NOT_FOUND,
+                        &format!("Group {group_id} is not a consumer group"),
+                    ),
                     false,
                 ),
             }
-        })
-    }
-
-    // ---- offsets ------------------------------------------------------------------------------
-
-    /// OffsetCommit, in the request's in-order part: validated against the group as it is now
-    /// (Kafka's OffsetMetadataManager.validateOffsetCommit, then the group's own rule), and queued
-    /// for the writer, which applies commits in the order they were queued.
-    pub fn commit_offsets(&self, req: CommitRequest) -> CommitReply {
-        let now = now_ms();
-        let mut codes = Vec::with_capacity(req.offsets.len());
-        let mut records = Vec::new();
-        for (topic, partition, offset, leader_epoch, metadata) in req.offsets {
-            let known = self
-                .storage
-                .topic(&topic)
-                .is_some_and(|t| partition >= 0 && (partition as usize) < t.partitions.len());
-            let code = if !known {
-                error::UNKNOWN_TOPIC_OR_PARTITION
-            } else if metadata
-                .as_ref()
-                .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes)
-            {
-                error::OFFSET_METADATA_TOO_LARGE
-            } else {
-                records.push(OffsetRecord {
-                    group_id: req.group_id.clone(),
-                    topic,
-                    partition,
-                    offset,
-                    leader_epoch,
-                    metadata,
-                    commit_ms: now,
-                });
-                error::NONE
-            };
-            codes.push(code);
-        }
-        let group_id = req.group_id.clone();
-        let mut queue = |g: &mut Group| -> Result<Option<oneshot::Receiver<bool>>, i16> {
-            match &g.kind {
-                GroupKind::Classic(c) => c.validate_offset_commit(
-                    &req.member_id,
-                    req.instance_id.as_deref(),
-                    req.generation_or_epoch,
-                )?,
-                GroupKind::Consumer(c) => c.validate_offset_commit(
-                    &req.member_id,
-                    req.generation_or_epoch,
-                    req.api_version,
-                )?,
-            }
-            if records.is_empty() {
-                return Ok(None);
-            }
-            // Queued under the group's lock, so the order of commits is the order of validation.
-            Ok(Some(self.writer.submit(Op::Commit {
-                group: group_id.clone(),
-                records: std::mem::take(&mut records),
-            })))
-        };
-        let queued = match with_group(&self.groups, &req.group_id, |g| queue(g)) {
-            Some(r) => r,
-            None if req.generation_or_epoch < 0 => {
-                // A so-called simple group, made by an admin or standalone consumer's commit.
-                with_new_group(&self.groups, &req.group_id, |g| queue(g))
-            }
-            // Kafka: GROUP_ID_NOT_FOUND from OffsetCommit v9, ILLEGAL_GENERATION before it.
-            None if req.api_version >= 9 => Err(error::GROUP_ID_NOT_FOUND),
-            None => Err(error::ILLEGAL_GENERATION),
-        };
-        match queued {
-            Err(code) => CommitReply::Done(Err(code)),
-            Ok(None) => CommitReply::Done(Ok(codes)),
-            Ok(Some(rx)) => CommitReply::Written(codes, rx),
-        }
-    }
-
-    /// True when every queued write is applied: a read from memory sees all of them.
-    pub fn writes_applied(&self) -> bool {
-        self.writer.idle()
-    }
-
-    /// Answers once everything queued before it is applied (OffsetFetch behind pipelined commits).
-    pub fn barrier(&self) -> oneshot::Receiver<bool> {
-        self.writer.submit(Op::Barrier)
-    }
-
-    /// Committed offsets of a group: the given partitions (missing ones as `None`), or all with `None`.
-    pub fn fetch_offsets(
-        &self,
-        group_id: &str,
-        wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> TopicOffsets {
-        let read = |offsets: Option<&BTreeMap<(String, i32), CommittedOffset>>| match wanted {
-            Some(list) => list
-                .into_iter()
-                .map(|(topic, parts)| {
-                    let found = parts
-                        .into_iter()
-                        .map(|p| (p, offsets.and_then(|o| o.get(&(topic.clone(), p))).cloned()))
-                        .collect();
-                    (topic, found)
-                })
-                .collect(),
-            None => {
-                let mut by_topic: BTreeMap<String, Vec<(i32, Option<CommittedOffset>)>> =
-                    BTreeMap::new();
-                for ((t, p), o) in offsets.into_iter().flatten() {
-                    by_topic
-                        .entry(t.clone())
-                        .or_default()
-                        .push((*p, Some(o.clone())));
-                }
-                by_topic.into_iter().collect()
-            }
-        };
-        let mut read = Some(read);
-        let found = with_group(&self.groups, group_id, |g| {
-            read.take().map(|r| r(Some(&g.offsets)))
-        })
-        .flatten();
-        match (found, read) {
-            (Some(f), _) => f,
-            (None, Some(r)) => r(None),
-            (None, None) => Vec::new(),
-        }
-    }
-
-    /// OffsetDelete: refused per partition while members are subscribed to the topic. The receiver
-    /// answers once the deletion is applied (nothing to wait for when nothing is deleted).
-    #[allow(clippy::type_complexity)]
-    pub fn delete_offsets(
-        &self,
-        group_id: &str,
-        topics: Vec<(String, Vec<i32>)>,
-    ) -> Result<
-        (
-            Vec<(String, Vec<(i32, i16)>)>,
-            Option<oneshot::Receiver<bool>>,
-        ),
-        i16,
-    > {
-        with_group(&self.groups, group_id, |g| {
-            if let GroupKind::Classic(c) = &g.kind {
-                // ClassicGroup.validateOffsetDelete: only a consumer-protocol group may have members.
-                if !g.is_empty() && c.protocol_type.as_deref() != Some("consumer") {
-                    return Err(error::NON_EMPTY_GROUP);
-                }
-            }
-            let subscribed = g.subscribed_topics();
-            let mut delete = Vec::new();
-            let results: Vec<_> = topics
-                .into_iter()
-                .map(|(t, parts)| {
-                    let codes = parts
-                        .into_iter()
-                        .map(|p| {
-                            if subscribed.contains(&t) {
-                                (p, error::GROUP_SUBSCRIBED_TO_TOPIC)
-                            } else {
-                                delete.push((t.clone(), p));
-                                (p, error::NONE)
-                            }
-                        })
-                        .collect();
-                    (t, codes)
-                })
-                .collect();
-            let rx = (!delete.is_empty()).then(|| {
-                self.writer.submit(Op::DeleteOffsets {
-                    group: g.id.clone(),
-                    partitions: delete,
-                })
-            });
-            Ok((results, rx))
-        })
-        .unwrap_or(Err(error::GROUP_ID_NOT_FOUND))
-    }
-
-    /// DeleteTopics: every group's committed offsets of the topic go with it (Kafka's
-    /// OffsetMetadataManager.onPartitionsDeleted). Answers once applied.
-    pub async fn on_topic_deleted(&self, topic: &str) {
-        let rx = self.writer.submit(Op::DeleteTopic {
-            topic: topic.to_string(),
         });
-        if !matches!(rx.await, Ok(true)) {
-            tracing::error!(%topic, "could not delete the committed offsets of a deleted topic");
+        if changed {
+            self.persist(group_id);
         }
-    }
-
-    /// Offset expiry (Kafka's GroupCoordinatorShard.cleanupGroupMetadata): expired offsets are
-    /// deleted, and a group left empty with no offsets is deleted too. Returns the number of
-    /// offsets queued for expiry.
-    pub fn expire_offsets(&self, now_ms: i64) -> usize {
-        let retention_ms = self.config.offsets_retention.as_millis() as i64;
-        let mut count = 0;
-        for arc in self.all_groups() {
-            let g = arc.lock();
-            if g.removed {
-                continue;
-            }
-            let (expired, all) = g.expired_offsets(now_ms, retention_ms);
-            let drop_group = all && g.is_empty();
-            if expired.is_empty() && !drop_group {
-                continue;
-            }
-            count += expired.len();
-            tracing::info!(group = %g.id, offsets = expired.len(), deleted = drop_group, "expiring offsets");
-            self.writer.submit_quiet(Op::Expire {
-                group: g.id.clone(),
-                partitions: expired,
-                drop_group,
-            });
+        if r.error == error::NONE {
+            // group.consumer.heartbeat.interval.ms, told to members in every answer.
+            r.heartbeat_interval_ms = self.config.consumer_heartbeat_interval.as_millis() as i32;
         }
-        count
+        r
     }
 
     // ---- admin --------------------------------------------------------------------------------
 
-    /// (group id, protocol type, state, type) of every group.
-    pub fn list(&self) -> Vec<(String, String, &'static str, &'static str)> {
-        let mut v: Vec<_> = self
+    /// Every group, sorted by id.
+    pub fn list(&self) -> Vec<GroupListing> {
+        self.list_filtered(&[], &[])
+    }
+
+    /// ListGroups: the groups in one of `states` and of one of `types` (an empty filter takes
+    /// all), compared case-insensitively as Kafka's GroupMetadataManager.listGroups does; sorted
+    /// by id.
+    pub fn list_filtered(&self, states: &[String], types: &[String]) -> Vec<GroupListing> {
+        let states: Vec<String> = states.iter().map(|s| s.to_lowercase()).collect();
+        let types: Vec<String> = types.iter().map(|s| s.to_lowercase()).collect();
+        let mut v: Vec<GroupListing> = self
             .all_groups()
             .into_iter()
             .filter_map(|arc| {
                 let g = arc.lock();
-                (!g.removed).then(|| {
-                    (
-                        g.id.clone(),
-                        g.protocol_type(),
-                        g.state_name(),
-                        g.type_name(),
-                    )
-                })
+                (!g.removed).then(|| g.listing())
             })
+            .filter(|g| states.is_empty() || states.contains(&g.state.to_lowercase()))
+            .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type))
             .collect();
         v.sort();
         v
     }
 
+    /// A classic group, for DescribeGroups.
+    pub fn describe_classic(&self, group_id: &str) -> Described<ClassicDescription> {
+        with_group(&self.groups, group_id, |g| match &g.kind {
+            GroupKind::Classic(c) => Described::Found(c.describe()),
+            GroupKind::Consumer(_) => Described::OtherProtocol,
+        })
+        .unwrap_or(Described::Missing)
+    }
+
+    /// A KIP-848 group, for ConsumerGroupDescribe; assigned topics by id and name.
+    pub fn describe_consumer(&self, group_id: &str) -> Described<ConsumerDescription> {
+        let name = |id| {
+            self.storage
+                .topic_by_id(id)
+                .map(|t| t.name.clone())
+                .unwrap_or_default()
+        };
+        with_group(&self.groups, group_id, |g| match &g.kind {
+            GroupKind::Consumer(c) => Described::Found(c.describe(name)),
+            GroupKind::Classic(_) => Described::OtherProtocol,
+        })
+        .unwrap_or(Described::Missing)
+    }
+
     /// DeleteGroups for one group: only an empty one (Kafka's validateDeleteGroup); its offsets go
     /// too. The receiver answers once the deletion is applied.
-    pub fn delete_group(&self, group_id: &str) -> Result<oneshot::Receiver<bool>, i16> {
+    pub fn delete_group(
+        &self,
+        group_id: &str,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, i16> {
+        if group_id.is_empty() {
+            return Err(error::INVALID_GROUP_ID);
+        }
         with_group(&self.groups, group_id, |g| {
             if !g.is_empty() {
                 return Err(error::NON_EMPTY_GROUP);
@@ -741,7 +585,7 @@ impl GroupCoordinator {
 /// What is kept in the metadata store per group.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type")]
-pub enum PersistedGroup {
+enum PersistedGroup {
     Classic(classic::PersistedClassic),
     Consumer(consumer::PersistedConsumer),
 }
@@ -755,8 +599,48 @@ fn persisted(g: &Group) -> Option<String> {
     serde_json::to_string(&doc).ok()
 }
 
+/// Fills the (empty) directory from the metadata store: persisted groups, then committed offsets
+/// (a group with offsets and no document is a simple group). Runs on the writer thread.
+fn restore(dir: &Directory, meta: &dyn MetadataStore) -> Result<usize, StorageError> {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "the metadata store is read on the writer thread, not a runtime thread"
+    );
+    let now = Instant::now();
+    let mut groups: HashMap<String, Group> = HashMap::new();
+    for (id, doc) in meta.load_groups()? {
+        let kind = match serde_json::from_str::<PersistedGroup>(&doc) {
+            Ok(PersistedGroup::Classic(p)) => GroupKind::Classic(ClassicGroup::restore(p, now)),
+            Ok(PersistedGroup::Consumer(p)) => GroupKind::Consumer(ConsumerGroup::restore(p, now)),
+            Err(e) => {
+                tracing::warn!(group = %id, error = %e, "ignoring unreadable group state");
+                continue;
+            }
+        };
+        let mut g = Group::new_classic(&id);
+        g.kind = kind;
+        groups.insert(id, g);
+    }
+    for r in meta.load_offsets()? {
+        let group_id = r.group_id.clone();
+        let (at, offset) = CommittedOffset::from_record(r);
+        groups
+            .entry(group_id)
+            .or_insert_with_key(|id| Group::new_classic(id))
+            .offsets
+            .insert(at, offset);
+    }
+    let n = groups.len();
+    dir.lock().extend(
+        groups
+            .into_iter()
+            .map(|(id, g)| (id, Arc::new(Mutex::new(g)))),
+    );
+    Ok(n)
+}
+
 /// Bytes as hex in persisted documents.
-pub(crate) mod hex_bytes {
+mod hex_bytes {
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -779,169 +663,297 @@ pub(crate) mod hex_bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use bytes::Bytes;
     use streamhouse_storage::StorageConfig;
 
-    async fn coordinator(config: GroupConfig) -> (tempfile::TempDir, Arc<GroupCoordinator>) {
+    /// A coordinator over fresh storage with topic "t" of 2 partitions.
+    pub(in crate::group) async fn coordinator(
+        config: GroupConfig,
+    ) -> (tempfile::TempDir, Arc<GroupCoordinator>) {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         storage
             .create_topic("t", 2, Default::default())
             .await
             .unwrap();
-        (dir, GroupCoordinator::open(storage, config).unwrap())
+        (dir, GroupCoordinator::open(storage, config).await.unwrap())
     }
 
-    async fn commit(c: &GroupCoordinator, group: &str, member: &str, generation: i32) -> i16 {
-        let req = CommitRequest {
-            group_id: group.into(),
-            member_id: member.into(),
-            instance_id: None,
-            generation_or_epoch: generation,
-            api_version: 8,
-            offsets: vec![("t".into(), 0, 7, -1, None)],
-        };
-        match c.commit_offsets(req) {
-            CommitReply::Done(Ok(codes)) => codes[0],
-            CommitReply::Done(Err(code)) => code,
-            CommitReply::Written(codes, rx) => {
-                assert!(rx.await.unwrap());
-                codes[0]
-            }
+    fn join_request(session_timeout: Duration, protocol_type: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: String::new(),
+            instance_id: Some("i".into()),
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout,
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: protocol_type.into(),
+            protocols: vec![Protocol {
+                name: "range".into(),
+                metadata: Bytes::from_static(b"m"),
+            }],
+            require_known_member_id: true,
         }
     }
 
-    fn committed(c: &GroupCoordinator, group: &str) -> Option<i64> {
-        let found = c.fetch_offsets(group, Some(vec![("t".into(), vec![0])]));
-        found[0].1[0].1.as_ref().map(|o| o.offset)
+    fn now<T>(p: Pending<T>) -> T {
+        match p {
+            Pending::Now(t) => t,
+            Pending::Wait(mut rx) => rx.try_recv().expect("answered"),
+        }
     }
 
-    async fn settle(c: &GroupCoordinator) {
-        assert!(c.barrier().await.unwrap());
+    fn heartbeat(member_epoch: i32, server_assignor: Option<&str>) -> HeartbeatRequest {
+        HeartbeatRequest {
+            member_id: "m".into(),
+            member_epoch,
+            instance_id: None,
+            rack_id: None,
+            rebalance_timeout_ms: 30_000,
+            subscribed: Some(vec!["t".into()]),
+            regex: None,
+            server_assignor: server_assignor.map(String::from),
+            owned: Some(Assignment::new()),
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+        }
     }
 
-    /// Issue 9.11: a standalone consumer's offsets expire offsets.retention.minutes after their
-    /// commit (Kafka's OffsetExpirationCondition by commit time), and the group, empty with nothing
-    /// left, goes with them; a newer commit is kept.
+    /// The checks Kafka's GroupCoordinatorService makes before a group is touched: a JoinGroup with
+    /// an empty group id, a session timeout outside group.min/max.session.timeout.ms, or no
+    /// protocol type is refused, and makes no group.
     #[tokio::test]
-    async fn standalone_offsets_expire_by_commit_time() {
-        let retention = Duration::from_secs(60);
-        let (_dir, c) = coordinator(GroupConfig {
-            offsets_retention: retention,
-            ..Default::default()
-        })
-        .await;
-        let before = now_ms();
-        assert_eq!(commit(&c, "simple", "", -1).await, error::NONE);
-        let committed_at = c
-            .fetch_offsets("simple", None)
-            .first()
-            .and_then(|(_, ps)| ps[0].1.as_ref().map(|o| o.commit_ms))
+    async fn join_refuses_bad_requests_without_making_a_group() {
+        let (_dir, c) = coordinator(GroupConfig::default()).await;
+        let ok = Duration::from_secs(10);
+        let cases = [
+            ("", join_request(ok, "consumer"), error::INVALID_GROUP_ID),
+            (
+                "g",
+                join_request(Duration::from_secs(5), "consumer"),
+                error::INVALID_SESSION_TIMEOUT,
+            ),
+            (
+                "g",
+                join_request(Duration::from_secs(1801), "consumer"),
+                error::INVALID_SESSION_TIMEOUT,
+            ),
+            (
+                "g",
+                join_request(ok, ""),
+                error::INCONSISTENT_GROUP_PROTOCOL,
+            ),
+        ];
+        for (group, req, code) in cases {
+            let r = now(c.join(group, req));
+            assert_eq!((r.error, r.generation), (code, -1));
+        }
+        assert!(c.list().is_empty(), "nothing was made");
+        let mut no_protocols = join_request(ok, "consumer");
+        no_protocols.protocols.clear();
+        assert_eq!(
+            now(c.join("g", no_protocols)).error,
+            error::INCONSISTENT_GROUP_PROTOCOL
+        );
+        assert!(c.list().is_empty());
+    }
+
+    /// A ConsumerGroupHeartbeat refused for what it asks (here an unknown server assignor) is
+    /// refused before the group is looked up, as Kafka's throwIfConsumerGroupHeartbeatRequestIsInvalid,
+    /// so it leaves no empty group behind for ListGroups to show.
+    #[tokio::test]
+    async fn a_refused_consumer_heartbeat_makes_no_group() {
+        let (_dir, c) = coordinator(GroupConfig::default()).await;
+        let r = c.consumer_heartbeat("g", 1, heartbeat(0, Some("sticky")));
+        assert_eq!(r.error, error::UNSUPPORTED_ASSIGNOR);
+        assert_eq!(r.heartbeat_interval_ms, 0, "no interval on an error");
+        let mut no_member = heartbeat(0, None);
+        no_member.member_id.clear();
+        assert_eq!(
+            c.consumer_heartbeat("g", 1, no_member).error,
+            error::INVALID_REQUEST,
+            "v1: the client picks its member id"
+        );
+        assert!(c.list().is_empty(), "{:?}", c.list());
+        let r = c.consumer_heartbeat("g", 1, heartbeat(0, Some("range")));
+        assert_eq!((r.error, r.member_epoch), (error::NONE, 1));
+        assert_eq!(
+            r.heartbeat_interval_ms, 5000,
+            "group.consumer.heartbeat.interval.ms"
+        );
+        assert_eq!(
+            c.list(),
+            vec![GroupListing {
+                group_id: "g".into(),
+                protocol_type: "consumer".into(),
+                state: "Stable",
+                group_type: "consumer",
+            }]
+        );
+    }
+
+    /// Restore runs on the writer thread: called on a runtime thread, it refuses (the rule for
+    /// blocking work in the module notes).
+    #[cfg(debug_assertions)]
+    #[tokio::test]
+    #[should_panic(expected = "writer thread")]
+    async fn restore_refuses_a_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let _ = restore(&Mutex::new(HashMap::new()), storage.metadata().as_ref());
+    }
+
+    /// What the writer stored comes back at open (restored on the writer thread): committed
+    /// offsets, a Stable classic group with its member and assignment, a KIP-848 group.
+    #[tokio::test]
+    async fn groups_and_offsets_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        storage
+            .create_topic("t", 2, Default::default())
+            .await
             .unwrap();
-        assert!(committed_at >= before);
-        assert_eq!(c.expire_offsets(committed_at + 59_999), 0, "not yet");
-        assert_eq!(c.expire_offsets(committed_at + 60_000), 1);
-        settle(&c).await;
-        assert_eq!(committed(&c, "simple"), None);
-        assert!(c.list().is_empty(), "the empty group went with its offsets");
+        let config = GroupConfig {
+            initial_rebalance_delay: Duration::ZERO,
+            ..Default::default()
+        };
+        let c = GroupCoordinator::open(storage.clone(), config.clone())
+            .await
+            .unwrap();
+        let joined = now(c.join("classic", join_request(Duration::from_secs(10), "consumer")));
+        let sync = SyncRequest {
+            member_id: joined.member_id.clone(),
+            instance_id: Some("i".into()),
+            generation: joined.generation,
+            protocol_type: None,
+            protocol_name: None,
+            assignments: vec![MemberAssignment {
+                member_id: joined.member_id.clone(),
+                assignment: Bytes::from_static(b"mine"),
+            }],
+        };
+        assert_eq!(now(c.sync("classic", sync)).error, error::NONE);
+        let commit = CommitRequest {
+            group_id: "classic".into(),
+            member_id: joined.member_id.clone(),
+            instance_id: Some("i".into()),
+            generation_or_epoch: joined.generation,
+            api_version: 8,
+            offsets: vec![PartitionCommit {
+                topic: "t".into(),
+                partition: 1,
+                offset: 42,
+                leader_epoch: 3,
+                metadata: Some("m".into()),
+            }],
+        };
+        let CommitReply::Written(_, written) = c.commit_offsets(commit) else {
+            panic!("a commit to write");
+        };
+        assert!(written.await.unwrap());
+        assert_eq!(
+            c.consumer_heartbeat("kip848", 1, heartbeat(0, None)).error,
+            0
+        );
+        assert!(c.barrier().await.unwrap());
+        let before = (c.describe_classic("classic"), c.describe_consumer("kip848"));
+        drop(c);
+
+        let c = GroupCoordinator::open(storage, config).await.unwrap();
+        let Described::Found(classic) = c.describe_classic("classic") else {
+            panic!("the classic group is back");
+        };
+        assert_eq!(classic.state, "Stable");
+        assert_eq!(classic.members[0].assignment, Bytes::from_static(b"mine"));
+        assert_eq!(Described::Found(classic), before.0);
+        assert_eq!(c.describe_consumer("kip848"), before.1);
+        let offsets = c.fetch_offsets("classic", None);
+        let restored = offsets.topics[0].partitions[0].committed.clone().unwrap();
+        assert_eq!(
+            (offsets.topics[0].partitions[0].partition, restored.offset),
+            (1, 42)
+        );
+        assert_eq!(
+            (restored.leader_epoch, restored.metadata.as_deref()),
+            (3, Some("m"))
+        );
     }
 
-    /// A classic group's offsets expire only once the group is Empty, counting from when it became
-    /// Empty (Kafka's currentStateTimestamp), not from the commit.
+    /// ListGroups' filters: by state and by type, either case, empty taking all.
     #[tokio::test]
-    async fn classic_group_offsets_expire_after_it_became_empty() {
+    async fn list_filters_by_state_and_type() {
+        let (_dir, c) = coordinator(GroupConfig::default()).await;
+        assert_eq!(
+            c.consumer_heartbeat("kip848", 1, heartbeat(0, None)).error,
+            0
+        );
+        let commit = CommitRequest {
+            group_id: "simple".into(),
+            member_id: String::new(),
+            instance_id: None,
+            generation_or_epoch: -1,
+            api_version: 8,
+            offsets: vec![PartitionCommit {
+                topic: "t".into(),
+                partition: 0,
+                offset: 1,
+                leader_epoch: -1,
+                metadata: None,
+            }],
+        };
+        let CommitReply::Written(_, written) = c.commit_offsets(commit) else {
+            panic!("a commit to write");
+        };
+        assert!(written.await.unwrap());
+        let ids = |states: &[&str], types: &[&str]| -> Vec<String> {
+            let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            c.list_filtered(&owned(states), &owned(types))
+                .into_iter()
+                .map(|g| g.group_id)
+                .collect()
+        };
+        assert_eq!(ids(&[], &[]), vec!["kip848", "simple"]);
+        assert_eq!(ids(&["STABLE"], &[]), vec!["kip848"]);
+        assert_eq!(ids(&["empty", "dead"], &[]), vec!["simple"]);
+        assert_eq!(ids(&[], &["Classic"]), vec!["simple"]);
+        assert_eq!(ids(&["stable"], &["classic"]), Vec::<String>::new());
+    }
+
+    /// Views: a group is described by its own protocol's describe, and is the other protocol's
+    /// `OtherProtocol`; assigned topics come with their names.
+    #[tokio::test]
+    async fn groups_are_described_by_their_own_protocol() {
         let (_dir, c) = coordinator(GroupConfig {
-            offsets_retention: Duration::from_secs(60),
             initial_rebalance_delay: Duration::ZERO,
             ..Default::default()
         })
         .await;
-        let join = classic::JoinRequest {
-            member_id: String::new(),
-            instance_id: Some("i".into()),
-            client_id: "c".into(),
-            client_host: "h".into(),
-            session_timeout: Duration::from_secs(10),
-            rebalance_timeout: Duration::from_secs(10),
-            protocol_type: "consumer".into(),
-            // ConsumerProtocolSubscription v0 for topic "t": subscribed offsets never expire.
-            protocols: vec![(
-                "range".into(),
-                bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 1, 0, 1, b't', 255, 255, 255, 255]),
-            )],
-            require_known_member_id: true,
+        assert_eq!(c.describe_classic("none"), Described::Missing);
+        assert_eq!(c.describe_consumer("none"), Described::Missing);
+        let joined = now(c.join("classic", join_request(Duration::from_secs(10), "consumer")));
+        assert_eq!(joined.error, error::NONE);
+        let Described::Found(d) = c.describe_classic("classic") else {
+            panic!("a classic group");
         };
-        let member = match c.join("g", join) {
-            classic::Pending::Wait(mut rx) => rx.try_recv().unwrap().member_id,
-            classic::Pending::Now(r) => panic!("{r:?}"),
-        };
-        let sync = classic::SyncRequest {
-            member_id: member.clone(),
-            instance_id: None,
-            generation: 1,
-            protocol_type: None,
-            protocol_name: None,
-            assignments: vec![],
-        };
-        let _ = c.with_classic("g", None, |g| Some(g.sync(sync, Instant::now())));
-        assert_eq!(commit(&c, "g", &member, 1).await, error::NONE);
-        let far = now_ms() + 3_600_000;
+        assert_eq!(d.state, "CompletingRebalance");
+        assert_eq!(d.members[0].member_id, joined.member_id);
+        assert_eq!(c.describe_consumer("classic"), Described::OtherProtocol);
+
         assert_eq!(
-            c.expire_offsets(far),
-            0,
-            "a group with members keeps its offsets"
+            c.consumer_heartbeat("kip848", 1, heartbeat(0, None)).error,
+            0
         );
-        let (code, _) = c.with_classic("g", (0, false), |g| {
-            g.leave(&member, None, Duration::ZERO, Instant::now())
-        });
-        assert_eq!(code, error::NONE);
-        let since = c
-            .with_classic("g", None, |g| g.empty_since_ms)
-            .expect("Empty since now");
-        assert_eq!(c.expire_offsets(since + 59_999), 0);
-        assert_eq!(c.expire_offsets(since + 60_000), 1);
-        settle(&c).await;
-        assert_eq!(committed(&c, "g"), None);
-    }
-
-    /// The timer does it on its own every offsets.retention.check.interval.ms.
-    #[tokio::test]
-    async fn the_timer_expires_offsets() {
-        let (_dir, c) = coordinator(GroupConfig {
-            offsets_retention: Duration::from_millis(200),
-            offsets_retention_check_interval: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await;
-        assert_eq!(commit(&c, "simple", "", -1).await, error::NONE);
-        assert_eq!(committed(&c, "simple"), Some(7));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while committed(&c, "simple").is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(committed(&c, "simple"), None, "expired by the timer");
-    }
-
-    /// A commit from a member that is not in the group, or of a group that does not exist, is
-    /// refused with Kafka's codes; an admin commit makes a simple group.
-    #[tokio::test]
-    async fn commit_validation_codes() {
-        let (_dir, c) = coordinator(GroupConfig::default()).await;
-        assert_eq!(commit(&c, "none", "m", 3).await, error::ILLEGAL_GENERATION);
-        let v9 = CommitRequest {
-            group_id: "none".into(),
-            member_id: "m".into(),
-            instance_id: None,
-            generation_or_epoch: 3,
-            api_version: 9,
-            offsets: vec![("t".into(), 0, 7, -1, None)],
+        assert_eq!(c.describe_classic("kip848"), Described::OtherProtocol);
+        let Described::Found(d) = c.describe_consumer("kip848") else {
+            panic!("a consumer group");
         };
-        assert!(matches!(
-            c.commit_offsets(v9),
-            CommitReply::Done(Err(error::GROUP_ID_NOT_FOUND))
-        ));
-        assert_eq!(commit(&c, "simple", "", -1).await, error::NONE);
-        assert_eq!(commit(&c, "simple", "m", 1).await, error::UNKNOWN_MEMBER_ID);
+        assert_eq!((d.state, d.assignor_name.as_str()), ("Stable", "uniform"));
+        let m = &d.members[0];
+        assert_eq!(m.member_id, "m");
+        assert_eq!(m.assignment, m.target_assignment);
+        assert_eq!(m.assignment[0].topic_name, "t");
+        assert_eq!(m.assignment[0].partitions, vec![0, 1]);
     }
 }

@@ -1,5 +1,7 @@
-//! The coordinator's one writer: every durable change to committed offsets and group documents goes
-//! through this queue, on a thread of its own (SQLite and its fsync never run on a runtime thread).
+//! The coordinator's one writer: the only thread that calls the metadata store. It first restores
+//! the groups and committed offsets into the directory, then every durable change to committed
+//! offsets and group documents goes through its queue (SQLite and its fsync never run on a
+//! runtime thread).
 //!
 //! Ops are applied in the order they were queued, and handlers queue them in their in-order part
 //! (`handle`, which a connection awaits in read order), so a connection's commits, offset deletions
@@ -9,35 +11,39 @@
 //! offsets updated and the requests answered, so OffsetFetch never shows a commit that a crash could
 //! still lose, and a failed write changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use streamhouse_storage::{GroupWrite, MetadataStore, OffsetRecord};
+use streamhouse_storage::{GroupWrite, MetadataStore, StorageError};
 use tokio::sync::oneshot;
 
-use super::{persisted, remove_if, with_group, with_new_group, CommittedOffset, Directory};
+use super::offsets::ExpiredOffset;
+use super::{
+    persisted, remove_if, restore, with_group, with_new_group, CommittedOffset, Directory,
+    TopicPartition,
+};
 
 /// Ops taken into one transaction at most. Large enough that a burst of commits from many
 /// consumers shares one fsync, small enough that a batch's transaction stays short.
 const MAX_BATCH: usize = 1024;
 
 pub(crate) enum Op {
-    /// OffsetCommit: the records are written, then become visible.
+    /// OffsetCommit: the offsets are written, then become visible.
     Commit {
         group: String,
-        records: Vec<OffsetRecord>,
+        offsets: BTreeMap<TopicPartition, CommittedOffset>,
     },
     /// OffsetDelete of the listed partitions.
     DeleteOffsets {
         group: String,
-        partitions: Vec<(String, i32)>,
+        partitions: Vec<TopicPartition>,
     },
-    /// Offset expiry: (topic, partition, commit_ms) removed only while still that commit. With
-    /// `drop_group`, the group goes too if it is still empty and has no offsets left.
+    /// Offset expiry: each offset removed only while it is still that commit. With `drop_group`,
+    /// the group goes too if it is still empty and has no offsets left.
     Expire {
         group: String,
-        partitions: Vec<(String, i32, i64)>,
+        offsets: Vec<ExpiredOffset>,
         drop_group: bool,
     },
     /// DeleteGroups: the group's offsets and document.
@@ -62,19 +68,31 @@ pub(crate) struct Writer {
     queued: Arc<AtomicUsize>,
 }
 
+/// What the writer's restore answers: the number of groups loaded, or why it could not load.
+pub(crate) type Restored = oneshot::Receiver<Result<usize, StorageError>>;
+
 impl Writer {
-    pub(crate) fn start(dir: Arc<Directory>, meta: Arc<dyn MetadataStore>) -> Writer {
+    /// Starts the writer thread, which restores `dir` from the metadata store (answered on the
+    /// receiver) and then applies queued ops. Ops queued before the restore is answered wait for it.
+    pub(crate) fn start(
+        dir: Arc<Directory>,
+        meta: Arc<dyn MetadataStore>,
+    ) -> Result<(Writer, Restored), StorageError> {
         let (tx, rx) = mpsc::channel::<Queued>();
+        let (restored_tx, restored) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let q = queued.clone();
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("group-writer".into())
-            .spawn(move || run(rx, &dir, meta.as_ref(), &q));
-        if let Err(e) = spawned {
-            // Without the thread every op is answered as failed (its sender is dropped).
-            tracing::error!(error = %e, "could not start the group writer thread");
-        }
-        Writer { tx, queued }
+            .spawn(move || {
+                let r = restore(&dir, meta.as_ref());
+                let ok = r.is_ok();
+                let _ = restored_tx.send(r);
+                if ok {
+                    run(rx, &dir, meta.as_ref(), &q);
+                }
+            })?;
+        Ok((Writer { tx, queued }, restored))
     }
 
     /// Queues an op; the receiver says whether it was made durable and applied.
@@ -109,6 +127,10 @@ fn run(
     meta: &dyn MetadataStore,
     queued: &AtomicUsize,
 ) {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "the metadata store is written on the writer thread, not a runtime thread"
+    );
     // Re-saves of groups that a DeleteGroups found with members again by the time it was applied.
     let mut carry: Vec<Queued> = Vec::new();
     loop {
@@ -162,20 +184,33 @@ fn durable_writes(batch: &[Queued], dir: &Directory) -> Vec<GroupWrite> {
     let mut writes = Vec::with_capacity(batch.len());
     for (i, q) in batch.iter().enumerate() {
         match &q.op {
-            Op::Commit { records, .. } => writes.push(GroupWrite::Offsets(records.clone())),
+            Op::Commit { group, offsets } => writes.push(GroupWrite::Offsets(
+                offsets
+                    .iter()
+                    .map(|(at, o)| o.to_record(group, at))
+                    .collect(),
+            )),
             Op::DeleteOffsets { group, partitions } => writes.push(GroupWrite::DeleteOffsets {
                 group_id: group.clone(),
-                partitions: Some(partitions.clone()),
+                partitions: Some(
+                    partitions
+                        .iter()
+                        .map(|at| (at.topic.clone(), at.partition))
+                        .collect(),
+                ),
             }),
             Op::Expire {
                 group,
-                partitions,
+                offsets,
                 drop_group,
             } => {
-                if !partitions.is_empty() {
+                if !offsets.is_empty() {
                     writes.push(GroupWrite::ExpireOffsets {
                         group_id: group.clone(),
-                        partitions: partitions.clone(),
+                        partitions: offsets
+                            .iter()
+                            .map(|e| (e.at.topic.clone(), e.at.partition, e.commit_ms))
+                            .collect(),
                     });
                 }
                 let still_empty = with_group(dir, group, |g| g.is_empty()).unwrap_or(true);
@@ -216,39 +251,29 @@ fn durable_writes(batch: &[Queued], dir: &Directory) -> Vec<GroupWrite> {
 /// Makes a durable op visible in memory. Returns an op to queue next, if any.
 fn apply(op: &Op, dir: &Directory) -> Option<Op> {
     match op {
-        Op::Commit { group, records } => with_new_group(dir, group, |g| {
-            for r in records {
-                g.offsets.insert(
-                    (r.topic.clone(), r.partition),
-                    CommittedOffset {
-                        offset: r.offset,
-                        leader_epoch: r.leader_epoch,
-                        metadata: r.metadata.clone(),
-                        commit_ms: r.commit_ms,
-                    },
-                );
-            }
+        Op::Commit { group, offsets } => with_new_group(dir, group, |g| {
+            g.offsets
+                .extend(offsets.iter().map(|(at, o)| (at.clone(), o.clone())));
         }),
         Op::DeleteOffsets { group, partitions } => {
             with_group(dir, group, |g| {
-                for (t, p) in partitions {
-                    g.offsets.remove(&(t.clone(), *p));
+                for at in partitions {
+                    g.offsets.remove(at);
                 }
             });
         }
         Op::Expire {
             group,
-            partitions,
+            offsets,
             drop_group,
         } => {
             with_group(dir, group, |g| {
-                for (t, p, commit_ms) in partitions {
-                    let key = (t.clone(), *p);
+                for e in offsets {
                     if g.offsets
-                        .get(&key)
-                        .is_some_and(|o| o.commit_ms == *commit_ms)
+                        .get(&e.at)
+                        .is_some_and(|o| o.commit_ms == e.commit_ms)
                     {
-                        g.offsets.remove(&key);
+                        g.offsets.remove(&e.at);
                     }
                 }
             });
@@ -269,10 +294,155 @@ fn apply(op: &Op, dir: &Directory) -> Option<Op> {
         Op::DeleteTopic { topic } => {
             let all: Vec<_> = dir.lock().values().cloned().collect();
             for g in all {
-                g.lock().offsets.retain(|(t, _), _| t != topic);
+                g.lock().offsets.retain(|at, _| at.topic != *topic);
             }
         }
         Op::SaveGroup { .. } | Op::Barrier => {}
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use streamhouse_storage::{Storage, StorageConfig};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        meta: Arc<dyn MetadataStore>,
+        groups: Arc<Directory>,
+        writer: Writer,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let meta = storage.metadata();
+        let groups: Arc<Directory> = Arc::new(Mutex::new(HashMap::new()));
+        let (writer, restored) = Writer::start(groups.clone(), meta.clone()).unwrap();
+        assert_eq!(restored.await.unwrap().unwrap(), 0, "nothing stored yet");
+        Fixture {
+            _dir: dir,
+            meta,
+            groups,
+            writer,
+        }
+    }
+
+    fn at(partition: i32) -> TopicPartition {
+        TopicPartition::new("t", partition)
+    }
+
+    fn commit(group: &str, partition: i32, offset: i64, commit_ms: i64) -> Op {
+        let o = CommittedOffset {
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms,
+        };
+        Op::Commit {
+            group: group.into(),
+            offsets: BTreeMap::from([(at(partition), o)]),
+        }
+    }
+
+    /// (partition, offset) pairs of topic "t".
+    type Offsets = Vec<(i32, i64)>;
+
+    /// A group's offsets in memory and in the store.
+    fn offsets(f: &Fixture, group: &str) -> (Offsets, Offsets) {
+        let memory = with_group(&f.groups, group, |g| {
+            g.offsets
+                .iter()
+                .map(|(at, o)| (at.partition, o.offset))
+                .collect()
+        })
+        .unwrap_or_default();
+        let mut stored: Vec<(i32, i64)> = f
+            .meta
+            .load_offsets()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.group_id == group)
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        stored.sort();
+        (memory, stored)
+    }
+
+    /// Ops take effect in the order they were queued (one transaction for the batch), the same in
+    /// memory as in the store: commit, delete, commit again leaves the last commit.
+    #[tokio::test]
+    async fn ops_apply_in_queue_order() {
+        let f = fixture().await;
+        f.writer.submit_quiet(commit("g", 0, 1, 10));
+        f.writer.submit_quiet(commit("g", 1, 5, 10));
+        f.writer.submit_quiet(Op::DeleteOffsets {
+            group: "g".into(),
+            partitions: vec![at(0)],
+        });
+        let last = f.writer.submit(commit("g", 0, 3, 11));
+        assert!(last.await.unwrap());
+        assert!(f.writer.idle());
+        let want = vec![(0, 3), (1, 5)];
+        assert_eq!(offsets(&f, "g"), (want.clone(), want));
+    }
+
+    /// Expiry removes an offset only while it is still the commit found expired: one committed
+    /// again in between stays, in memory and in the store; a group left empty with nothing goes.
+    #[tokio::test]
+    async fn expiry_spares_a_newer_commit() {
+        let f = fixture().await;
+        f.writer.submit_quiet(commit("g", 0, 1, 100));
+        f.writer.submit_quiet(commit("g", 1, 2, 100));
+        f.writer.submit_quiet(commit("g", 1, 9, 200));
+        let expired = |partition| ExpiredOffset {
+            at: at(partition),
+            commit_ms: 100,
+        };
+        let done = f.writer.submit(Op::Expire {
+            group: "g".into(),
+            offsets: vec![expired(0), expired(1)],
+            drop_group: true,
+        });
+        assert!(done.await.unwrap());
+        assert_eq!(offsets(&f, "g"), (vec![(1, 9)], vec![(1, 9)]));
+        assert!(
+            with_group(&f.groups, "g", |_| ()).is_some(),
+            "not empty yet"
+        );
+        let done = f.writer.submit(Op::Expire {
+            group: "g".into(),
+            offsets: vec![ExpiredOffset {
+                at: at(1),
+                commit_ms: 200,
+            }],
+            drop_group: true,
+        });
+        assert!(done.await.unwrap());
+        assert!(
+            with_group(&f.groups, "g", |_| ()).is_none(),
+            "the group went"
+        );
+        assert_eq!(offsets(&f, "g"), (vec![], vec![]));
+    }
+
+    /// DeleteTopics takes every group's offsets of the topic; DeleteGroups the group's own.
+    #[tokio::test]
+    async fn topic_and_group_deletion() {
+        let f = fixture().await;
+        f.writer.submit_quiet(commit("a", 0, 1, 10));
+        f.writer.submit_quiet(commit("b", 1, 2, 10));
+        f.writer.submit_quiet(commit("c", 1, 3, 10));
+        f.writer.submit_quiet(Op::DeleteTopic { topic: "t".into() });
+        f.writer.submit_quiet(commit("c", 0, 4, 11));
+        let done = f.writer.submit(Op::DeleteGroup { group: "c".into() });
+        assert!(done.await.unwrap());
+        assert_eq!(offsets(&f, "a"), (vec![], vec![]));
+        assert_eq!(offsets(&f, "b"), (vec![], vec![]));
+        assert_eq!(offsets(&f, "c"), (vec![], vec![]));
+        assert!(with_group(&f.groups, "c", |_| ()).is_none());
+        assert!(f.meta.load_groups().unwrap().is_empty());
+    }
 }

@@ -11,8 +11,7 @@ use kafka_protocol::messages::{
 use std::sync::Arc;
 
 use super::{authorized_operations, str_bytes, ApiSpec, Reply, GROUP_AUTHORIZED_OPERATIONS};
-use crate::group::consumer::Assignment as Parts;
-use crate::group::GroupKind;
+use crate::group::{AssignedTopic, Described};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -21,32 +20,35 @@ pub const API: ApiSpec = ApiSpec {
     max: 1,
 };
 
+fn assignment(topics: Vec<AssignedTopic>) -> Assignment {
+    Assignment::default().with_topic_partitions(
+        topics
+            .into_iter()
+            .map(|t| {
+                TopicPartitions::default()
+                    .with_topic_id(t.topic_id)
+                    .with_topic_name(TopicName(str_bytes(&t.topic_name)))
+                    .with_partitions(t.partitions)
+            })
+            .collect(),
+    )
+}
+
 pub async fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: ConsumerGroupDescribeRequest,
 ) -> Reply<ConsumerGroupDescribeResponse> {
-    let storage = &broker.storage;
-    let to_assignment = |a: &Parts| {
-        Assignment::default().with_topic_partitions(
-            a.iter()
-                .map(|(id, ps)| {
-                    let name = storage
-                        .topic_by_id(*id)
-                        .map(|t| t.name.clone())
-                        .unwrap_or_default();
-                    TopicPartitions::default()
-                        .with_topic_id(*id)
-                        .with_topic_name(TopicName(str_bytes(&name)))
-                        .with_partitions(ps.iter().copied().collect())
-                })
-                .collect(),
-        )
-    };
     let ops = authorized_operations(
         req.include_authorized_operations,
         GROUP_AUTHORIZED_OPERATIONS,
     );
+    // v1: members are of the consumer type (1); v0 has no member type.
+    let member_type = if header.request_api_version >= 1 {
+        1
+    } else {
+        -1
+    };
     // A group named twice is described once: each description can be large (members'
     // metadata and assignments), so repeats must not multiply the response. (Kafka answers every
     // repeat; its clients never send one.)
@@ -59,67 +61,46 @@ pub async fn handle(
             let out = DescribedGroup::default()
                 .with_group_id(id.clone())
                 .with_authorized_operations(ops);
-            let not_found = out.clone();
-            let described = broker.groups.with_existing(id.as_str(), |g| match &g.kind {
-                GroupKind::Consumer(g) => {
-                    let mut members: Vec<_> = g.members.values().collect();
-                    members.sort_by(|a, b| a.id.cmp(&b.id));
-                    out.with_group_state(str_bytes(g.state_name()))
-                        .with_group_epoch(g.group_epoch)
-                        .with_assignment_epoch(g.assignment_epoch)
-                        .with_assignor_name(str_bytes(if g.assignor.is_empty() {
-                            "uniform"
-                        } else {
-                            &g.assignor
-                        }))
-                        .with_members(
-                            members
-                                .into_iter()
-                                .map(|m| {
-                                    Member::default()
-                                        .with_member_id(str_bytes(&m.id))
-                                        .with_instance_id(m.instance_id.as_deref().map(str_bytes))
-                                        .with_rack_id(m.rack_id.as_deref().map(str_bytes))
-                                        .with_member_epoch(m.member_epoch)
-                                        .with_client_id(str_bytes(&m.client_id))
-                                        .with_client_host(str_bytes(&m.client_host))
-                                        .with_subscribed_topic_names(
-                                            m.subscribed
-                                                .iter()
-                                                .map(|t| TopicName(str_bytes(t)))
-                                                .collect(),
-                                        )
-                                        .with_subscribed_topic_regex(
-                                            m.regex.as_deref().map(str_bytes),
-                                        )
-                                        .with_assignment(to_assignment(&m.assigned))
-                                        .with_target_assignment(to_assignment(
-                                            &g.target.get(&m.id).cloned().unwrap_or_default(),
-                                        ))
-                                        .with_member_type(if header.request_api_version >= 1 {
-                                            1
-                                        } else {
-                                            -1
-                                        })
-                                })
-                                .collect(),
-                        )
-                }
-                GroupKind::Classic(_) => out
+            let not_found = |why: &str| {
+                out.clone()
                     .with_error_code(error::GROUP_ID_NOT_FOUND)
-                    .with_error_message(Some(str_bytes(&format!(
-                        "Group {} is not a consumer group.",
-                        id.as_str()
-                    )))),
-            });
-            described.unwrap_or_else(|| {
-                not_found
-                    .with_error_code(error::GROUP_ID_NOT_FOUND)
-                    .with_error_message(Some(str_bytes(&format!(
-                        "Group {} not found.",
-                        id.as_str()
-                    ))))
-            })
+                    .with_error_message(Some(str_bytes(&format!("Group {} {why}.", id.as_str()))))
+            };
+            match broker.groups.describe_consumer(id.as_str()) {
+                Described::Missing => not_found("not found"),
+                Described::OtherProtocol => not_found("is not a consumer group"),
+                Described::Found(g) => out
+                    .with_group_state(str_bytes(g.state))
+                    .with_group_epoch(g.group_epoch)
+                    .with_assignment_epoch(g.assignment_epoch)
+                    .with_assignor_name(str_bytes(&g.assignor_name))
+                    .with_members(
+                        g.members
+                            .into_iter()
+                            .map(|m| {
+                                Member::default()
+                                    .with_member_id(str_bytes(&m.member_id))
+                                    .with_instance_id(m.instance_id.as_deref().map(str_bytes))
+                                    .with_rack_id(m.rack_id.as_deref().map(str_bytes))
+                                    .with_member_epoch(m.member_epoch)
+                                    .with_client_id(str_bytes(&m.client_id))
+                                    .with_client_host(str_bytes(&m.client_host))
+                                    .with_subscribed_topic_names(
+                                        m.subscribed_topic_names
+                                            .iter()
+                                            .map(|t| TopicName(str_bytes(t)))
+                                            .collect(),
+                                    )
+                                    .with_subscribed_topic_regex(
+                                        m.subscribed_topic_regex.as_deref().map(str_bytes),
+                                    )
+                                    .with_assignment(assignment(m.assignment))
+                                    .with_target_assignment(assignment(m.target_assignment))
+                                    .with_member_type(member_type)
+                            })
+                            .collect(),
+                    ),
+            }
         })
         .collect();
     Reply::Now(ConsumerGroupDescribeResponse::default().with_groups(described))

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::consumer::HeartbeatRequest;
+use crate::group::HeartbeatRequest;
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -34,18 +34,6 @@ pub async fn handle(
                 .with_error_message(Some(str_bytes(msg))),
         )
     };
-    if req.group_id.is_empty() {
-        return fail(error::INVALID_REQUEST, "GroupId can't be empty.");
-    }
-    if header.request_api_version >= 1 && req.member_id.is_empty() {
-        return fail(error::INVALID_REQUEST, "MemberId can't be empty.");
-    }
-    if req.member_epoch == 0 && req.rebalance_timeout_ms < 0 {
-        return fail(
-            error::INVALID_REQUEST,
-            "RebalanceTimeoutMs must be provided in first request.",
-        );
-    }
     let owned = req.topic_partitions.as_ref().map(|tps| {
         tps.iter()
             .map(|tp| (tp.topic_id, tp.partitions.iter().copied().collect()))
@@ -77,21 +65,16 @@ pub async fn handle(
     // comes before the connection's next request.
     let groups = broker.groups.clone();
     let group_id = req.group_id.to_string();
-    let stepped = tokio::task::spawn_blocking(move || {
-        let (r, changed) = groups.consumer_heartbeat(&group_id, hb);
-        if changed {
-            groups.persist(&group_id);
-        }
-        r
-    })
-    .await;
+    let version = header.request_api_version;
+    let stepped =
+        tokio::task::spawn_blocking(move || groups.consumer_heartbeat(&group_id, version, hb))
+            .await;
     let Ok(r) = stepped else {
         return fail(
             error::COORDINATOR_NOT_AVAILABLE,
             "The coordinator is not available.",
         );
     };
-    let interval = broker.groups.config.consumer_heartbeat_interval.as_millis() as i32;
     let resp = ConsumerGroupHeartbeatResponse::default()
         .with_error_code(r.error)
         .with_error_message(r.message.map(|m| str_bytes(&m)))
@@ -101,7 +84,7 @@ pub async fn handle(
             Some(str_bytes(&r.member_id))
         })
         .with_member_epoch(r.member_epoch)
-        .with_heartbeat_interval_ms(if r.error == error::NONE { interval } else { 0 })
+        .with_heartbeat_interval_ms(r.heartbeat_interval_ms)
         .with_assignment(r.assignment.map(|a| {
             Assignment::default().with_topic_partitions(
                 a.into_iter()

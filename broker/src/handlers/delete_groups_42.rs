@@ -25,11 +25,7 @@ pub async fn handle(
         .groups_names
         .into_iter()
         .map(|g| {
-            let r = if g.is_empty() {
-                Err(error::INVALID_GROUP_ID)
-            } else {
-                broker.groups.delete_group(&g)
-            };
+            let r = broker.groups.delete_group(&g);
             (g, r)
         })
         .collect();

@@ -11,8 +11,7 @@ use kafka_protocol::messages::{
 use std::sync::Arc;
 
 use super::{authorized_operations, str_bytes, ApiSpec, Reply, GROUP_AUTHORIZED_OPERATIONS};
-use crate::group::classic::ClassicState;
-use crate::group::GroupKind;
+use crate::group::Described;
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -43,75 +42,47 @@ pub async fn handle(
             let out = DescribedGroup::default()
                 .with_group_id(id.clone())
                 .with_authorized_operations(ops);
-            let base = out.clone();
-            let dead = move || {
-                let d = base.with_group_state(str_bytes("Dead"));
+            // v6 says why a group is not described (KIP-1043); before it, the group is just Dead.
+            let dead = |why: &str| {
+                let d = out.clone().with_group_state(str_bytes("Dead"));
                 if version >= 6 {
                     d.with_error_code(error::GROUP_ID_NOT_FOUND)
                         .with_error_message(Some(str_bytes(&format!(
-                            "Group {} not found.",
+                            "Group {} {why}.",
                             id.as_str()
                         ))))
                 } else {
                     d
                 }
             };
-            let described = broker.groups.with_existing(id.as_str(), |g| match &g.kind {
-                GroupKind::Consumer(_) => {
-                    // A KIP-848 group is described by ConsumerGroupDescribe; Kafka says so here.
-                    out.with_group_state(str_bytes("Dead"))
-                        .with_error_code(if version >= 6 {
-                            error::GROUP_ID_NOT_FOUND
-                        } else {
-                            error::NONE
-                        })
-                        .with_error_message(if version >= 6 {
-                            Some(str_bytes(&format!(
-                                "Group {} is not a classic group.",
-                                id.as_str()
-                            )))
-                        } else {
-                            None
-                        })
-                }
-                GroupKind::Classic(g) => {
-                    let stable = g.state == ClassicState::Stable;
-                    let protocol = g.protocol_name.clone().unwrap_or_default();
-                    let mut members: Vec<_> = g.members.values().collect();
-                    members.sort_by(|a, b| a.id.cmp(&b.id));
-                    let members = members
+            match broker.groups.describe_classic(id.as_str()) {
+                Described::Missing => dead("not found"),
+                // A KIP-848 group is described by ConsumerGroupDescribe; Kafka says so here.
+                Described::OtherProtocol => dead("is not a classic group"),
+                Described::Found(g) => {
+                    let members = g
+                        .members
                         .into_iter()
                         .map(|m| {
-                            let d = DescribedGroupMember::default()
-                                .with_member_id(str_bytes(&m.id))
+                            DescribedGroupMember::default()
+                                .with_member_id(str_bytes(&m.member_id))
                                 .with_group_instance_id(if version >= 4 {
                                     m.instance_id.as_deref().map(str_bytes)
                                 } else {
                                     None
                                 })
                                 .with_client_id(str_bytes(&m.client_id))
-                                .with_client_host(str_bytes(&m.client_host));
-                            if stable {
-                                let meta = m
-                                    .protocols
-                                    .iter()
-                                    .find(|(n, _)| *n == protocol)
-                                    .map(|(_, b)| b.clone())
-                                    .unwrap_or_default();
-                                d.with_member_metadata(meta)
-                                    .with_member_assignment(m.assignment.clone())
-                            } else {
-                                d
-                            }
+                                .with_client_host(str_bytes(&m.client_host))
+                                .with_member_metadata(m.metadata)
+                                .with_member_assignment(m.assignment)
                         })
                         .collect();
-                    out.with_group_state(str_bytes(g.state.name()))
-                        .with_protocol_type(str_bytes(g.protocol_type.as_deref().unwrap_or("")))
-                        .with_protocol_data(str_bytes(if stable { &protocol } else { "" }))
+                    out.with_group_state(str_bytes(g.state))
+                        .with_protocol_type(str_bytes(&g.protocol_type))
+                        .with_protocol_data(str_bytes(&g.protocol_data))
                         .with_members(members)
                 }
-            });
-            described.unwrap_or_else(dead)
+            }
         })
         .collect();
     Reply::Now(DescribeGroupsResponse::default().with_groups(described))

@@ -4,10 +4,9 @@
 
 use kafka_protocol::messages::{ApiKey, HeartbeatRequest, HeartbeatResponse, RequestHeader};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::{ApiSpec, Reply};
-use crate::{error, Broker};
+use crate::Broker;
 
 pub const API: ApiSpec = ApiSpec {
     key: ApiKey::Heartbeat,
@@ -20,19 +19,11 @@ pub async fn handle(
     _header: &RequestHeader,
     req: HeartbeatRequest,
 ) -> Reply<HeartbeatResponse> {
-    let code = if req.group_id.is_empty() {
-        error::INVALID_GROUP_ID
-    } else {
-        broker
-            .groups
-            .with_classic(&req.group_id, error::UNKNOWN_MEMBER_ID, |g| {
-                g.heartbeat(
-                    &req.member_id,
-                    req.group_instance_id.as_deref(),
-                    req.generation_id,
-                    Instant::now(),
-                )
-            })
-    };
+    let code = broker.groups.heartbeat(
+        &req.group_id,
+        &req.member_id,
+        req.group_instance_id.as_deref(),
+        req.generation_id,
+    );
     Reply::Now(HeartbeatResponse::default().with_error_code(code))
 }

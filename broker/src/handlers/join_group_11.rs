@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::classic::{JoinRequest, JoinResult, Pending};
+use crate::group::{JoinRequest, JoinResult, Pending, Protocol};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -27,28 +27,6 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Reply<JoinGroupResponse> {
     let version = header.request_api_version;
-    let cfg = &broker.groups.config;
-    let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
-    let early = |code: i16| {
-        Reply::Now(response(
-            version,
-            JoinResult {
-                error: code,
-                generation: -1,
-                member_id: req.member_id.to_string(),
-                ..Default::default()
-            },
-        ))
-    };
-    if req.group_id.is_empty() {
-        return early(error::INVALID_GROUP_ID);
-    }
-    if session < cfg.min_session_timeout || session > cfg.max_session_timeout {
-        return early(error::INVALID_SESSION_TIMEOUT);
-    }
-    if req.protocol_type.is_empty() || req.protocols.is_empty() {
-        return early(error::INCONSISTENT_GROUP_PROTOCOL);
-    }
     // v0 has no rebalance timeout: Kafka uses the session timeout.
     let rebalance = if version >= 1 {
         req.rebalance_timeout_ms
@@ -64,13 +42,16 @@ pub async fn handle(
             .map(|s| s.to_string())
             .unwrap_or_default(),
         client_host: format!("/{}", peer.ip()),
-        session_timeout: session,
+        session_timeout: Duration::from_millis(req.session_timeout_ms.max(0) as u64),
         rebalance_timeout: Duration::from_millis(rebalance.max(0) as u64),
         protocol_type: req.protocol_type.to_string(),
         protocols: req
             .protocols
             .iter()
-            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .map(|p| Protocol {
+                name: p.name.to_string(),
+                metadata: p.metadata.clone(),
+            })
             .collect(),
         require_known_member_id: version >= 4,
     };
@@ -107,15 +88,15 @@ fn response(version: i16, r: JoinResult) -> JoinGroupResponse {
         .with_members(
             r.members
                 .into_iter()
-                .map(|(id, instance, metadata)| {
+                .map(|m| {
                     JoinGroupResponseMember::default()
-                        .with_member_id(str_bytes(&id))
+                        .with_member_id(str_bytes(&m.member_id))
                         .with_group_instance_id(if version >= 5 {
-                            instance.map(|s| str_bytes(&s))
+                            m.instance_id.map(|s| str_bytes(&s))
                         } else {
                             None
                         })
-                        .with_metadata(metadata)
+                        .with_metadata(m.metadata)
                 })
                 .collect(),
         )

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetCommitResponse
 use std::sync::Arc;
 
 use super::{ApiSpec, Reply};
-use crate::group::{CommitReply, CommitRequest};
+use crate::group::{CommitReply, CommitRequest, PartitionCommit};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -31,21 +31,16 @@ pub async fn handle(
     header: &RequestHeader,
     req: OffsetCommitRequest,
 ) -> Reply<OffsetCommitResponse> {
-    if req.group_id.is_empty() {
-        return Reply::Now(response(&req, Err(error::INVALID_GROUP_ID)));
-    }
     let offsets = req
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(move |p| {
-                (
-                    t.name.to_string(),
-                    p.partition_index,
-                    p.committed_offset,
-                    p.committed_leader_epoch,
-                    p.committed_metadata.as_ref().map(|m| m.to_string()),
-                )
+            t.partitions.iter().map(move |p| PartitionCommit {
+                topic: t.name.to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
             })
         })
         .collect();

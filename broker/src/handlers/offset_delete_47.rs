@@ -10,6 +10,7 @@ use kafka_protocol::messages::{
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
+use crate::group::TopicPartitions;
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -26,37 +27,36 @@ pub async fn handle(
     let topics = req
         .topics
         .iter()
-        .map(|t| {
-            (
-                t.name.to_string(),
-                t.partitions.iter().map(|p| p.partition_index).collect(),
-            )
+        .map(|t| TopicPartitions {
+            topic: t.name.to_string(),
+            partitions: t.partitions.iter().map(|p| p.partition_index).collect(),
         })
         .collect();
-    let (results, deleted) = match broker.groups.delete_offsets(&req.group_id, topics) {
+    let deletion = match broker.groups.delete_offsets(&req.group_id, topics) {
         Err(code) => return Reply::Now(OffsetDeleteResponse::default().with_error_code(code)),
-        Ok(r) => r,
+        Ok(d) => d,
     };
     Reply::Later(Box::pin(async move {
-        if let Some(deleted) = deleted {
+        if let Some(deleted) = deletion.written {
             if !matches!(deleted.await, Ok(true)) {
                 return OffsetDeleteResponse::default()
                     .with_error_code(error::COORDINATOR_NOT_AVAILABLE);
             }
         }
         OffsetDeleteResponse::default().with_topics(
-            results
+            deletion
+                .topics
                 .into_iter()
-                .map(|(t, parts)| {
+                .map(|t| {
                     OffsetDeleteResponseTopic::default()
-                        .with_name(TopicName(str_bytes(&t)))
+                        .with_name(TopicName(str_bytes(&t.topic)))
                         .with_partitions(
-                            parts
+                            t.partitions
                                 .into_iter()
-                                .map(|(p, code)| {
+                                .map(|p| {
                                     OffsetDeleteResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_error_code(code)
+                                        .with_partition_index(p.partition)
+                                        .with_error_code(p.error)
                                 })
                                 .collect(),
                         )

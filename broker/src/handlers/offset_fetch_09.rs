@@ -18,7 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::{CommittedOffset, TopicOffsets};
+use crate::group::{CommittedOffset, TopicPartitions};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -27,6 +27,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 9,
 };
 
+/// (offset, leader epoch, metadata) on the wire; an uncommitted partition is -1 with "".
 fn value(o: &Option<CommittedOffset>) -> (i64, i32, Option<StrBytes>) {
     match o {
         Some(o) => (
@@ -55,6 +56,15 @@ pub async fn handle(
     }))
 }
 
+fn wanted<'a>(topics: impl Iterator<Item = (&'a TopicName, &'a Vec<i32>)>) -> Vec<TopicPartitions> {
+    topics
+        .map(|(name, partitions)| TopicPartitions {
+            topic: name.to_string(),
+            partitions: partitions.clone(),
+        })
+        .collect()
+}
+
 fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let groups = &broker.groups;
     if version >= 8 {
@@ -62,76 +72,73 @@ fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetch
             .groups
             .iter()
             .map(|g| {
-                let wanted = g.topics.as_ref().map(|ts| {
-                    ts.iter()
-                        .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
-                        .collect()
-                });
-                let found: TopicOffsets = groups.fetch_offsets(&g.group_id, wanted);
+                let asked = g
+                    .topics
+                    .as_ref()
+                    .map(|ts| wanted(ts.iter().map(|t| (&t.name, &t.partition_indexes))));
+                let found = groups.fetch_offsets(&g.group_id, asked);
                 let topics = found
+                    .topics
                     .into_iter()
-                    .map(|(t, parts)| {
-                        let partitions = parts
+                    .map(|t| {
+                        let partitions = t
+                            .partitions
                             .iter()
-                            .map(|(p, o)| {
-                                let (offset, epoch, meta) = value(o);
+                            .map(|p| {
+                                let (offset, epoch, meta) = value(&p.committed);
                                 OffsetFetchResponsePartitions::default()
-                                    .with_partition_index(*p)
+                                    .with_partition_index(p.partition)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(epoch)
                                     .with_metadata(meta)
                             })
                             .collect();
                         OffsetFetchResponseTopics::default()
-                            .with_name(TopicName(str_bytes(&t)))
+                            .with_name(TopicName(str_bytes(&t.topic)))
                             .with_partitions(partitions)
                     })
                     .collect();
-                let code = if g.group_id.is_empty() {
-                    error::INVALID_GROUP_ID
-                } else {
-                    error::NONE
-                };
                 OffsetFetchResponseGroup::default()
                     .with_group_id(g.group_id.clone())
                     .with_topics(topics)
-                    .with_error_code(code)
+                    .with_error_code(found.error)
             })
             .collect();
         return OffsetFetchResponse::default().with_groups(out);
     }
     // v1 has no way to ask for "all": topics are always listed.
-    let wanted = req.topics.as_ref().map(|ts| {
-        ts.iter()
-            .map(|t| (t.name.to_string(), t.partition_indexes.clone()))
-            .collect()
-    });
-    let found: TopicOffsets = groups.fetch_offsets(&req.group_id, wanted);
+    let asked = req
+        .topics
+        .as_ref()
+        .map(|ts| wanted(ts.iter().map(|t| (&t.name, &t.partition_indexes))));
+    let found = groups.fetch_offsets(&req.group_id, asked);
     let topics = found
+        .topics
         .into_iter()
-        .map(|(t, parts)| {
-            let partitions = parts
+        .map(|t| {
+            let partitions = t
+                .partitions
                 .iter()
-                .map(|(p, o)| {
-                    let (offset, epoch, meta) = value(o);
+                .map(|p| {
+                    let (offset, epoch, meta) = value(&p.committed);
                     OffsetFetchResponsePartition::default()
-                        .with_partition_index(*p)
+                        .with_partition_index(p.partition)
                         .with_committed_offset(offset)
                         .with_committed_leader_epoch(epoch)
                         .with_metadata(meta)
                 })
                 .collect();
             OffsetFetchResponseTopic::default()
-                .with_name(TopicName(str_bytes(&t)))
+                .with_name(TopicName(str_bytes(&t.topic)))
                 .with_partitions(partitions)
         })
         .collect();
-    let code = if req.group_id.is_empty() {
-        error::INVALID_GROUP_ID
-    } else {
-        error::NONE
-    };
+    // The top-level error code came with v2.
     OffsetFetchResponse::default()
         .with_topics(topics)
-        .with_error_code(if version >= 2 { code } else { error::NONE })
+        .with_error_code(if version >= 2 {
+            found.error
+        } else {
+            error::NONE
+        })
 }

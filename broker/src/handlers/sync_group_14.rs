@@ -5,10 +5,9 @@
 
 use kafka_protocol::messages::{ApiKey, RequestHeader, SyncGroupRequest, SyncGroupResponse};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::classic::{Pending, SyncRequest, SyncResult};
+use crate::group::{MemberAssignment, Pending, SyncRequest, SyncResult};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -23,27 +22,14 @@ pub async fn handle(
     req: SyncGroupRequest,
 ) -> Reply<SyncGroupResponse> {
     let version = header.request_api_version;
-    if req.group_id.is_empty() {
-        return Reply::Now(response(
-            version,
-            SyncResult {
-                error: error::INVALID_GROUP_ID,
-                ..Default::default()
-            },
-        ));
-    }
     let assignments = req
         .assignments
         .iter()
-        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .map(|a| MemberAssignment {
+            member_id: a.member_id.to_string(),
+            assignment: a.assignment.clone(),
+        })
         .collect();
-    let missing = (
-        Pending::Now(SyncResult {
-            error: error::UNKNOWN_MEMBER_ID,
-            ..Default::default()
-        }),
-        false,
-    );
     let sync = SyncRequest {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.as_ref().map(|s| s.to_string()),
@@ -52,14 +38,7 @@ pub async fn handle(
         protocol_name: req.protocol_name.as_ref().map(|s| s.to_string()),
         assignments,
     };
-    let (pending, completed) = broker
-        .groups
-        .with_classic(&req.group_id, missing, |g| g.sync(sync, Instant::now()));
-    if completed {
-        // The new generation is settled: keep it, so a restarted broker knows the members and assignment.
-        broker.groups.persist(&req.group_id);
-    }
-    match pending {
+    match broker.groups.sync(&req.group_id, sync) {
         Pending::Now(r) => Reply::Now(response(version, r)),
         Pending::Wait(rx) => Reply::Later(Box::pin(async move {
             response(
