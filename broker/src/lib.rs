@@ -77,7 +77,12 @@ mod tests {
             .unwrap()
         });
         let broker = Broker::open(config).await.unwrap();
-        let groups: Vec<String> = broker.groups.list().into_iter().map(|g| g.group_id).collect();
+        let groups: Vec<String> = broker
+            .groups
+            .list()
+            .into_iter()
+            .map(|g| g.group_id)
+            .collect();
         assert_eq!(groups, vec!["kept".to_string()]);
     }
 
