@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what compat-tests/ and scripts/kafka/ need on a fresh Debian/Ubuntu
 # machine (run as root, e.g. in CI). Idempotent: only installs what is missing.
-#   apt: kcat, a JRE 17+ and Maven (for the Kafka jars), unzip (kafka.sh), python3-pip
+#   apt: kcat, a JRE 17+ and Maven (for the Kafka jars), unzip (kafka.sh), python3-pip, postgresql
 #   pip: confluent-kafka, kafka-python, pytest, matplotlib (benchmark charts)
 #   Kafka 4.4 jars: scripts/kafka/fetch.sh (Maven Central -> ~/.cache/streamhouse-kafka)
 # Env: PYTHON (default python3), SKIP_KAFKA_FETCH=1 to skip the jar download.
@@ -51,6 +51,8 @@ if [ ${#pip_pkgs[@]} -gt 0 ]; then
 fi
 
 "$ROOT/scripts/s3/install.sh" || die "installing the loopback S3 server failed"
+# scripts/postgres (the PostgreSQL the storage suite and the S3 compat pass run on): Debian's postgresql.
+"$ROOT/scripts/postgres/install.sh" || die "installing PostgreSQL failed"
 
 if [ "${SKIP_KAFKA_FETCH:-0}" != 1 ]; then
   libs=$("$ROOT/scripts/kafka/fetch.sh") || die "fetching the Kafka jars failed (see above)"

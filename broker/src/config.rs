@@ -66,6 +66,18 @@ impl SettingValue for PathBuf {
     }
 }
 
+/// The metadata store: `sqlite` or a `postgres://` URL, shown without its password (DescribeConfigs
+/// hands every setting to any client that asks).
+impl SettingValue for streamhouse_storage::MetadataLocation {
+    const KIND: i8 = TYPE_STRING;
+    fn parse_setting(s: &str) -> Result<Self, String> {
+        s.parse()
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// A setting without a default of its own ("" in the table): derived from others when not given.
 impl<T: SettingValue> SettingValue for Option<T> {
     const KIND: i8 = T::KIND;
@@ -155,6 +167,12 @@ settings! {
     storage: String = "local", key "storage";
     /// Folder for local segments, `metadata.db` and the cluster id (created 0700).
     data_dir: PathBuf = "./data", key "data.dir";
+    /// Metadata store (topics, the segment index, high watermarks, producer state, committed offsets,
+    /// groups): `sqlite` (`metadata.db` in the data dir, embedded) or a PostgreSQL database,
+    /// `postgres://user:password@host:port/database` (its tables are created at the first start).
+    /// Each flush commits there in one transaction, a few round trips to the server on every produce's
+    /// path; the broker holds up to 4 connections. The password is never shown.
+    metadata: streamhouse_storage::MetadataLocation = "sqlite", key "metadata";
     /// Extra time to gather the produce requests of all partitions into one flush; requests that arrive
     /// while a flush is made durable always form the next one. Each ms adds up to that much latency;
     /// on an object store it saves PUTs.
@@ -238,7 +256,9 @@ settings! {
     /// Most (producer, partition) states kept at once; past it the longest idle are dropped early
     /// (StreamHouse's: Kafka has no bound). About 200 bytes each.
     max_producer_states: usize = "500000", key "max.producer.states";
-    /// fsync the SQLite WAL at every commit (false survives a process crash but not a power loss).
+    /// Every metadata commit durable before it is acknowledged: SQLite fsyncs its WAL, PostgreSQL waits
+    /// for its own (`synchronous_commit`). false survives a broker crash but not a power loss (nor,
+    /// on PostgreSQL, a crash of its server).
     sync_metadata: bool = "true", key "sync.metadata";
     /// How often topics' `retention.ms` and `retention.bytes` (defaults: the log.retention settings)
     /// move log start offsets forward.
@@ -565,6 +585,7 @@ impl BrokerConfig {
         s.segment_bytes = self.segment_bytes;
         s.segment_ms = self.segment_ms;
         s.cache_bytes = self.cache_bytes;
+        s.metadata = self.metadata.clone();
         s.sync_metadata = self.sync_metadata;
         s.object_store = self.object_store.clone();
         // At least 100 ms: a smaller value would only spin.
@@ -724,6 +745,31 @@ mod tests {
         let c = BrokerConfig::resolve(ServeArgs::from_arg_matches(&m).unwrap()).unwrap();
         assert_eq!(c.num_partitions, 4);
         assert_eq!(c.log_retention_ms, -1);
+    }
+
+    /// `--metadata` picks the store the storage config opens; a bad value stops the start; the password
+    /// never reaches DescribeConfigs.
+    #[test]
+    fn metadata_selects_the_store_and_hides_its_password() {
+        let c = BrokerConfig::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(
+            c.storage().metadata,
+            streamhouse_storage::MetadataLocation::Sqlite
+        );
+        let url = "postgres://sh:s3cret@127.0.0.1:5432/meta";
+        let c = BrokerConfig::resolve(ServeArgs::default().set("metadata", url)).unwrap();
+        assert_eq!(
+            c.storage().metadata,
+            streamhouse_storage::MetadataLocation::Postgres(url.to_string())
+        );
+        let shown = c.described();
+        let (_, value, _) = shown.iter().find(|(k, _, _)| *k == "metadata").unwrap();
+        assert_eq!(value, "postgres://sh:****@127.0.0.1:5432/meta");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let err = BrokerConfig::resolve(ServeArgs::default().set("metadata", "mysql://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata"), "{err}");
     }
 
     /// The README's table is the generated one, so it cannot drift from the code.

@@ -48,3 +48,51 @@ impl Broker {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamhouse_storage::metadata::testing::TestStore;
+    use streamhouse_storage::{GroupWrite, OffsetRecord};
+
+    /// The broker opens on each metadata store, and its group coordinator loads what the store keeps
+    /// (on PostgreSQL the load must run off the runtime threads: the blocking rule of the store).
+    async fn opens_and_loads_groups(store: TestStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        let args = config::BrokerConfig::test_args(data.clone())
+            .set("metadata", store.location().as_setting());
+        let config = config::BrokerConfig::resolve(args).unwrap();
+        drop(Broker::open(config.clone()).await.unwrap());
+        store.blocking(&data, |m| {
+            m.group_writes(&[GroupWrite::Offsets(vec![OffsetRecord {
+                group_id: "kept".into(),
+                topic: "t".into(),
+                partition: 0,
+                offset: 5,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: group::now_ms(),
+            }])])
+            .unwrap()
+        });
+        let broker = Broker::open(config).await.unwrap();
+        let groups: Vec<String> = broker
+            .groups
+            .list()
+            .into_iter()
+            .map(|g| g.group_id)
+            .collect();
+        assert_eq!(groups, vec!["kept".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn opens_and_loads_groups_sqlite() {
+        opens_and_loads_groups(TestStore::sqlite()).await
+    }
+
+    #[tokio::test]
+    async fn opens_and_loads_groups_postgres() {
+        opens_and_loads_groups(TestStore::postgres()).await
+    }
+}

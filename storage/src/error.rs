@@ -24,6 +24,11 @@ pub enum StorageError {
     },
     #[error("metadata store: {0}")]
     Metadata(#[from] rusqlite::Error),
+    #[error("metadata store (PostgreSQL): {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The metadata store could not take the call in time (every connection busy).
+    #[error("metadata store: {0}")]
+    MetadataBusy(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     /// The flush holding a batch (or one sequenced before it) could not be made durable or committed.
@@ -54,6 +59,8 @@ impl StorageError {
             // Retriable: the client tries again (the broker may have recovered).
             StorageError::CorruptBlock { .. }
             | StorageError::Metadata(_)
+            | StorageError::Postgres(_)
+            | StorageError::MetadataBusy(_)
             | StorageError::Io(_)
             | StorageError::FlushFailed(_)
             | StorageError::TaskFailed(_) => E::KafkaStorageError,

@@ -18,4 +18,7 @@ pub use engine::{
     StorageConfig, Topic,
 };
 pub use error::StorageError;
-pub use metadata::{GroupWrite, MetadataStore, OffsetRecord, SqliteMetadata, TopicConfigs};
+pub use metadata::{
+    GroupWrite, MetadataLocation, MetadataStore, OffsetRecord, PostgresMetadata, SqliteMetadata,
+    TopicConfigs,
+};

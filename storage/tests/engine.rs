@@ -3,20 +3,31 @@
 
 use kafka_protocol::records::Compression;
 use streamhouse_protocol::batch::validate_produce_batch;
-use streamhouse_storage::{AppendBatch, Storage, StorageConfig, StorageError};
+use streamhouse_storage::{AppendBatch, Storage, StorageError};
 
 mod common;
-use common::{append_batch, batch, values};
+use common::{append_batch, batch, off_runtime, values, TestStore};
+use streamhouse_storage::metadata::testing::Backend;
+
+on_each_store!(
+    appends_survive_restart_and_duplicates_are_not_written_twice,
+    many_partitions_in_one_flush_and_deleted_topics,
+    delete_records_and_retention_move_the_log_start_offset,
+    retention_bytes_keeps_the_newest_blocks,
+    the_broker_retention_default_applies_to_topics_without_their_own,
+    retention_skips_topics_whose_cleanup_policy_lacks_delete,
+    data_dir_and_files_are_private,
+    producer_state_expires_and_is_capped,
+);
 
 /// ListOffsets by timestamp decompresses through a bounded reader on blocking threads.
 fn inflater() -> streamhouse_protocol::compression::Inflater {
     streamhouse_protocol::compression::Inflater::new(1 << 20, 2)
 }
 
-#[tokio::test]
-async fn appends_survive_restart_and_duplicates_are_not_written_twice() {
+async fn appends_survive_restart_and_duplicates_are_not_written_twice(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StorageConfig::new(dir.path());
+    let mut config = meta.config(dir.path());
     config.segment_bytes = 600; // roll often
     {
         let s = Storage::open(config.clone()).await.unwrap();
@@ -124,10 +135,9 @@ async fn appends_survive_restart_and_duplicates_are_not_written_twice() {
     );
 }
 
-#[tokio::test]
-async fn many_partitions_in_one_flush_and_deleted_topics() {
+async fn many_partitions_in_one_flush_and_deleted_topics(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+    let s = Storage::open(meta.config(dir.path())).await.unwrap();
     s.create_topic("m", 8, Default::default()).await.unwrap();
     let topic = s.topic("m").unwrap();
     let batches = (0..8)
@@ -160,10 +170,9 @@ async fn many_partitions_in_one_flush_and_deleted_topics() {
     );
 }
 
-#[tokio::test]
-async fn delete_records_and_retention_move_the_log_start_offset() {
+async fn delete_records_and_retention_move_the_log_start_offset(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let config = StorageConfig::new(dir.path());
+    let config = meta.config(dir.path());
     {
         let s = Storage::open(config.clone()).await.unwrap();
         let configs = [("retention.bytes".to_string(), "-1".to_string())].into();
@@ -217,10 +226,9 @@ async fn delete_records_and_retention_move_the_log_start_offset() {
     assert_eq!(s.delete_records(&t.partitions[0], -1).await.unwrap(), 20);
 }
 
-#[tokio::test]
-async fn retention_bytes_keeps_the_newest_blocks() {
+async fn retention_bytes_keeps_the_newest_blocks(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+    let s = Storage::open(meta.config(dir.path())).await.unwrap();
     let configs = [
         ("retention.ms".to_string(), "-1".to_string()),
         ("retention.bytes".to_string(), "1".to_string()),
@@ -258,10 +266,9 @@ fn engine_now() -> i64 {
     streamhouse_storage::engine::now_ms()
 }
 
-#[tokio::test]
-async fn the_broker_retention_default_applies_to_topics_without_their_own() {
+async fn the_broker_retention_default_applies_to_topics_without_their_own(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StorageConfig::new(dir.path());
+    let mut config = meta.config(dir.path());
     config.retention_ms = 60_000; // log.retention.ms
     let s = Storage::open(config).await.unwrap();
     let own = [("retention.ms".to_string(), "-1".to_string())].into();
@@ -289,10 +296,9 @@ async fn the_broker_retention_default_applies_to_topics_without_their_own() {
 
 /// Kafka applies time and size retention only when cleanup.policy contains `delete`: a compact-only
 /// topic keeps its records (until key compaction exists, everything).
-#[tokio::test]
-async fn retention_skips_topics_whose_cleanup_policy_lacks_delete() {
+async fn retention_skips_topics_whose_cleanup_policy_lacks_delete(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StorageConfig::new(dir.path());
+    let mut config = meta.config(dir.path());
     config.retention_ms = 60_000;
     let s = Storage::open(config).await.unwrap();
     let policy = |p: &str| {
@@ -321,9 +327,11 @@ async fn retention_skips_topics_whose_cleanup_policy_lacks_delete() {
     assert_eq!(compact.partitions[0].log_start_offset(), 0, "compact only");
     assert_eq!(both.partitions[0].log_start_offset(), 3, "compact,delete");
 
-    // The broker's log.cleanup.policy is the default of topics without their own.
+    // The broker's log.cleanup.policy is the default of topics without their own (another broker,
+    // with a store of its own).
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StorageConfig::new(dir.path());
+    let meta = TestStore::new(meta.backend());
+    let mut config = meta.config(dir.path());
     config.retention_ms = 60_000;
     config.cleanup_policy = "compact".to_string();
     let s = Storage::open(config).await.unwrap();
@@ -334,13 +342,12 @@ async fn retention_skips_topics_whose_cleanup_policy_lacks_delete() {
     assert_eq!(t.partitions[0].log_start_offset(), 0, "log.cleanup.policy");
 }
 
-/// The data folder holds the log and the metadata: readable by its owner only.
-#[tokio::test]
-async fn data_dir_and_files_are_private() {
+/// The data folder holds the log and the metadata (SQLite): readable by its owner only.
+async fn data_dir_and_files_are_private(meta: TestStore) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let s = Storage::open(StorageConfig::new(&data)).await.unwrap();
+    let s = Storage::open(meta.config(&data)).await.unwrap();
     s.create_topic("t", 1, Default::default()).await.unwrap();
     s.append(vec![append_batch(
         &s,
@@ -351,7 +358,11 @@ async fn data_dir_and_files_are_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("segments")), 0o700);
-    assert_eq!(mode(&data.join("metadata.db")), 0o600);
+    match meta.backend() {
+        Backend::Sqlite => assert_eq!(mode(&data.join("metadata.db")), 0o600),
+        // The store is elsewhere: nothing of it in the data folder.
+        Backend::Postgres => assert!(!data.join("metadata.db").exists()),
+    }
     for f in std::fs::read_dir(data.join("segments")).unwrap() {
         assert_eq!(mode(&f.unwrap().path()), 0o600);
     }
@@ -360,16 +371,22 @@ async fn data_dir_and_files_are_private() {
 /// Item 11: idempotent-producer state expires after producer.id.expiration.ms (Kafka's rule), in
 /// memory and in the metadata store, and past max_producer_states the longest idle go first: client-
 /// chosen producer ids can no longer pile up rows forever.
-#[tokio::test]
-async fn producer_state_expires_and_is_capped() {
+async fn producer_state_expires_and_is_capped(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StorageConfig::new(dir.path());
-    config.producer_id_expiration_ms = 300;
-    config.producer_id_expiration_check_interval = std::time::Duration::from_millis(50);
+    let mut config = meta.config(dir.path());
+    // The first check runs one interval after the start: the five appends must be done by then (a
+    // PostgreSQL commit costs a few ms, so 250 ms leaves a wide margin on a loaded machine).
+    let check = std::time::Duration::from_millis(250);
+    config.producer_id_expiration_ms = 1000;
+    config.producer_id_expiration_check_interval = check;
     config.max_producer_states = 3;
     let s = Storage::open(config).await.unwrap();
+    let started = std::time::Instant::now();
     s.create_topic("t", 1, Default::default()).await.unwrap();
-    let stored = |s: &Storage| s.metadata().load().unwrap().producers.len();
+    let stored = |s: &Storage| {
+        let m = s.metadata();
+        off_runtime(move || m.load().unwrap().producers.len())
+    };
     for pid in 1..=5 {
         let r = s
             .append(vec![append_batch(
@@ -380,19 +397,24 @@ async fn producer_state_expires_and_is_capped() {
             .await;
         assert!(r[0].is_ok());
     }
-    // The cap applies at the next check (the two longest idle go), the expiry after 300 ms idle.
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let mut kept: Vec<i64> = s
-        .metadata()
-        .load()
-        .unwrap()
+    assert!(
+        started.elapsed() < check,
+        "the appends took {:?}, past the first check: the premise of this test does not hold",
+        started.elapsed()
+    );
+    assert_eq!(stored(&s), 5);
+    // The cap applies at the next check (the two longest idle go), the expiry at the first check
+    // after 1 s idle.
+    tokio::time::sleep(check * 3 / 2).await;
+    let m = s.metadata();
+    let mut kept: Vec<i64> = off_runtime(move || m.load().unwrap())
         .producers
         .iter()
         .map(|((pid, _, _), _)| *pid)
         .collect();
     kept.sort_unstable();
     assert_eq!(kept, vec![3, 4, 5], "the two longest idle dropped");
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     assert_eq!(stored(&s), 0, "all expired");
     // With its state gone, a producer's next batch is accepted as from a new producer (Kafka too).
     let r = s

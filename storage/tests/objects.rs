@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{append_to, batch, batch_at, values};
+use common::{append_to, batch, batch_at, off_runtime, values, TestStore};
 use kafka_protocol::records::Compression;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,8 +15,21 @@ use std::time::Duration;
 use streamhouse_storage::engine::now_ms;
 use streamhouse_storage::{Partition, Storage, StorageConfig};
 
-fn object_config(dir: &Path) -> StorageConfig {
-    let mut c = StorageConfig::new(dir.join("data"));
+on_each_store!(
+    compaction_merges_flush_objects_per_partition_and_reads_stay_identical,
+    retention_deletes_old_objects_and_keeps_new_data,
+    local_segments_nothing_refers_to_are_deleted,
+    concurrent_producers_through_flushes_in_flight_get_contiguous_offsets_in_order,
+    a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_once_in_order,
+    an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compaction,
+    small_compacted_objects_of_a_partition_are_merged_again,
+    a_wrong_or_empty_metadata_store_refuses_to_start_and_deletes_nothing,
+    only_uploads_left_as_intents_are_deleted_at_start,
+    file_objects_are_fsynced,
+);
+
+fn object_config(meta: &TestStore, dir: &Path) -> StorageConfig {
+    let mut c = meta.config(dir.join("data"));
     c.object_store = Some(format!("file://{}", dir.join("bucket").display()));
     c.compaction_interval = Duration::ZERO; // passes are run by the tests
     c.compaction_min_age = Duration::ZERO;
@@ -42,10 +55,9 @@ async fn read_all(s: &Arc<Storage>, p: &Partition) -> Vec<(i64, String)> {
     out
 }
 
-#[tokio::test]
-async fn compaction_merges_flush_objects_per_partition_and_reads_stay_identical() {
+async fn compaction_merges_flush_objects_per_partition_and_reads_stay_identical(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let config = object_config(dir.path());
+    let config = object_config(&meta, dir.path());
     let before;
     {
         let s = Storage::open(config.clone()).await.unwrap();
@@ -115,10 +127,9 @@ async fn compaction_merges_flush_objects_per_partition_and_reads_stay_identical(
     }
 }
 
-#[tokio::test]
-async fn retention_deletes_old_objects_and_keeps_new_data() {
+async fn retention_deletes_old_objects_and_keeps_new_data(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = object_config(dir.path());
+    let mut config = object_config(&meta, dir.path());
     config.file_delete_delay = Duration::ZERO;
     let s = Storage::open(config).await.unwrap();
     let configs = [("retention.ms".to_string(), "60000".to_string())].into();
@@ -144,10 +155,9 @@ async fn retention_deletes_old_objects_and_keeps_new_data() {
     assert_eq!(objects_in(dir.path()), 5);
 }
 
-#[tokio::test]
-async fn local_segments_nothing_refers_to_are_deleted() {
+async fn local_segments_nothing_refers_to_are_deleted(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StorageConfig::new(dir.path());
+    let mut config = meta.config(dir.path());
     config.segment_bytes = 100; // roll at every flush
     config.file_delete_delay = Duration::ZERO;
     let s = Storage::open(config).await.unwrap();
@@ -182,10 +192,11 @@ async fn local_segments_nothing_refers_to_are_deleted() {
     assert_eq!(read_all(&s, p).await, vec![(30, "v30".to_string())]);
 }
 
-#[tokio::test]
-async fn concurrent_producers_through_flushes_in_flight_get_contiguous_offsets_in_order() {
+async fn concurrent_producers_through_flushes_in_flight_get_contiguous_offsets_in_order(
+    meta: TestStore,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = object_config(dir.path());
+    let mut config = object_config(&meta, dir.path());
     config.max_inflight_flushes = 4;
     let s = Storage::open(config).await.unwrap();
     let topic = s.create_topic("p", 4, Default::default()).await.unwrap();
@@ -308,22 +319,23 @@ impl object_store::ObjectStore for FaultyStore {
 }
 
 /// A fresh in-memory FaultyStore and a config using it, compaction passes left to the test.
-fn faulty_config(dir: &Path) -> (Arc<FaultyStore>, StorageConfig) {
+fn faulty_config(meta: &TestStore, dir: &Path) -> (Arc<FaultyStore>, StorageConfig) {
     let store = Arc::new(FaultyStore {
         inner: object_store::memory::InMemory::new(),
         failing: false.into(),
         put_started: Default::default(),
     });
-    let mut config = StorageConfig::new(dir);
+    let mut config = meta.config(dir);
     config.object_store_client = Some(store.clone());
     config.compaction_interval = Duration::ZERO;
     (store, config)
 }
 
-#[tokio::test]
-async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_once_in_order() {
+async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_once_in_order(
+    meta: TestStore,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, mut config) = faulty_config(dir.path());
+    let (store, mut config) = faulty_config(&meta, dir.path());
     config.max_inflight_flushes = 4;
     let s = Storage::open(config).await.unwrap();
     let topic = s.create_topic("f", 1, Default::default()).await.unwrap();
@@ -398,11 +410,12 @@ async fn a_failed_upload_fails_the_flushes_after_it_and_idempotent_retries_land_
     }
 }
 
-#[tokio::test]
-async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compaction() {
+async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compaction(
+    meta: TestStore,
+) {
     use futures_util::StreamExt;
     let dir = tempfile::tempdir().unwrap();
-    let (store, mut config) = faulty_config(dir.path());
+    let (store, mut config) = faulty_config(&meta, dir.path());
     config.compaction_min_age = Duration::ZERO;
     config.file_delete_delay = Duration::ZERO;
     let s = Storage::open(config).await.unwrap();
@@ -436,10 +449,9 @@ async fn an_object_committed_for_a_topic_deleted_meanwhile_is_deleted_by_compact
     assert_eq!(objects().await, 0);
 }
 
-#[tokio::test]
-async fn small_compacted_objects_of_a_partition_are_merged_again() {
+async fn small_compacted_objects_of_a_partition_are_merged_again(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = object_config(dir.path());
+    let mut config = object_config(&meta, dir.path());
     config.file_delete_delay = Duration::ZERO;
     let s = Storage::open(config).await.unwrap();
     let topic = s.create_topic("m", 2, Default::default()).await.unwrap();
@@ -479,8 +491,6 @@ async fn small_compacted_objects_of_a_partition_are_merged_again() {
     assert_eq!(s.compact(now_ms()).await.unwrap().objects_in, 0);
 }
 
-use streamhouse_storage::MetadataStore;
-
 fn segment_objects(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir.join("bucket").join("segments"))
         .map(|d| {
@@ -507,24 +517,26 @@ async fn write_some(config: &StorageConfig, topic: &str) {
 
 /// Issue 9 item 2: an empty or wrong --data-dir over a prefix holding a cluster's segments must refuse
 /// to start and touch nothing (it used to delete every object the fresh SQLite did not know).
-#[tokio::test]
-async fn a_wrong_or_empty_metadata_store_refuses_to_start_and_deletes_nothing() {
+async fn a_wrong_or_empty_metadata_store_refuses_to_start_and_deletes_nothing(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let config = object_config(dir.path());
+    let config = object_config(&meta, dir.path());
     write_some(&config, "t").await;
     let before = segment_objects(dir.path());
     assert!(before.len() >= 3, "{before:?}");
     assert!(dir.path().join("bucket/cluster.json").exists());
 
     // A new, empty metadata store on the same prefix.
+    let fresh = TestStore::new(meta.backend());
     let mut empty = config.clone();
     empty.data_dir = dir.path().join("other-data");
+    empty.metadata = fresh.location();
     let err = Storage::open(empty).await.err().expect("must refuse");
     assert!(err.to_string().contains("refusing to start"), "{err}");
     assert_eq!(segment_objects(dir.path()), before, "nothing deleted");
 
     // Another cluster's metadata store (it has its own prefix) pointed at this prefix.
-    let mut other = object_config(&dir.path().join("second"));
+    let other_meta = TestStore::new(meta.backend());
+    let mut other = object_config(&other_meta, &dir.path().join("second"));
     write_some(&other, "u").await;
     other.object_store = config.object_store.clone();
     let err = Storage::open(other).await.err().expect("must refuse");
@@ -533,8 +545,10 @@ async fn a_wrong_or_empty_metadata_store_refuses_to_start_and_deletes_nothing() 
 
     // The prefix holds data but no marker (e.g. another tool's objects): a fresh store refuses too.
     std::fs::remove_file(dir.path().join("bucket/cluster.json")).unwrap();
+    let fresh = TestStore::new(meta.backend());
     let mut empty = config.clone();
     empty.data_dir = dir.path().join("third-data");
+    empty.metadata = fresh.location();
     assert!(Storage::open(empty).await.is_err());
     assert_eq!(segment_objects(dir.path()), before, "nothing deleted");
 
@@ -547,21 +561,13 @@ async fn a_wrong_or_empty_metadata_store_refuses_to_start_and_deletes_nothing() 
 
 /// Only uploads recorded as intents and never committed are deleted at start; an object under the
 /// prefix the metadata knows nothing of (another broker's, say) stays.
-#[tokio::test]
-async fn only_uploads_left_as_intents_are_deleted_at_start() {
+async fn only_uploads_left_as_intents_are_deleted_at_start(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let config = object_config(dir.path());
+    let config = object_config(&meta, dir.path());
     write_some(&config, "t").await;
     let segments = dir.path().join("bucket").join("segments");
     // A crash between PUT and commit: the intent is recorded, the object written, no commit.
-    {
-        let meta = streamhouse_storage::SqliteMetadata::open(
-            &dir.path().join("data").join("metadata.db"),
-            true,
-        )
-        .unwrap();
-        meta.record_uploads(&[900]).unwrap();
-    }
+    meta.blocking(&config.data_dir, |m| m.record_uploads(&[900]).unwrap());
     std::fs::write(segments.join(format!("{:020}.seg", 900)), b"uncommitted").unwrap();
     // Someone else's object under the same prefix, with a name like ours.
     std::fs::write(segments.join(format!("{:020}.seg", 901)), b"not ours").unwrap();
@@ -569,7 +575,8 @@ async fn only_uploads_left_as_intents_are_deleted_at_start() {
     let left = segment_objects(dir.path());
     assert!(!left.contains(&format!("{:020}.seg", 900)), "{left:?}");
     assert!(left.contains(&format!("{:020}.seg", 901)), "{left:?}");
-    assert!(s.metadata().upload_intents().unwrap().is_empty());
+    let m = s.metadata();
+    assert!(off_runtime(move || m.upload_intents().unwrap()).is_empty());
     // New uploads never reuse an id handed out before.
     let t = s.topic("t").unwrap();
     s.append(vec![append_to(&t, 0, batch(6, 2, -1, Compression::None))])
@@ -578,10 +585,9 @@ async fn only_uploads_left_as_intents_are_deleted_at_start() {
 }
 
 /// `file://` objects are fsync'd like an S3 PUT is durable (object_store's local backend does not).
-#[tokio::test]
-async fn file_objects_are_fsynced() {
+async fn file_objects_are_fsynced(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let config = object_config(dir.path());
+    let config = object_config(&meta, dir.path());
     let s = Storage::open(config).await.unwrap();
     let synced = s.object_counters().unwrap().local_syncs;
     assert!(synced >= 1, "the cluster marker");

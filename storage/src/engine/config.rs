@@ -2,6 +2,8 @@
 //! fills them from its own settings table.
 
 use std::path::PathBuf;
+
+use crate::metadata::MetadataLocation;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,10 @@ pub struct StorageConfig {
     /// ...or this age.
     pub segment_ms: i64,
     pub cache_bytes: u64,
-    /// fsync the metadata WAL at every commit (SQLite synchronous=FULL).
+    /// The metadata store: SQLite in the data folder (the default), or a PostgreSQL database.
+    pub metadata: MetadataLocation,
+    /// Every metadata commit durable before it returns (SQLite synchronous=FULL; PostgreSQL
+    /// synchronous_commit on).
     pub sync_metadata: bool,
     /// Segments in an object store (`s3://bucket/prefix`, `memory://`, `file:///path`) instead of
     /// local segment files: each flush becomes one object.
@@ -66,6 +71,7 @@ impl StorageConfig {
             segment_bytes: 256 << 20,
             segment_ms: 10 * 60 * 1000,
             cache_bytes: 256 << 20,
+            metadata: MetadataLocation::Sqlite,
             sync_metadata: true,
             object_store: None,
             object_store_client: None,

@@ -35,7 +35,7 @@ use segments::{LocalSegments, ObjectStoreSegments, SegmentIds, SegmentStore};
 pub use maintenance::CompactionReport;
 
 use crate::cache::BlockCache;
-use crate::metadata::{MetadataStore, SqliteMetadata, TopicConfigs, TopicRecord};
+use crate::metadata::{MetadataStore, TopicConfigs, TopicRecord};
 use crate::object::ObjectSegments;
 use crate::StorageError;
 
@@ -119,12 +119,11 @@ impl Storage {
     pub async fn open(config: StorageConfig) -> Result<Arc<Storage>, StorageError> {
         let dir = config.data_dir.clone();
         let sync = config.sync_metadata;
-        let meta: Arc<dyn MetadataStore> = tokio::task::spawn_blocking(move || {
+        let location = config.metadata.clone();
+        let meta = tokio::task::spawn_blocking(move || {
             private_dir(&dir)?;
             private_dir(&dir.join("segments"))?;
-            let db = dir.join("metadata.db");
-            private_file(&db)?;
-            Ok::<_, StorageError>(Arc::new(SqliteMetadata::open(&db, sync)?))
+            crate::metadata::open(&location, &dir, sync)
         })
         .await
         .map_err(|_| StorageError::TaskFailed("opening the metadata store"))??;
@@ -371,7 +370,8 @@ impl Storage {
         self.with_meta(|meta| meta.allocate_producer_id()).await
     }
 
-    /// Runs metadata-store calls on the blocking pool (SQLite blocks the thread).
+    /// Runs metadata-store calls on the blocking pool: they block the thread (the blocking rule in
+    /// `metadata`).
     async fn with_meta<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn MetadataStore) -> Result<T, StorageError> + Send + 'static,
@@ -443,16 +443,4 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
-/// Creates `path` if needed with mode 0600 and makes an existing one 0600 (SQLite gives its -wal and
-/// -shm files the database file's mode).
-fn private_file(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }

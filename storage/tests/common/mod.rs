@@ -1,5 +1,28 @@
-//! Record batches for the storage tests.
+//! Record batches for the storage tests, and [`on_each_store!`]: every test runs on each metadata
+//! store.
 #![allow(dead_code)]
+
+pub use streamhouse_storage::metadata::testing::{off_runtime, TestStore};
+
+/// Runs each async test body `async fn name(meta: TestStore)` once per metadata store, as the tests
+/// `name::sqlite` and `name::postgres`, each with a fresh store (PostgreSQL: a database of its own on
+/// the server STREAMHOUSE_TEST_POSTGRES names; without it the postgres variants fail, saying how to
+/// start one).
+#[macro_export]
+macro_rules! on_each_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::TestStore::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::common::TestStore::postgres()).await
+            }
+        }
+    )*};
+}
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{
