@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::handlers::{self, Outcome, Pending};
+use crate::handlers::{self, Outcome, QueuedReply};
 use crate::limits::{Held, IpSlot, Limits, SHED_AFTER};
 use crate::Broker;
 
@@ -94,7 +94,7 @@ impl Connection {
         let (read, mut write) = self.socket.into_split();
         let mut frames = FrameReader::new(read, broker.config.socket_request_max_bytes);
         let mut state = ReadState::Size;
-        let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let mut in_flight: FuturesOrdered<QueuedReply> = FuturesOrdered::new();
         let mut held: VecDeque<InFlight> = VecDeque::new();
         let mut held_bytes = 0usize;
         // Bytes of responses finished (unencoded) but not written yet.
@@ -109,9 +109,9 @@ impl Connection {
                 if let Some((frame, reserved)) = deferred.take() {
                     let size = frame.len();
                     match handlers::dispatch(&broker, frame, peer).await {
-                        Ok(pending) => {
+                        Ok(queued) => {
                             fetch_in_flight = true;
-                            in_flight.push_back(counted(pending, &finished));
+                            in_flight.push_back(counted(queued, &finished));
                             held.push_back(InFlight {
                                 size,
                                 fetch: true,
@@ -175,8 +175,8 @@ impl Connection {
                             fetch_in_flight |= is_fetch(&frame);
                             let fetch = is_fetch(&frame);
                             match handlers::dispatch(&broker, frame, peer).await {
-                                Ok(pending) => {
-                                    in_flight.push_back(counted(pending, &finished));
+                                Ok(queued) => {
+                                    in_flight.push_back(counted(queued, &finished));
                                     held.push_back(InFlight { size, fetch, _held: reserved });
                                     held_bytes += size;
                                 }
@@ -261,12 +261,12 @@ async fn write_making_progress(
     Ok(())
 }
 
-/// `pending`, adding its response's size to `finished` when it is done (it may then wait behind
+/// `queued`, adding its response's size to `finished` when it is done (it may then wait behind
 /// earlier ones to be written).
-fn counted(pending: Pending, finished: &Arc<AtomicUsize>) -> Pending {
+fn counted(queued: QueuedReply, finished: &Arc<AtomicUsize>) -> QueuedReply {
     let finished = finished.clone();
     Box::pin(async move {
-        let out = pending.await;
+        let out = queued.await;
         if let Outcome::Respond(r) = &out {
             finished.fetch_add(r.size, Ordering::AcqRel);
         }

@@ -142,10 +142,11 @@ pub struct SyncRequest {
     pub assignments: Vec<MemberAssignment>,
 }
 
-/// Either an answer now, or one that comes when the rebalance completes.
-pub enum Pending<T> {
+/// An answer now, or one that comes when the rebalance completes (the group's side of the handlers'
+/// `Reply`, with the same names).
+pub enum Reply<T> {
     Now(T),
-    Wait(oneshot::Receiver<T>),
+    Later(oneshot::Receiver<T>),
 }
 
 #[derive(Default)]
@@ -242,7 +243,7 @@ impl ClassicGroup {
         req: JoinRequest,
         initial_delay: Duration,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Reply<JoinResult> {
         if !self.members.is_empty() || self.state != ClassicState::Empty {
             // A group's protocol type is fixed while it has members; at least one protocol must be common.
             let same_type = self
@@ -259,7 +260,7 @@ impl ClassicGroup {
                         .any(|p| req.protocols.iter().any(|r| r.name == p.name))
                 });
             if !same_type || (!self.members.is_empty() && !common) {
-                return Pending::Now(JoinResult::error(
+                return Reply::Now(JoinResult::error(
                     error::INCONSISTENT_GROUP_PROTOCOL,
                     &req.member_id,
                 ));
@@ -278,7 +279,7 @@ impl ClassicGroup {
         req: JoinRequest,
         initial_delay: Duration,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Reply<JoinResult> {
         let new_id = format!(
             "{}-{}",
             if req.client_id.is_empty() {
@@ -300,7 +301,7 @@ impl ClassicGroup {
             self.pending
                 .insert(new_id.clone(), now + req.session_timeout);
             tracing::debug!(group = group_id, member = %new_id, "member id required");
-            return Pending::Now(JoinResult::error(error::MEMBER_ID_REQUIRED, &new_id));
+            return Reply::Now(JoinResult::error(error::MEMBER_ID_REQUIRED, &new_id));
         }
         self.add_member_and_rebalance(new_id, req, initial_delay, now)
     }
@@ -314,7 +315,7 @@ impl ClassicGroup {
         req: JoinRequest,
         initial_delay: Duration,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Reply<JoinResult> {
         let Some(mut member) = self.members.remove(old_id) else {
             self.static_members
                 .remove(req.instance_id.as_deref().unwrap_or_default());
@@ -352,7 +353,7 @@ impl ClassicGroup {
                 result.skip_assignment = true;
             }
             self.members.insert(new_id, member);
-            return Pending::Now(result);
+            return Reply::Now(result);
         }
         member.protocols = req.protocols;
         let (tx, rx) = oneshot::channel();
@@ -367,7 +368,7 @@ impl ClassicGroup {
         req: JoinRequest,
         initial_delay: Duration,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Reply<JoinResult> {
         let (tx, rx) = oneshot::channel();
         self.next_seq += 1;
         self.members.insert(
@@ -400,12 +401,12 @@ impl ClassicGroup {
         rx: oneshot::Receiver<JoinResult>,
         initial_delay: Duration,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Reply<JoinResult> {
         if self.state != ClassicState::PreparingRebalance {
             self.prepare_rebalance(initial_delay, now);
         }
         self.maybe_complete_join(now);
-        Pending::Wait(rx)
+        Reply::Later(rx)
     }
 
     fn join_known_member(
@@ -413,7 +414,7 @@ impl ClassicGroup {
         req: JoinRequest,
         initial_delay: Duration,
         now: Instant,
-    ) -> Pending<JoinResult> {
+    ) -> Reply<JoinResult> {
         let id = req.member_id.clone();
         if self.pending.remove(&id).is_some() {
             return self.add_member_and_rebalance(id, req, initial_delay, now);
@@ -424,11 +425,11 @@ impl ClassicGroup {
                 .get(instance)
                 .is_some_and(|current| *current != id)
             {
-                return Pending::Now(JoinResult::error(error::FENCED_INSTANCE_ID, &id));
+                return Reply::Now(JoinResult::error(error::FENCED_INSTANCE_ID, &id));
             }
         }
         let Some(member) = self.members.get_mut(&id) else {
-            return Pending::Now(JoinResult::error(error::UNKNOWN_MEMBER_ID, &id));
+            return Reply::Now(JoinResult::error(error::UNKNOWN_MEMBER_ID, &id));
         };
         member.last_seen = now;
         let changed = member.protocols != req.protocols;
@@ -442,18 +443,18 @@ impl ClassicGroup {
                     let _ = old.send(JoinResult::error(error::UNKNOWN_MEMBER_ID, &id));
                 }
                 self.maybe_complete_join(now);
-                Pending::Wait(rx)
+                Reply::Later(rx)
             }
             ClassicState::CompletingRebalance | ClassicState::Stable
                 if !changed && self.leader.as_deref() != Some(&id) =>
             {
                 // A follower with nothing new gets the current generation back (Kafka does the same).
-                Pending::Now(self.current_result(&id))
+                Reply::Now(self.current_result(&id))
             }
             ClassicState::CompletingRebalance if !changed => {
                 let mut r = self.current_result(&id);
                 r.members = self.member_list();
-                Pending::Now(r)
+                Reply::Now(r)
             }
             _ => {
                 member.protocols = req.protocols;
@@ -696,7 +697,7 @@ impl ClassicGroup {
         }
     }
 
-    pub fn sync(&mut self, req: SyncRequest, now: Instant) -> (Pending<SyncResult>, bool) {
+    pub fn sync(&mut self, req: SyncRequest, now: Instant) -> (Reply<SyncResult>, bool) {
         let SyncRequest {
             member_id,
             instance_id,
@@ -709,7 +710,7 @@ impl ClassicGroup {
         let (protocol_type, protocol_name) = (protocol_type.as_deref(), protocol_name.as_deref());
         let err = |code| {
             (
-                Pending::Now(SyncResult {
+                Reply::Now(SyncResult {
                     error: code,
                     ..Default::default()
                 }),
@@ -745,7 +746,7 @@ impl ClassicGroup {
                 if let Some(m) = self.members.get_mut(member_id) {
                     m.last_seen = now;
                 }
-                (Pending::Now(ok(a, self)), false)
+                (Reply::Now(ok(a, self)), false)
             }
             ClassicState::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
@@ -754,7 +755,7 @@ impl ClassicGroup {
                     m.sync_waiter = Some(tx);
                 }
                 if self.leader.as_deref() != Some(member_id) {
-                    return (Pending::Wait(rx), false);
+                    return (Reply::Later(rx), false);
                 }
                 // The leader's assignment, passed through untouched; members it left out get nothing.
                 let mut by_member: HashMap<String, Bytes> = assignments
@@ -775,7 +776,7 @@ impl ClassicGroup {
                         });
                     }
                 }
-                (Pending::Wait(rx), true)
+                (Reply::Later(rx), true)
             }
         }
     }
@@ -1085,7 +1086,7 @@ mod tests {
         protocol: Option<(&str, &str)>,
         assignments: Vec<(String, Bytes)>,
         now: Instant,
-    ) -> (Pending<SyncResult>, bool) {
+    ) -> (Reply<SyncResult>, bool) {
         let req = SyncRequest {
             member_id: member.into(),
             instance_id: instance.map(String::from),
@@ -1103,17 +1104,17 @@ mod tests {
         g.sync(req, now)
     }
 
-    fn now_result<T>(p: Pending<T>) -> T {
+    fn now_result<T>(p: Reply<T>) -> T {
         match p {
-            Pending::Now(t) => t,
-            Pending::Wait(_) => panic!("expected an immediate answer"),
+            Reply::Now(t) => t,
+            Reply::Later(_) => panic!("expected an immediate answer"),
         }
     }
 
-    fn waited<T>(p: Pending<T>) -> oneshot::Receiver<T> {
+    fn waited<T>(p: Reply<T>) -> oneshot::Receiver<T> {
         match p {
-            Pending::Wait(rx) => rx,
-            Pending::Now(_) => panic!("expected to wait"),
+            Reply::Later(rx) => rx,
+            Reply::Now(_) => panic!("expected to wait"),
         }
     }
 

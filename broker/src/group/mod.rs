@@ -53,8 +53,7 @@ use consumer::{ConsumerGroup, TopicSnapshot};
 use writer::{Op, Writer};
 
 pub use classic::{
-    JoinMember, JoinRequest, JoinResult, MemberAssignment, Pending, Protocol, SyncRequest,
-    SyncResult,
+    JoinMember, JoinRequest, JoinResult, MemberAssignment, Protocol, Reply, SyncRequest, SyncResult,
 };
 pub use consumer::{Assignment, HeartbeatRequest, HeartbeatResult};
 pub use view::*;
@@ -327,7 +326,7 @@ impl GroupCoordinator {
     /// JoinGroup, after Kafka's GroupCoordinatorService.joinGroup checks (group id, session timeout
     /// within group.min/max.session.timeout.ms, a protocol type and at least one protocol). An
     /// empty KIP-848 group becomes a classic one; a non-empty one refuses classic members.
-    pub fn join(&self, group_id: &str, req: JoinRequest) -> Pending<JoinResult> {
+    pub fn join(&self, group_id: &str, req: JoinRequest) -> Reply<JoinResult> {
         let cfg = &self.config;
         let refused = if group_id.is_empty() {
             Some(error::INVALID_GROUP_ID)
@@ -341,7 +340,7 @@ impl GroupCoordinator {
             None
         };
         if let Some(code) = refused {
-            return Pending::Now(JoinResult::error(code, &req.member_id));
+            return Reply::Now(JoinResult::error(code, &req.member_id));
         }
         with_new_group(&self.groups, group_id, |g| {
             if matches!(&g.kind, GroupKind::Consumer(c) if c.members.is_empty()) {
@@ -353,14 +352,14 @@ impl GroupCoordinator {
                     {
                         c.join(group_id, req, cfg.initial_rebalance_delay, Instant::now())
                     } else {
-                        Pending::Now(JoinResult {
+                        Reply::Now(JoinResult {
                             error: error::GROUP_MAX_SIZE_REACHED,
                             generation: -1,
                             ..Default::default()
                         })
                     }
                 }
-                GroupKind::Consumer(_) => Pending::Now(JoinResult {
+                GroupKind::Consumer(_) => Reply::Now(JoinResult {
                     error: error::INCONSISTENT_GROUP_PROTOCOL,
                     generation: -1,
                     member_id: req.member_id,
@@ -374,9 +373,9 @@ impl GroupCoordinator {
 
     /// SyncGroup. A completed rebalance is saved, so a restarted broker knows the members and
     /// their assignment.
-    pub fn sync(&self, group_id: &str, req: SyncRequest) -> Pending<SyncResult> {
+    pub fn sync(&self, group_id: &str, req: SyncRequest) -> Reply<SyncResult> {
         let refuse = |code| {
-            Pending::Now(SyncResult {
+            Reply::Now(SyncResult {
                 error: code,
                 ..Default::default()
             })
@@ -698,10 +697,10 @@ pub(super) mod tests {
         }
     }
 
-    fn now<T>(p: Pending<T>) -> T {
+    fn now<T>(p: Reply<T>) -> T {
         match p {
-            Pending::Now(t) => t,
-            Pending::Wait(mut rx) => rx.try_recv().expect("answered"),
+            Reply::Now(t) => t,
+            Reply::Later(mut rx) => rx.try_recv().expect("answered"),
         }
     }
 

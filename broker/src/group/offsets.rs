@@ -335,7 +335,7 @@ impl GroupCoordinator {
 #[cfg(test)]
 mod tests {
     use super::super::tests::coordinator;
-    use super::super::{GroupConfig, JoinRequest, Pending, Protocol, SyncRequest};
+    use super::super::{GroupConfig, JoinRequest, Protocol, Reply, SyncRequest};
     use super::*;
     use std::time::{Duration, Instant};
 
@@ -450,8 +450,8 @@ mod tests {
             require_known_member_id: true,
         };
         let member = match c.join("g", join) {
-            Pending::Wait(mut rx) => rx.try_recv().unwrap().member_id,
-            Pending::Now(r) => panic!("{r:?}"),
+            Reply::Later(mut rx) => rx.try_recv().unwrap().member_id,
+            Reply::Now(r) => panic!("{r:?}"),
         };
         let sync = SyncRequest {
             member_id: member.clone(),

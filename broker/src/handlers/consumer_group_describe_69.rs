@@ -34,7 +34,7 @@ fn assignment(topics: Vec<AssignedTopic>) -> Assignment {
     )
 }
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: ConsumerGroupDescribeRequest,

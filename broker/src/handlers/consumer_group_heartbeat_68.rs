@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::HeartbeatRequest;
+use crate::group::{HeartbeatRequest, HeartbeatResult};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -21,19 +21,12 @@ pub const API: ApiSpec = ApiSpec {
     max: 1,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: ConsumerGroupHeartbeatRequest,
     peer: SocketAddr,
 ) -> Reply<ConsumerGroupHeartbeatResponse> {
-    let fail = |code: i16, msg: &str| {
-        Reply::Now(
-            ConsumerGroupHeartbeatResponse::default()
-                .with_error_code(code)
-                .with_error_message(Some(str_bytes(msg))),
-        )
-    };
     let owned = req.topic_partitions.as_ref().map(|tps| {
         tps.iter()
             .map(|tp| (tp.topic_id, tp.partitions.iter().copied().collect()))
@@ -61,18 +54,26 @@ pub async fn handle(
     };
     // The group's step (a target computation over all its partitions when the epoch moved) runs on
     // a blocking thread: members of one big group queue for its lock there, not on the runtime
-    // threads that serve everyone else. Awaited here, in the in-order part, so its effect still
-    // comes before the connection's next request.
+    // threads that serve everyone else. Awaited in request order, so its effect still comes before
+    // the connection's next request.
     let groups = broker.groups.clone();
     let group_id = req.group_id.to_string();
     let version = header.request_api_version;
-    let stepped =
-        tokio::task::spawn_blocking(move || groups.consumer_heartbeat(&group_id, version, hb))
-            .await;
-    let Ok(r) = stepped else {
-        return fail(
-            error::COORDINATOR_NOT_AVAILABLE,
-            "The coordinator is not available.",
+    Reply::in_order(async move {
+        let stepped =
+            tokio::task::spawn_blocking(move || groups.consumer_heartbeat(&group_id, version, hb))
+                .await;
+        answer(stepped.ok())
+    })
+}
+
+/// The heartbeat's answer from the group's step (`None`: the step did not complete).
+fn answer(stepped: Option<HeartbeatResult>) -> Reply<ConsumerGroupHeartbeatResponse> {
+    let Some(r) = stepped else {
+        return Reply::Now(
+            ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(error::COORDINATOR_NOT_AVAILABLE)
+                .with_error_message(Some(str_bytes("The coordinator is not available."))),
         );
     };
     let resp = ConsumerGroupHeartbeatResponse::default()

@@ -17,11 +17,17 @@ pub const API: ApiSpec = ApiSpec {
     max: 3,
 };
 
-pub async fn handle(
+/// In request order: the partitions exist for the client's next request (Kafka handles one request of a connection at a time).
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: CreatePartitionsRequest,
 ) -> Reply<CreatePartitionsResponse> {
+    let broker = broker.clone();
+    Reply::in_order(async move { Reply::Now(run(&broker, req).await) })
+}
+
+async fn run(broker: &Arc<Broker>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     let mut added = 0i64;
     for t in req.topics {
@@ -91,5 +97,5 @@ pub async fn handle(
         };
         results.push(result);
     }
-    Reply::Now(CreatePartitionsResponse::default().with_results(results))
+    CreatePartitionsResponse::default().with_results(results)
 }

@@ -23,11 +23,21 @@ pub const API: ApiSpec = ApiSpec {
     max: 7,
 };
 
-pub async fn handle(
+/// In request order: the topics exist for the client's next request (Kafka handles one request of a connection at a time).
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: CreateTopicsRequest,
 ) -> Reply<CreateTopicsResponse> {
+    let (broker, header) = (broker.clone(), header.clone());
+    Reply::in_order(async move { Reply::Now(run(&broker, &header, req).await) })
+}
+
+async fn run(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for t in &req.topics {
         *seen.entry(t.name.0.to_string()).or_default() += 1;
@@ -155,7 +165,7 @@ pub async fn handle(
         };
         results.push(r);
     }
-    Reply::Now(CreateTopicsResponse::default().with_topics(results))
+    CreateTopicsResponse::default().with_topics(results)
 }
 
 /// A successful result with the topic's partitions, replication factor and configs (v5+).

@@ -20,11 +20,17 @@ pub const API: ApiSpec = ApiSpec {
     max: 2,
 };
 
-pub async fn handle(
+/// In request order: the next request from the client sees the new log start offsets (Kafka handles one request of a connection at a time).
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: DeleteRecordsRequest,
 ) -> Reply<DeleteRecordsResponse> {
+    let broker = broker.clone();
+    Reply::in_order(async move { Reply::Now(run(&broker, req).await) })
+}
+
+async fn run(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
     // A partition named twice is deleted up to its last offset, answered once (Kafka keys the request's
     // partitions in a map). Done in the in-order part: the log start moves before later requests of the
     // connection are handled, as in Kafka.
@@ -74,5 +80,5 @@ pub async fn handle(
                 .with_partitions(partitions),
         );
     }
-    Reply::Now(DeleteRecordsResponse::default().with_topics(topics))
+    DeleteRecordsResponse::default().with_topics(topics)
 }

@@ -17,11 +17,21 @@ pub const API: ApiSpec = ApiSpec {
     max: 6,
 };
 
-pub async fn handle(
+/// In request order: the topics are gone for the client's next request (Kafka handles one request of a connection at a time).
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: DeleteTopicsRequest,
 ) -> Reply<DeleteTopicsResponse> {
+    let (broker, header) = (broker.clone(), header.clone());
+    Reply::in_order(async move { Reply::Now(run(&broker, &header, req).await) })
+}
+
+async fn run(
+    broker: &Arc<Broker>,
+    header: &RequestHeader,
+    req: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let storage = &broker.storage;
     // (name, id) pairs as the client named them.
     let wanted: Vec<(Option<String>, Uuid)> = if header.request_api_version >= 6 {
@@ -99,5 +109,5 @@ pub async fn handle(
                 .with_error_message(Some(str_bytes(&e.to_string()))),
         });
     }
-    Reply::Now(DeleteTopicsResponse::default().with_responses(responses))
+    DeleteTopicsResponse::default().with_responses(responses)
 }

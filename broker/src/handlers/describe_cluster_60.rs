@@ -17,7 +17,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 2,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: DescribeClusterRequest,

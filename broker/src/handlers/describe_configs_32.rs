@@ -24,7 +24,7 @@ pub const API: ApiSpec = ApiSpec {
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: DescribeConfigsRequest,

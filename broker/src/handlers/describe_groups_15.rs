@@ -20,7 +20,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 6,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: DescribeGroupsRequest,

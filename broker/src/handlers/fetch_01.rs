@@ -24,7 +24,7 @@ pub const API: ApiSpec = ApiSpec {
 /// Upper bound on how long one fetch may wait, whatever the client asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(30);
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     mut req: FetchRequest,

@@ -14,7 +14,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 4,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: HeartbeatRequest,

@@ -22,11 +22,20 @@ pub const API: ApiSpec = ApiSpec {
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-pub async fn handle(
+/// In request order: the client's next request sees the new configs (Kafka handles one request of a connection at a time).
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: IncrementalAlterConfigsRequest,
 ) -> Reply<IncrementalAlterConfigsResponse> {
+    let broker = broker.clone();
+    Reply::in_order(async move { Reply::Now(run(&broker, req).await) })
+}
+
+async fn run(
+    broker: &Arc<Broker>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
     for res in req.resources {
         let out = AlterConfigsResourceResponse::default()
@@ -124,5 +133,5 @@ pub async fn handle(
         };
         responses.push(r);
     }
-    Reply::Now(IncrementalAlterConfigsResponse::default().with_responses(responses))
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
 }

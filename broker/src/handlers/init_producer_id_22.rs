@@ -19,7 +19,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 5,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: InitProducerIdRequest,
@@ -31,8 +31,12 @@ pub async fn handle(
         // Transactions are not implemented yet; a clear non-retriable error beats a hang.
         return Reply::Now(resp.with_error_code(error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED));
     }
-    Reply::Now(match broker.storage.allocate_producer_id().await {
-        Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-        Err(e) => resp.with_error_code(e.kafka_error_code()),
+    // Not in request order: nothing the client sends next depends on which id it gets.
+    let broker = broker.clone();
+    Reply::later(async move {
+        match broker.storage.allocate_producer_id().await {
+            Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+            Err(e) => resp.with_error_code(e.kafka_error_code()),
+        }
     })
 }

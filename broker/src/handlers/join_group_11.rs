@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::{JoinRequest, JoinResult, Pending, Protocol};
+use crate::group::{self, JoinRequest, JoinResult, Protocol};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -20,7 +20,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 9,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: JoinGroupRequest,
@@ -56,8 +56,8 @@ pub async fn handle(
         require_known_member_id: version >= 4,
     };
     match broker.groups.join(&req.group_id, join) {
-        Pending::Now(r) => Reply::Now(response(version, r)),
-        Pending::Wait(rx) => {
+        group::Reply::Now(r) => Reply::Now(response(version, r)),
+        group::Reply::Later(rx) => {
             let member_id = req.member_id.to_string();
             Reply::Later(Box::pin(async move {
                 let r = rx.await.unwrap_or(JoinResult {

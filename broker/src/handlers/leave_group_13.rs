@@ -16,7 +16,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 5,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: LeaveGroupRequest,

@@ -27,7 +27,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 12,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: MetadataRequest,
@@ -44,6 +44,7 @@ pub async fn handle(
     let allow_auto_create =
         (version < 4 || req.allow_auto_topic_creation) && broker.config.auto_create_topics_enable;
     let mut topics = Vec::new();
+    let mut to_create = Vec::new();
     match requested {
         None => topics.extend(
             storage
@@ -84,45 +85,10 @@ pub async fn handle(
                         Uuid::nil(),
                         error::INVALID_TOPIC_EXCEPTION,
                     ));
-                } else if allow_auto_create
-                    && super::check_new_partitions(broker, 0, broker.config.num_partitions as i64)
-                        .is_err()
-                {
-                    // Auto-creation would pass a partition limit: as if it were off.
-                    topics.push(error_topic(
-                        Some(&name),
-                        Uuid::nil(),
-                        error::UNKNOWN_TOPIC_OR_PARTITION,
-                    ));
                 } else if allow_auto_create {
-                    match storage
-                        .create_topic(&name, broker.config.num_partitions, Default::default())
-                        .await
-                    {
-                        Ok(t) => {
-                            tracing::info!(topic = %name, partitions = broker.config.num_partitions, "auto-created topic");
-                            topics.push(topic_metadata(
-                                broker,
-                                &t,
-                                req.include_topic_authorized_operations,
-                            ))
-                        }
-                        Err(StorageError::TopicExists(_)) => match storage.topic(&name) {
-                            Some(t) => topics.push(topic_metadata(
-                                broker,
-                                &t,
-                                req.include_topic_authorized_operations,
-                            )),
-                            None => topics.push(error_topic(
-                                Some(&name),
-                                Uuid::nil(),
-                                error::LEADER_NOT_AVAILABLE,
-                            )),
-                        },
-                        Err(e) => {
-                            topics.push(error_topic(Some(&name), Uuid::nil(), e.kafka_error_code()))
-                        }
-                    }
+                    // Created after the in-order part, with a placeholder until then.
+                    to_create.push((topics.len(), name));
+                    topics.push(MetadataResponseTopic::default());
                 } else {
                     topics.push(error_topic(
                         Some(&name),
@@ -133,22 +99,67 @@ pub async fn handle(
             }
         }
     }
+    let include_cluster_ops = req.include_cluster_authorized_operations;
+    if to_create.is_empty() {
+        return Reply::Now(response(broker, topics, include_cluster_ops));
+    }
+    // Auto-creation is not in request order: it writes to the metadata store, and the requests
+    // pipelined behind this one need not wait for that.
+    let broker = broker.clone();
+    let include_ops = req.include_topic_authorized_operations;
+    Reply::later(async move {
+        for (i, name) in to_create {
+            topics[i] = auto_create(&broker, &name, include_ops).await;
+        }
+        response(&broker, topics, include_cluster_ops)
+    })
+}
+
+fn response(
+    broker: &Broker,
+    topics: Vec<MetadataResponseTopic>,
+    include_cluster_ops: bool,
+) -> MetadataResponse {
     let c = &broker.config;
-    Reply::Now(
-        MetadataResponse::default()
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(BrokerId(c.node_id))
-                .with_host(str_bytes(&c.advertised_host))
-                .with_port(c.advertised_port)])
-            .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
-            .with_controller_id(BrokerId(c.node_id))
-            .with_topics(topics)
-            // v8-10 only; the field is not encoded in other versions.
-            .with_cluster_authorized_operations(authorized_operations(
-                req.include_cluster_authorized_operations,
-                CLUSTER_AUTHORIZED_OPERATIONS,
-            )),
-    )
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(c.node_id))
+            .with_host(str_bytes(&c.advertised_host))
+            .with_port(c.advertised_port)])
+        .with_cluster_id(Some(str_bytes(&broker.cluster_id)))
+        .with_controller_id(BrokerId(c.node_id))
+        .with_topics(topics)
+        // v8-10 only; the field is not encoded in other versions.
+        .with_cluster_authorized_operations(authorized_operations(
+            include_cluster_ops,
+            CLUSTER_AUTHORIZED_OPERATIONS,
+        ))
+}
+
+/// A topic named in a Metadata request that may auto-create it, created with the broker's
+/// num.partitions (unless that would pass a partition limit: then answered as if auto-creation were
+/// off).
+async fn auto_create(broker: &Broker, name: &str, include_ops: bool) -> MetadataResponseTopic {
+    let partitions = broker.config.num_partitions;
+    if super::check_new_partitions(broker, 0, partitions as i64).is_err() {
+        return error_topic(Some(name), Uuid::nil(), error::UNKNOWN_TOPIC_OR_PARTITION);
+    }
+    match broker
+        .storage
+        .create_topic(name, partitions, Default::default())
+        .await
+    {
+        Ok(t) => {
+            tracing::info!(topic = %name, partitions, "auto-created topic");
+            topic_metadata(broker, &t, include_ops)
+        }
+        // Created meanwhile by another request.
+        Err(StorageError::TopicExists(_)) => match broker.storage.topic(name) {
+            Some(t) => topic_metadata(broker, &t, include_ops),
+            None => error_topic(Some(name), Uuid::nil(), error::LEADER_NOT_AVAILABLE),
+        },
+        Err(e) => error_topic(Some(name), Uuid::nil(), e.kafka_error_code()),
+    }
 }
 
 fn topic_metadata(broker: &Broker, t: &Topic, include_ops: bool) -> MetadataResponseTopic {

@@ -82,9 +82,11 @@ pub fn spec(key: ApiKey) -> Option<&'static ApiSpec> {
     SUPPORTED.iter().find(|s| s.key == key)
 }
 
-/// A response on its way.
-pub type Pending = BoxFuture<'static, Outcome>;
+/// A request's reply as the connection queues it: resolves, in any order, to what is written back;
+/// the connection writes the finished ones in request order.
+pub type QueuedReply = BoxFuture<'static, Outcome>;
 
+/// What becomes of a request once its reply is ready.
 pub enum Outcome {
     /// A response, encoded only when its turn to be written comes (see `limits`).
     Respond(Response),
@@ -109,23 +111,46 @@ impl Response {
     }
 }
 
-/// What a handler returns: an answer now, one after its in-order part is done, no answer once the
-/// given work is done, or no answer at all.
+/// What a handler returns: the one name for "answered now or later".
+///
+/// A handler is a plain (not `async`) function: everything it does before returning is its in-order
+/// part, run on the connection in the order the requests were read, and it cannot wait there by
+/// accident. Waiting in request order is spelled [`Reply::InOrder`]; every other wait happens after the
+/// connection has moved on to the next request.
 pub enum Reply<T> {
     Now(T),
+    /// Work the connection finishes before it starts the next request, because the client's next
+    /// request must see its effects (Kafka handles one request of a connection at a time): produce's
+    /// validation and submit to the writer, topic admin, a KIP-848 heartbeat step. It stalls every
+    /// pipelined request behind it, so nothing else belongs here.
+    InOrder(BoxFuture<'static, Reply<T>>),
+    /// After the in-order part, concurrently with the requests read next.
     Later(BoxFuture<'static, T>),
     /// Later, with response bytes held until the answer is written (fetches).
     LaterHeld(BoxFuture<'static, (T, Held)>),
+    /// No answer (acks=0), but the request is not done before the given work is.
     SilentAfter(BoxFuture<'static, ()>),
     Silent,
 }
 
-/// Turns a reply into the connection's ordered queue entry.
-fn pending<T: Encodable + HeaderVersion + Send + 'static>(
+impl<T: Send + 'static> Reply<T> {
+    /// `f` run in request order; what it returns is the reply.
+    pub fn in_order(f: impl std::future::Future<Output = Reply<T>> + Send + 'static) -> Self {
+        Reply::InOrder(Box::pin(f))
+    }
+
+    /// The answer `f` gives, after the in-order part.
+    pub fn later(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Reply::Later(Box::pin(f))
+    }
+}
+
+/// Runs a reply's in-order part, then turns it into the connection's queue entry.
+async fn queue<T: Encodable + HeaderVersion + Send + 'static>(
     correlation_id: i32,
     version: i16,
-    reply: Reply<T>,
-) -> Pending {
+    mut reply: Reply<T>,
+) -> QueuedReply {
     let respond = move |body: T, held: Held| match codec::response_size(version, &body) {
         Ok(size) => Outcome::Respond(Response {
             size,
@@ -141,21 +166,27 @@ fn pending<T: Encodable + HeaderVersion + Send + 'static>(
             Outcome::Close
         }
     };
-    match reply {
-        Reply::Now(body) => {
-            let out = respond(body, Held::none());
-            Box::pin(async move { out })
-        }
-        Reply::Later(fut) => Box::pin(async move { respond(fut.await, Held::none()) }),
-        Reply::LaterHeld(fut) => Box::pin(async move {
-            let (body, held) = fut.await;
-            respond(body, held)
-        }),
-        Reply::SilentAfter(fut) => Box::pin(async move {
-            fut.await;
-            Outcome::Silent
-        }),
-        Reply::Silent => Box::pin(async { Outcome::Silent }),
+    loop {
+        return match reply {
+            Reply::InOrder(first) => {
+                reply = first.await;
+                continue;
+            }
+            Reply::Now(body) => {
+                let out = respond(body, Held::none());
+                Box::pin(async move { out })
+            }
+            Reply::Later(fut) => Box::pin(async move { respond(fut.await, Held::none()) }),
+            Reply::LaterHeld(fut) => Box::pin(async move {
+                let (body, held) = fut.await;
+                respond(body, held)
+            }),
+            Reply::SilentAfter(fut) => Box::pin(async move {
+                fut.await;
+                Outcome::Silent
+            }),
+            Reply::Silent => Box::pin(async { Outcome::Silent }),
+        };
     }
 }
 
@@ -163,10 +194,10 @@ fn pending<T: Encodable + HeaderVersion + Send + 'static>(
 /// would, and returns the encoded response frame: for the fuzzer and the property tests, which reach
 /// every served API this way.
 pub async fn serve_frame(broker: &Arc<Broker>, frame: Bytes) -> Option<Bytes> {
-    let pending = dispatch(broker, frame, SocketAddr::from(([127, 0, 0, 1], 1)))
+    let queued = dispatch(broker, frame, SocketAddr::from(([127, 0, 0, 1], 1)))
         .await
         .ok()?;
-    match pending.await {
+    match queued.await {
         Outcome::Respond(r) => r.encode(),
         Outcome::Silent | Outcome::Close => None,
     }
@@ -190,19 +221,20 @@ pub fn fuzz_frame(pick: u8, version_pick: u8, body: &[u8]) -> Bytes {
     buf.freeze()
 }
 
-/// Decodes one request frame and starts handling it. An error means the connection must be closed.
+/// Decodes one request frame and runs its handler's in-order part. An error means the connection must
+/// be closed.
 pub async fn dispatch(
     broker: &Arc<Broker>,
     frame: Bytes,
     peer: SocketAddr,
-) -> Result<Pending, CodecError> {
+) -> Result<QueuedReply, CodecError> {
     let raw = codec::decode_request_header(frame)?;
     let version = raw.header.request_api_version;
     let correlation_id = raw.header.correlation_id;
     // ApiVersions answers any version (KIP-511: an unknown one gets a v0 answer with the list).
     if raw.api_key == ApiKey::ApiVersions {
         let (v, resp) = api_versions_18::handle_raw(&raw);
-        return Ok(pending(correlation_id, v, Reply::Now(resp)));
+        return Ok(queue(correlation_id, v, Reply::Now(resp)).await);
     }
     if !spec(raw.api_key).is_some_and(|s| (s.min..=s.max).contains(&version)) {
         // Kafka closes the connection on an API or version it does not serve; a well-behaved client
@@ -223,19 +255,21 @@ pub async fn dispatch(
     macro_rules! serve {
         ($module:ident, $what:literal) => {{
             let req = codec::decode_body(body, version, $what)?;
-            pending(
+            queue(
                 correlation_id,
                 version,
-                $module::handle(broker, &header, req).await,
+                $module::handle(broker, &header, req),
             )
+            .await
         }};
         ($module:ident, $what:literal, peer) => {{
             let req = codec::decode_body(body, version, $what)?;
-            pending(
+            queue(
                 correlation_id,
                 version,
-                $module::handle(broker, &header, req, peer).await,
+                $module::handle(broker, &header, req, peer),
             )
+            .await
         }};
     }
     Ok(match api_key {

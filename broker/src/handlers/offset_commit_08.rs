@@ -26,7 +26,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 9,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: OffsetCommitRequest,

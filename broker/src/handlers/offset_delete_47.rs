@@ -19,7 +19,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 0,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
     req: OffsetDeleteRequest,

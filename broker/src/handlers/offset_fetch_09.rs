@@ -39,7 +39,7 @@ fn value(o: &Option<CommittedOffset>) -> (i64, i32, Option<StrBytes>) {
     }
 }
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: OffsetFetchRequest,

@@ -42,14 +42,14 @@ enum Slot {
 }
 
 /// A partition waiting for validation (the index of its check).
-enum Pending {
+enum Validation {
     Done(Slot),
-    Check(usize),
+    Queued(usize),
 }
 
 type Checked = (Arc<Topic>, i32, Result<(Validated, Bytes), BatchError>);
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: ProduceRequest,
@@ -86,15 +86,21 @@ pub async fn handle(
         let mut slots = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {
             let slot = match (&refuse_all, &topic) {
-                (Some(code), _) => Pending::Done(Slot::Error(*code, None)),
-                (None, None) => Pending::Done(Slot::Error(unknown, None)),
+                (Some(code), _) => Validation::Done(Slot::Error(*code, None)),
+                (None, None) => Validation::Done(Slot::Error(unknown, None)),
                 (None, Some(t)) if pd.index < 0 || pd.index as usize >= t.partitions.len() => {
-                    Pending::Done(Slot::Error(error::UNKNOWN_TOPIC_OR_PARTITION, None))
+                    Validation::Done(Slot::Error(error::UNKNOWN_TOPIC_OR_PARTITION, None))
                 }
                 (None, Some(t)) => {
                     let rules = rules(broker, t, pd.index, now_ms);
-                    checks.push(check(broker, t.clone(), pd.index, pd.records, rules));
-                    Pending::Check(checks.len() - 1)
+                    checks.push(check(
+                        broker.clone(),
+                        t.clone(),
+                        pd.index,
+                        pd.records,
+                        rules,
+                    ));
+                    Validation::Queued(checks.len() - 1)
                 }
             };
             slots.push((pd.index, slot));
@@ -106,102 +112,111 @@ pub async fn handle(
         layout.push((name, id, slots));
     }
 
-    // Validations run concurrently (the heavy ones on the blocking pool), answers keep request order.
-    let mut checked: Vec<Option<Checked>> = futures_util::future::join_all(checks)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
-    let mut batches = Vec::new();
-    let layout: Vec<_> = layout
-        .into_iter()
-        .map(|(name, id, slots)| {
-            let slots: Vec<(i32, Slot)> = slots
-                .into_iter()
-                .map(|(index, p)| {
-                    let slot = match p {
-                        Pending::Done(s) => s,
-                        Pending::Check(i) => match checked.get_mut(i).and_then(Option::take) {
-                            Some((topic, partition, Ok((v, data)))) => {
-                                batches.push(AppendBatch {
-                                    topic,
-                                    partition,
-                                    header: v.header,
-                                    data,
-                                });
-                                Slot::Appended(batches.len() - 1, v.log_append_time_ms)
-                            }
-                            Some((topic, partition, Err(e))) => {
-                                let log_start = log_start_reported(&e, &topic, partition);
-                                Slot::Rejected(e, log_start)
-                            }
-                            None => Slot::Error(error::UNKNOWN_SERVER_ERROR, None),
-                        },
-                    };
-                    (index, slot)
-                })
-                .collect();
-            (name, id, slots)
-        })
-        .collect();
-
-    let ticket = if batches.is_empty() {
-        None
-    } else {
-        Some(storage.submit(batches).await)
-    };
-    if req.acks == 0 {
-        // No answer, but the request is not done before its batches are committed: until then its
-        // bytes count against queued.max.request.bytes and the connection's window, so acks=0 cannot
-        // queue unbounded data in front of the writer.
-        return Reply::SilentAfter(Box::pin(async move {
-            if let Some(t) = ticket {
-                t.wait().await;
-            }
-        }));
-    }
-    Reply::Later(Box::pin(async move {
-        let results = match ticket {
-            Some(t) => t.wait().await,
-            None => Vec::new(),
-        };
-        let responses = layout
+    // Validation and the submit to the writer run in request order: a producer's pipelined batches
+    // must reach the writer in the order sent (their sequence numbers), and the heavy checks run on
+    // the blocking pool meanwhile, not on this thread.
+    let broker = broker.clone();
+    Reply::in_order(async move {
+        let storage = &broker.storage;
+        // Validations run concurrently (the heavy ones on the blocking pool), answers keep request order.
+        let mut checked: Vec<Option<Checked>> = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut batches = Vec::new();
+        let layout: Vec<_> = layout
             .into_iter()
             .map(|(name, id, slots)| {
-                let partition_responses = slots
+                let slots: Vec<(i32, Slot)> = slots
                     .into_iter()
-                    .map(|(index, slot)| {
-                        let r = PartitionProduceResponse::default()
-                            .with_index(index)
-                            .with_log_append_time_ms(-1)
-                            .with_log_start_offset(-1)
-                            .with_base_offset(-1);
-                        match slot {
-                            Slot::Error(code, msg) => r
-                                .with_error_code(code)
-                                .with_error_message(msg.map(|m| str_bytes(&m))),
-                            Slot::Rejected(e, log_start) => rejected(r, &e, log_start),
-                            Slot::Appended(i, log_append_time) => match results.get(i) {
-                                Some(Ok(o)) => r
-                                    .with_base_offset(o.base_offset)
-                                    .with_log_start_offset(o.log_start_offset)
-                                    .with_log_append_time_ms(log_append_time),
-                                Some(Err(e)) => r
-                                    .with_error_code(e.kafka_error_code())
-                                    .with_error_message(Some(str_bytes(&e.to_string()))),
-                                None => r.with_error_code(error::KAFKA_STORAGE_ERROR),
-                            },
-                        }
+                    .map(|(index, p)| {
+                        let slot = match p {
+                            Validation::Done(s) => s,
+                            Validation::Queued(i) => {
+                                match checked.get_mut(i).and_then(Option::take) {
+                                    Some((topic, partition, Ok((v, data)))) => {
+                                        batches.push(AppendBatch {
+                                            topic,
+                                            partition,
+                                            header: v.header,
+                                            data,
+                                        });
+                                        Slot::Appended(batches.len() - 1, v.log_append_time_ms)
+                                    }
+                                    Some((topic, partition, Err(e))) => {
+                                        let log_start = log_start_reported(&e, &topic, partition);
+                                        Slot::Rejected(e, log_start)
+                                    }
+                                    None => Slot::Error(error::UNKNOWN_SERVER_ERROR, None),
+                                }
+                            }
+                        };
+                        (index, slot)
                     })
                     .collect();
-                TopicProduceResponse::default()
-                    .with_name(TopicName(str_bytes(&name)))
-                    .with_topic_id(id)
-                    .with_partition_responses(partition_responses)
+                (name, id, slots)
             })
             .collect();
-        ProduceResponse::default().with_responses(responses)
-    }))
+
+        let ticket = if batches.is_empty() {
+            None
+        } else {
+            Some(storage.submit(batches).await)
+        };
+        if req.acks == 0 {
+            // No answer, but the request is not done before its batches are committed: until then its
+            // bytes count against queued.max.request.bytes and the connection's window, so acks=0 cannot
+            // queue unbounded data in front of the writer.
+            return Reply::SilentAfter(Box::pin(async move {
+                if let Some(t) = ticket {
+                    t.wait().await;
+                }
+            }));
+        }
+        Reply::Later(Box::pin(async move {
+            let results = match ticket {
+                Some(t) => t.wait().await,
+                None => Vec::new(),
+            };
+            let responses = layout
+                .into_iter()
+                .map(|(name, id, slots)| {
+                    let partition_responses = slots
+                        .into_iter()
+                        .map(|(index, slot)| {
+                            let r = PartitionProduceResponse::default()
+                                .with_index(index)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(-1)
+                                .with_base_offset(-1);
+                            match slot {
+                                Slot::Error(code, msg) => r
+                                    .with_error_code(code)
+                                    .with_error_message(msg.map(|m| str_bytes(&m))),
+                                Slot::Rejected(e, log_start) => rejected(r, &e, log_start),
+                                Slot::Appended(i, log_append_time) => match results.get(i) {
+                                    Some(Ok(o)) => r
+                                        .with_base_offset(o.base_offset)
+                                        .with_log_start_offset(o.log_start_offset)
+                                        .with_log_append_time_ms(log_append_time),
+                                    Some(Err(e)) => r
+                                        .with_error_code(e.kafka_error_code())
+                                        .with_error_message(Some(str_bytes(&e.to_string()))),
+                                    None => r.with_error_code(error::KAFKA_STORAGE_ERROR),
+                                },
+                            }
+                        })
+                        .collect();
+                    TopicProduceResponse::default()
+                        .with_name(TopicName(str_bytes(&name)))
+                        .with_topic_id(id)
+                        .with_partition_responses(partition_responses)
+                })
+                .collect();
+            ProduceResponse::default().with_responses(responses)
+        }))
+    })
 }
 
 /// The topic's rules for one partition's batch (topic setting, else broker setting, else Kafka's).
@@ -223,7 +238,7 @@ fn rules(broker: &Broker, topic: &Topic, partition: i32, now_ms: i64) -> Rules {
 /// The checks Kafka makes before appending: size (RecordTooLargeException), the header, then the
 /// records, on the blocking pool when that decompresses or compresses.
 async fn check(
-    broker: &Broker,
+    broker: Arc<Broker>,
     topic: Arc<Topic>,
     partition: i32,
     records: Option<Bytes>,

@@ -7,7 +7,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, SyncGroupRequest, SyncGrou
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::group::{MemberAssignment, Pending, SyncRequest, SyncResult};
+use crate::group::{self, MemberAssignment, SyncRequest, SyncResult};
 use crate::{error, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -16,7 +16,7 @@ pub const API: ApiSpec = ApiSpec {
     max: 5,
 };
 
-pub async fn handle(
+pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,
     req: SyncGroupRequest,
@@ -39,8 +39,8 @@ pub async fn handle(
         assignments,
     };
     match broker.groups.sync(&req.group_id, sync) {
-        Pending::Now(r) => Reply::Now(response(version, r)),
-        Pending::Wait(rx) => Reply::Later(Box::pin(async move {
+        group::Reply::Now(r) => Reply::Now(response(version, r)),
+        group::Reply::Later(rx) => Reply::Later(Box::pin(async move {
             response(
                 version,
                 rx.await.unwrap_or(SyncResult {
