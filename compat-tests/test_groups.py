@@ -202,6 +202,22 @@ def test_console_consumer_group_resumes_and_admin_tools(broker, topic):
     assert "successful" in deleted.stdout, deleted.stdout + deleted.stderr
 
 
+def wait_for_members(broker, group, n, timeout=90):
+    """Until kafka-consumer-groups describes `n` members of `group`, each with a partition assigned."""
+    deadline = time.time() + timeout
+    out = ""
+    while time.time() < deadline:
+        r = kafka_tool("kafka-consumer-groups", "--bootstrap-server", broker.bootstrap, "--describe",
+                       "--members", "--group", group)
+        out = r.stdout
+        rows = [l.split() for l in out.splitlines() if l.startswith(group + " ")]
+        # GROUP CONSUMER-ID HOST CLIENT-ID #PARTITIONS (the partition count is the fifth column)
+        if len(rows) == n and all(len(c) >= 5 and c[4].isdigit() and int(c[4]) > 0 for c in rows):
+            return
+        time.sleep(1)
+    raise AssertionError(f"{group}: not {n} members with partitions after {timeout}s: {out} {r.stderr[-300:]}")
+
+
 def test_kip848_java_consumer_with_a_second_member_joining(broker, topic):
     create_topic(broker.bootstrap, topic, partitions=4)
     group = f"g-{uuid.uuid4().hex[:8]}"
@@ -214,10 +230,11 @@ def test_kip848_java_consumer_with_a_second_member_joining(broker, topic):
     kafka_sh = str(kafka_tool.__globals__["KAFKA_SH"])
     first = subprocess.Popen([kafka_sh, "kafka-console-consumer", *args], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(8)
+    wait_for_members(broker, group, 1)
     second = subprocess.Popen([kafka_sh, "kafka-console-consumer", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(8)
+    # Not a fixed sleep: a JVM starting on a loaded 2-core box may take longer than any guess.
+    wait_for_members(broker, group, 2)
     produce_values(broker.bootstrap, topic, [v.encode() for v in values[n // 2:]])
     out1, err1 = first.communicate(timeout=120)
     out2, err2 = second.communicate(timeout=120)
