@@ -221,13 +221,24 @@ pub fn fuzz_frame(pick: u8, version_pick: u8, body: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Why a request frame closes the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The frame is not a well-formed request.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A well-formed request of an API or version outside what ApiVersions advertised.
+    #[error("{api:?} v{version} is not served (see ApiVersions)")]
+    NotServed { api: ApiKey, version: i16 },
+}
+
 /// Decodes one request frame and runs its handler's in-order part. An error means the connection must
 /// be closed.
 pub async fn dispatch(
     broker: &Arc<Broker>,
     frame: Bytes,
     peer: SocketAddr,
-) -> Result<QueuedReply, CodecError> {
+) -> Result<QueuedReply, DispatchError> {
     let raw = codec::decode_request_header(frame)?;
     let version = raw.header.request_api_version;
     let correlation_id = raw.header.correlation_id;
@@ -239,12 +250,9 @@ pub async fn dispatch(
     if !spec(raw.api_key).is_some_and(|s| (s.min..=s.max).contains(&version)) {
         // Kafka closes the connection on an API or version it does not serve; a well-behaved client
         // never sends one, because ApiVersions told it what is served.
-        return Err(CodecError::Malformed {
-            what: "request",
-            source: codec::anyhow_like::Error(format!(
-                "{:?} v{version} is not served (see ApiVersions)",
-                raw.api_key
-            )),
+        return Err(DispatchError::NotServed {
+            api: raw.api_key,
+            version,
         });
     }
     let RawRequest {
@@ -305,9 +313,9 @@ pub async fn dispatch(
             serve!(consumer_group_describe_69, "ConsumerGroupDescribe")
         }
         other => {
-            return Err(CodecError::Malformed {
-                what: "request",
-                source: codec::anyhow_like::Error(format!("{other:?} has no handler")),
+            return Err(DispatchError::NotServed {
+                api: other,
+                version,
             })
         }
     })
