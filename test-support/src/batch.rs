@@ -144,21 +144,32 @@ impl BatchBuilder {
         self
     }
 
+    /// The header's (first, max) timestamps.
+    fn stamps(&self) -> (i64, i64) {
+        let stamps = self.records.iter().map(|r| r.timestamp);
+        self.timestamps
+            .unwrap_or((stamps.clone().min().unwrap_or(0), stamps.max().unwrap_or(0)))
+    }
+
+    /// The records section before compression (to compress or repeat some other way).
+    pub fn raw_records(&self) -> Vec<u8> {
+        let first = self.stamps().0;
+        let mut raw = Vec::new();
+        for (i, r) in self.records.iter().enumerate() {
+            encode_record(&mut raw, i as i64, r.timestamp - first, r);
+        }
+        raw
+    }
+
     /// The batch, signed.
     pub fn build(&self) -> Bytes {
-        let stamps = self.records.iter().map(|r| r.timestamp);
-        let (first, max) = self
-            .timestamps
-            .unwrap_or((stamps.clone().min().unwrap_or(0), stamps.max().unwrap_or(0)));
+        let (first, max) = self.stamps();
         let (codec, section) = match &self.payload {
             Some((codec, p)) => (*codec, p.clone()),
-            None => {
-                let mut raw = Vec::new();
-                for (i, r) in self.records.iter().enumerate() {
-                    encode_record(&mut raw, i as i64, r.timestamp - first, r);
-                }
-                (codec_id(self.compression), compress(self.compression, &raw))
-            }
+            None => (
+                codec_id(self.compression),
+                compress(self.compression, &self.raw_records()),
+            ),
         };
         let count = self.count.unwrap_or(self.records.len() as i32);
         let attributes = codec | if self.transactional { 0x10 } else { 0 };
