@@ -5,6 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use streamhouse_protocol::batch::validate_produce_batch;
+use streamhouse_protocol::compression::Codec;
+use streamhouse_protocol::validator::{validate, Rules, TimestampType};
 
 fuzz_target!(|data: &[u8]| {
     let _ = validate_produce_batch(data);
@@ -32,6 +34,25 @@ fuzz_target!(|data: &[u8]| {
     let crc = crc32c_of(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     let _ = validate_produce_batch(&b);
+    // And with a topic's rules, chosen by the first byte's high bits: recompression to any codec,
+    // compacted (keys required), LogAppendTime, a narrow timestamp range.
+    let rules = Rules {
+        topic_partition: "fuzz-0".to_string(),
+        now_ms: 1_700_000_000_000,
+        timestamp_type: if data[0] & 0x80 != 0 {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        },
+        timestamp_before_max_ms: 1_000,
+        timestamp_after_max_ms: 1_000,
+        compacted: data[0] & 0x40 != 0,
+        target: Codec::from_attributes(((data[0] >> 3) & 0x7) as i16).filter(|_| data[0] & 0x20 != 0),
+        max_message_bytes: 1_048_588,
+        // 16 MiB: the fuzzer's malloc limit (128 MiB) then flags any allocation the bound misses.
+        max_decompressed_bytes: 16 << 20,
+    };
+    let _ = validate(&b, &rules);
 });
 
 /// CRC-32C (Castagnoli), bitwise: the fuzz crate keeps its dependencies few.
