@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
         timestamp_before_max_ms: 1_000,
         timestamp_after_max_ms: 1_000,
         compacted: data[0] & 0x40 != 0,
-        target: Codec::from_attributes(((data[0] >> 3) & 0x7) as i16).filter(|_| data[0] & 0x20 != 0),
+        target: Codec::from_attributes(((data[0] >> 3) & 0x7) as i16)
+            .filter(|_| data[0] & 0x20 != 0),
         max_message_bytes: 1_048_588,
         // 16 MiB: the fuzzer's malloc limit (128 MiB) then flags any allocation the bound misses.
         max_decompressed_bytes: 16 << 20,
