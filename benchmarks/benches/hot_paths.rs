@@ -2,60 +2,34 @@
 //! block -> response), and block encode/decode with and without LZ4.
 //! `cargo bench -p streamhouse-benchmarks`; the test command runs it once in `--test` mode.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafka_protocol::messages::{
-    produce_request, ApiKey, FetchResponse, ProduceRequest, RequestHeader, TopicName,
-};
-use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::messages::{produce_request, ApiKey, FetchResponse, ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
 use streamhouse_protocol::{batch, codec};
 use streamhouse_storage::segment::{decode_block, encode_block, BlockMeta};
 use streamhouse_storage::{AppendBatch, Storage, StorageConfig};
+use streamhouse_test_support::batch::{BatchBuilder, Record};
+use streamhouse_test_support::frame::request_bytes;
 
 /// A producer's batch: `n` records of `size` bytes of text-like (compressible) payload.
 fn record_batch(n: usize, size: usize, compression: Compression) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: Some(Bytes::from(format!("key-{}", i % 100))),
-            value: Some(Bytes::from(format!(
-                "{{\"order\":{i},\"payload\":\"{}\"}}",
-                "abcdefgh".repeat(size / 8)
-            ))),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode");
-    buf.freeze()
+    BatchBuilder::new()
+        .compression(compression)
+        .records((0..n).map(|i| {
+            Record::at(1_700_000_000_000 + i as i64)
+                .key(format!("key-{}", i % 100))
+                .value(format!(
+                    "{{\"order\":{i},\"payload\":\"{}\"}}",
+                    "abcdefgh".repeat(size / 8)
+                ))
+        }))
+        .build()
 }
 
+/// A Produce v9 request as the broker's decoder gets it (header and body, no size prefix).
 fn produce_frame(batch: Bytes) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(9)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("bench")));
     let req = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(30_000)
@@ -66,10 +40,7 @@ fn produce_frame(batch: Bytes) -> Bytes {
                     .with_index(0)
                     .with_records(Some(batch)),
             ])]);
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, 2).expect("header");
-    req.encode(&mut buf, 9).expect("body");
-    buf.freeze()
+    request_bytes(Some("bench"), ApiKey::Produce, 9, 1, &req).freeze()
 }
 
 fn request_decode(c: &mut Criterion) {

@@ -6,17 +6,13 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use std::sync::Arc;
-use streamhouse_broker::config::BrokerConfig;
 use streamhouse_broker::handlers::{fuzz_frame, serve_frame, SUPPORTED};
 use streamhouse_broker::Broker;
 
 fn broker(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc<Broker> {
-    rt.block_on(async {
-        let args = BrokerConfig::test_args(dir.to_path_buf()).set("sync_metadata", false);
-        Broker::open(BrokerConfig::resolve(args).unwrap())
-            .await
-            .unwrap()
-    })
+    rt.block_on(streamhouse_test_support::broker::open(dir, |a| {
+        a.set("sync_metadata", false)
+    }))
 }
 
 fn run(rt: &tokio::runtime::Runtime, b: &Arc<Broker>, frame: Bytes) {

@@ -7,21 +7,14 @@
 //! `GROUP_LOAD_ADDR=host:port` points it at a running broker (say an older binary) instead of an
 //! in-process one. `GROUP_LOAD_HEARTBEAT_MS` (default 1000) is how often each member heartbeats.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+mod support;
+
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streamhouse_broker::config::BrokerConfig;
-use streamhouse_broker::server::Server;
-use streamhouse_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::*;
 use tokio::sync::Mutex;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -31,69 +24,22 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-struct Client {
-    stream: TcpStream,
-    next_id: i32,
+/// A connection that waits up to a minute for an answer (a loaded broker may be slow).
+async fn connect(addr: SocketAddr) -> Client {
+    Client::connect(addr)
+        .await
+        .with_timeout(Duration::from_secs(60))
 }
 
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            next_id: 1,
-        }
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-    ) -> Resp {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("group-load")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
-        self.stream.write_all(&frame).await.unwrap();
-        let mut len = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(60), self.stream.read_exact(&mut len))
-            .await
-            .expect("an answer")
-            .unwrap();
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).await.unwrap();
-        let mut resp = Bytes::from(buf);
-        assert_eq!(resp.get_i32(), id);
-        if key.response_header_version(version) >= 1 {
-            resp.get_u8();
-        }
-        Resp::decode(&mut resp, version).unwrap()
-    }
-}
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
-}
-
-async fn create(c: &mut Client, name: &str, partitions: i32) {
+/// Creates a topic, or finds it made already (a running broker given by GROUP_LOAD_ADDR).
+async fn create_or_exists(c: &mut Client, name: &str, partitions: i32) {
     let req = CreateTopicsRequest::default()
         .with_timeout_ms(60_000)
         .with_topics(vec![create_topics_request::CreatableTopic::default()
             .with_name(TopicName(s(name)))
             .with_num_partitions(partitions)
             .with_replication_factor(1)]);
-    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &req).await;
+    let r: CreateTopicsResponse = c.must(ApiKey::CreateTopics, 7, &req).await;
     assert!(
         r.topics[0].error_code == 0 || r.topics[0].error_code == 36,
         "{:?}",
@@ -101,38 +47,15 @@ async fn create(c: &mut Client, name: &str, partitions: i32) {
     );
 }
 
-fn one_record() -> Bytes {
-    let rec = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 0,
-        key: None,
-        value: Some(Bytes::from_static(b"latency")),
-        headers: Default::default(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [rec].iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+fn one_record() -> bytes::Bytes {
+    BatchBuilder::new()
+        .record(Record::at(0).value("latency"))
+        .build()
 }
 
 /// Produce round trips (acks=1) for `secs`, returning the latencies.
 async fn produce_latencies(addr: SocketAddr, topic: &str, secs: u64) -> Vec<Duration> {
-    let mut c = Client::connect(addr).await;
+    let mut c = connect(addr).await;
     let data = one_record();
     let mut out = Vec::new();
     let end = Instant::now() + Duration::from_secs(secs);
@@ -148,7 +71,7 @@ async fn produce_latencies(addr: SocketAddr, topic: &str, secs: u64) -> Vec<Dura
                         .with_records(Some(data.clone())),
                 ])]);
         let t = Instant::now();
-        let r: ProduceResponse = c.call(ApiKey::Produce, 9, &req).await;
+        let r: ProduceResponse = c.must(ApiKey::Produce, 9, &req).await;
         out.push(t.elapsed());
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -182,7 +105,7 @@ async fn member(
     owned: Owned,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut c = Client::connect(addr).await;
+    let mut c = connect(addr).await;
     let mut epoch = 0;
     let mut mine: BTreeSet<(uuid::Uuid, i32)> = BTreeSet::new();
     loop {
@@ -210,7 +133,7 @@ async fn member(
             req = req.with_subscribed_topic_names(Some(vec![TopicName(s(&topic))]));
         }
         let r: ConsumerGroupHeartbeatResponse =
-            c.call(ApiKey::ConsumerGroupHeartbeat, 1, &req).await;
+            c.must(ApiKey::ConsumerGroupHeartbeat, 1, &req).await;
         if r.error_code != 0 {
             // Fenced or unknown: join again with nothing.
             epoch = 0;
@@ -239,33 +162,16 @@ async fn kip848_heartbeats_and_produce_latency() {
     let partitions = env("GROUP_LOAD_PARTITIONS", 1000) as i32;
     let secs = env("GROUP_LOAD_SECS", 4);
     let every = Duration::from_millis(env("GROUP_LOAD_HEARTBEAT_MS", 1000));
-    let mut _dir = None;
-    let mut _stop = None;
+    let mut _broker = None;
     let addr: SocketAddr = match std::env::var("GROUP_LOAD_ADDR") {
         Ok(a) => a.parse().unwrap(),
-        Err(_) => {
-            let dir = tempfile::tempdir().unwrap();
-            let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
-            let listener = streamhouse_broker::server::listen(&mut config)
-                .await
-                .unwrap();
-            let broker = Broker::open(config).await.unwrap();
-            let server = Server::new(listener, broker);
-            let addr = server.local_addr().unwrap();
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(server.run(async move {
-                let _ = rx.await;
-            }));
-            _dir = Some(dir);
-            _stop = Some(tx);
-            addr
-        }
+        Err(_) => _broker.insert(start().await).addr,
     };
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let (lat, work) = (format!("lat-{run}"), format!("work-{run}"));
-    let mut admin = Client::connect(addr).await;
-    create(&mut admin, &lat, 1).await;
-    create(&mut admin, &work, partitions).await;
+    let mut admin = connect(addr).await;
+    create_or_exists(&mut admin, &lat, 1).await;
+    create_or_exists(&mut admin, &work, partitions).await;
     let quiet = summary("no group", produce_latencies(addr, &lat, secs).await);
 
     let owned: Owned = Arc::new(Mutex::new(HashMap::new()));

@@ -2,123 +2,15 @@
 //! group or offset state take effect in the order they arrive on a connection (Kafka reads one
 //! request of a connection at a time), and committed offsets go away with their topic.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+mod support;
+
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use std::net::SocketAddr;
-use std::time::Duration;
-use streamhouse_broker::config::BrokerConfig;
-use streamhouse_broker::server::Server;
-use streamhouse_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::*;
 
-struct TestBroker {
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
+/// A broker whose groups rebalance without the initial delay.
 async fn start() -> TestBroker {
-    let dir = tempfile::tempdir().unwrap();
-    let args = BrokerConfig::test_args(dir.path().to_path_buf())
-        .set("group_initial_rebalance_delay_ms", 0);
-    let mut config = BrokerConfig::resolve(args).unwrap();
-    let listener = streamhouse_broker::server::listen(&mut config)
-        .await
-        .unwrap();
-    let broker = Broker::open(config).await.unwrap();
-    let server = Server::new(listener, broker);
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    TestBroker {
-        addr,
-        _dir: dir,
-        _stop: tx,
-    }
-}
-
-struct Client {
-    stream: TcpStream,
-    next_id: i32,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            next_id: 1,
-        }
-    }
-
-    /// Encodes a request frame (and remembers nothing: responses are read with `recv`).
-    fn frame<Req: Encodable>(&mut self, key: ApiKey, version: i16, req: &Req) -> BytesMut {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("group-wire")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
-        frame
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn recv<Resp: Decodable>(&mut self, key: ApiKey, version: i16) -> Resp {
-        let mut len = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(30), self.stream.read_exact(&mut len))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).await.unwrap();
-        let mut resp = Bytes::from(buf);
-        resp.get_i32(); // correlation id: responses come in request order (checked in wire.rs)
-        if key.response_header_version(version) >= 1 {
-            resp.get_u8();
-        }
-        Resp::decode(&mut resp, version).unwrap()
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-    ) -> Resp {
-        let f = self.frame(key, version, req);
-        self.send(&f).await;
-        self.recv(key, version).await
-    }
-}
-
-fn s(v: &str) -> StrBytes {
-    StrBytes::from_string(v.to_string())
-}
-
-async fn create(c: &mut Client, name: &str, partitions: i32) {
-    let req = CreateTopicsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(TopicName(s(name)))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)]);
-    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &req).await;
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    start_with_settings(|a| a.set("group_initial_rebalance_delay_ms", 0)).await
 }
 
 fn commit_req(
@@ -153,7 +45,7 @@ async fn committed(c: &mut Client, g: &str, t: &str) -> i64 {
                 .with_name(TopicName(s(t)))
                 .with_partition_indexes(vec![0]),
         ]));
-    let r: OffsetFetchResponse = c.call(ApiKey::OffsetFetch, 7, &req).await;
+    let r: OffsetFetchResponse = c.must(ApiKey::OffsetFetch, 7, &req).await;
     r.topics[0].partitions[0].committed_offset
 }
 
@@ -280,7 +172,7 @@ async fn join(c: &mut Client, g: &str, member: &str) -> JoinGroupResponse {
         )
         .with_name(s("range"))
         .with_metadata(Bytes::from_static(&[0, 0, 0, 0, 0, 0]))]);
-    c.call(ApiKey::JoinGroup, 5, &req).await
+    c.must(ApiKey::JoinGroup, 5, &req).await
 }
 
 /// A member's commit sent just before its LeaveGroup, pipelined (as a consumer closing does) is
@@ -303,7 +195,7 @@ async fn commit_then_leave_pipelined_commits_first() {
                 .with_member_id(j.member_id.clone())
                 .with_assignment(Bytes::new()),
         ]);
-    let r: SyncGroupResponse = c.call(ApiKey::SyncGroup, 3, &sync).await;
+    let r: SyncGroupResponse = c.must(ApiKey::SyncGroup, 3, &sync).await;
     assert_eq!(r.error_code, 0);
     let leave = LeaveGroupRequest::default()
         .with_group_id(GroupId(s("g")))
@@ -338,14 +230,14 @@ async fn deleted_topic_takes_its_committed_offsets() {
     create(&mut c, "other", 1).await;
     for t in ["t", "other"] {
         let r: OffsetCommitResponse = c
-            .call(ApiKey::OffsetCommit, 8, &commit_req("g", "", -1, t, 42, ""))
+            .must(ApiKey::OffsetCommit, 8, &commit_req("g", "", -1, t, 42, ""))
             .await;
         assert_eq!(r.topics[0].partitions[0].error_code, 0);
     }
     let del = DeleteTopicsRequest::default()
         .with_timeout_ms(5000)
         .with_topic_names(vec![TopicName(s("t"))]);
-    let r: DeleteTopicsResponse = c.call(ApiKey::DeleteTopics, 5, &del).await;
+    let r: DeleteTopicsResponse = c.must(ApiKey::DeleteTopics, 5, &del).await;
     assert_eq!(r.responses[0].error_code, 0);
     create(&mut c, "t", 1).await;
     assert_eq!(committed(&mut c, "g", "t").await, -1, "gone with the topic");

@@ -14,7 +14,7 @@ use support::*;
 async fn garbage_flagged_as_compressed_is_corrupt_message_and_not_stored() {
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(&mut c, "garbage", &[]).await;
+    create_with_configs(&mut c, "garbage", &[]).await;
     let like = batch(3, Compression::None);
     for codec in 1..=4 {
         // The records of an uncompressed batch, flagged as gzip/snappy/lz4/zstd, CRC right.
@@ -22,7 +22,7 @@ async fn garbage_flagged_as_compressed_is_corrupt_message_and_not_stored() {
             &mut c,
             9,
             "garbage",
-            with_payload(&like, codec, &like[61..]),
+            with_payload(&like, codec, &like[HEADER_LEN..]),
         )
         .await;
         assert_eq!(p.error_code, 2, "codec {codec}: {:?}", p.error_message);
@@ -42,14 +42,14 @@ async fn garbage_flagged_as_compressed_is_corrupt_message_and_not_stored() {
 async fn forged_record_count_in_a_compressed_batch_is_invalid_record() {
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(&mut c, "forged", &[]).await;
+    create_with_configs(&mut c, "forged", &[]).await;
     for codec in [Compression::Gzip, Compression::Zstd] {
         for claimed in [4i32, 2] {
             // Three records inside; the header claims another count (and a matching last delta).
             let mut data = batch(3, codec).to_vec();
             data[23..27].copy_from_slice(&(claimed - 1).to_be_bytes());
             data[57..61].copy_from_slice(&claimed.to_be_bytes());
-            refresh_crc(&mut data);
+            sign(&mut data);
             let p = produce(&mut c, 9, "forged", data.into()).await;
             // Kafka answers INVALID_RECORD ("Incorrect declared batch size"), without record errors.
             assert_eq!(
@@ -72,7 +72,7 @@ async fn compression_bomb_is_refused_at_produce() {
     // The default bound, 64 MiB.
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(&mut c, "bomb", &[]).await;
+    create_with_configs(&mut c, "bomb", &[]).await;
     // 256 MiB inflated from a 8 KiB zstd batch.
     let bomb = zstd_bomb_batch(256 << 20);
     assert!(bomb.len() < 16 << 10);
@@ -92,7 +92,7 @@ async fn compression_bomb_is_refused_at_produce() {
 async fn list_offsets_by_timestamp_reads_a_stored_bomb_within_the_bound() {
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(&mut c, "stored", &[]).await;
+    create_with_configs(&mut c, "stored", &[]).await;
     let ok = produce(&mut c, 9, "stored", batch(2, Compression::Zstd)).await;
     assert_eq!(ok.error_code, 0);
     // Planted past produce validation, as a bomb accepted before validation existed would be.
@@ -127,7 +127,7 @@ async fn list_offsets_by_timestamp_reads_a_stored_bomb_within_the_bound() {
 async fn keyless_records_on_a_compacted_topic_fail_by_index() {
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(&mut c, "compacted", &[("cleanup.policy", "compact")]).await;
+    create_with_configs(&mut c, "compacted", &[("cleanup.policy", "compact")]).await;
     let keys = [Some("a"), None, Some("c"), None];
     let data = batch_of(&keys, now_ms(), &[0; 4], Compression::Lz4);
     let p = produce(&mut c, 9, "compacted", data.clone()).await;
@@ -168,7 +168,7 @@ async fn keyless_records_on_a_compacted_topic_fail_by_index() {
 async fn timestamps_out_of_range_are_invalid_timestamp() {
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(
+    create_with_configs(
         &mut c,
         "ts",
         &[("message.timestamp.before.max.ms", "86400000")],
@@ -197,7 +197,7 @@ async fn timestamps_out_of_range_are_invalid_timestamp() {
         .unwrap()
         .contains("is out of range"));
     // A topic may widen the window.
-    create(
+    create_with_configs(
         &mut c,
         "ts-wide",
         &[
@@ -219,7 +219,7 @@ async fn timestamps_out_of_range_are_invalid_timestamp() {
 async fn log_append_time_topic_stamps_batches_with_the_append_time() {
     let b = start_with(|_| {}).await;
     let mut c = Client::connect(b.addr).await;
-    create(
+    create_with_configs(
         &mut c,
         "lat",
         &[("message.timestamp.type", "LogAppendTime")],
@@ -257,7 +257,7 @@ async fn log_append_time_topic_stamps_batches_with_the_append_time() {
         );
     }
     // CreateTime topics answer -1.
-    create(&mut c, "ct", &[]).await;
+    create_with_configs(&mut c, "ct", &[]).await;
     let p = produce(&mut c, 9, "ct", batch(1, Compression::None)).await;
     assert_eq!(p.log_append_time_ms, -1);
 }
@@ -272,7 +272,7 @@ async fn topic_compression_type_recompresses() {
         ("to-snappy", "snappy", 2),
         ("to-none", "uncompressed", 0),
     ] {
-        create(&mut c, name, &[("compression.type", codec)]).await;
+        create_with_configs(&mut c, name, &[("compression.type", codec)]).await;
         let sent = batch(50, Compression::Lz4);
         let p = produce(&mut c, 9, name, sent.clone()).await;
         assert_eq!(p.error_code, 0, "{name}: {:?}", p.error_message);
@@ -302,7 +302,7 @@ async fn broker_settings_apply_to_topics_without_their_own() {
     })
     .await;
     let mut c = Client::connect(b.addr).await;
-    create(&mut c, "broker-wide", &[]).await;
+    create_with_configs(&mut c, "broker-wide", &[]).await;
     let p = produce(&mut c, 9, "broker-wide", batch(5, Compression::Gzip)).await;
     assert_eq!(p.error_code, 0);
     assert!(p.log_append_time_ms > 0);
@@ -310,7 +310,7 @@ async fn broker_settings_apply_to_topics_without_their_own() {
     let h = BatchHeader::parse(&raw).unwrap();
     assert_eq!((h.compression(), h.attributes & 8), (4, 8));
     // before.max.ms of 1 ms applies to CreateTime topics only.
-    create(&mut c, "ct", &[("message.timestamp.type", "CreateTime")]).await;
+    create_with_configs(&mut c, "ct", &[("message.timestamp.type", "CreateTime")]).await;
     let old = batch_of(&[Some("a")], now_ms() - 60_000, &[0], Compression::None);
     assert_eq!(produce(&mut c, 9, "ct", old).await.error_code, 32);
 }

@@ -2,126 +2,16 @@
 //! version gets an answer, hostile input gets an error or a closed connection and never takes the
 //! broker down, and the produce/fetch basics hold.
 
+mod support;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::protocol::StrBytes;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use streamhouse_broker::config::BrokerConfig;
 use streamhouse_broker::handlers::SUPPORTED;
-use streamhouse_broker::server::Server;
-use streamhouse_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct TestBroker {
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start() -> TestBroker {
-    start_with(|a| a).await
-}
-
-/// A broker with settings added to the test defaults (field name -> value).
-async fn start_with(
-    settings: impl FnOnce(
-        streamhouse_broker::config::ServeArgs,
-    ) -> streamhouse_broker::config::ServeArgs,
-) -> TestBroker {
-    let dir = tempfile::tempdir().unwrap();
-    let args = settings(BrokerConfig::test_args(dir.path().to_path_buf()));
-    let mut config = BrokerConfig::resolve(args).unwrap();
-    let listener = streamhouse_broker::server::listen(&mut config)
-        .await
-        .unwrap();
-    let broker = Broker::open(config).await.unwrap();
-    let server = Server::new(listener, broker);
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    TestBroker {
-        addr,
-        _dir: dir,
-        _stop: tx,
-    }
-}
-
-struct Client {
-    stream: TcpStream,
-    next_id: i32,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            next_id: 1,
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
-    }
-
-    /// Sends a request and returns the response body (header stripped), or None if the broker closed.
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-    ) -> Option<Resp> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("wire-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
-        self.stream.write_all(&frame).await.ok()?;
-        let mut resp = self.read_frame().await?;
-        assert_eq!(resp.get_i32(), id, "correlation id");
-        if key.response_header_version(version) >= 1 {
-            resp.get_u8(); // no tagged fields expected
-        }
-        Some(Resp::decode(&mut resp, version).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}")))
-    }
-
-    async fn read_frame(&mut self) -> Option<Bytes> {
-        let mut len = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(10), self.stream.read_exact(&mut len))
-            .await
-            .ok()?
-            .ok()?;
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).await.ok()?;
-        Some(Bytes::from(buf))
-    }
-
-    /// True if the broker closed the connection (read returns EOF or reset) within a few seconds.
-    async fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
-}
+use streamhouse_test_support::frame::decode_response;
+use support::*;
 
 async fn api_versions_ok(addr: SocketAddr) {
     let mut c = Client::connect(addr).await;
@@ -132,58 +22,9 @@ async fn api_versions_ok(addr: SocketAddr) {
     assert_eq!(r.error_code, 0);
 }
 
-fn group(name: &str) -> GroupId {
-    GroupId(StrBytes::from_string(name.to_string()))
-}
-
-fn topic(name: &str) -> TopicName {
-    TopicName(StrBytes::from_string(name.to_string()))
-}
-
-fn batch(records: usize, compression: Compression) -> Bytes {
-    let recs: Vec<Record> = (0..records)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder splits batches where offset - sequence changes; the producer id is -1,
-            // so the broker ignores sequences anyway.
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(format!("value-{i}"))),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
-
-fn produce_request(t: &str, data: Bytes, acks: i16) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![produce_request::TopicProduceData::default()
-            .with_name(topic(t))
-            .with_partition_data(vec![
-                produce_request::PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(data)),
-            ])])
+/// A produce request for partition 0 of `t` with `acks`.
+fn produce_with_acks(t: &str, data: Bytes, acks: i16) -> ProduceRequest {
+    produce_request(t, data).with_acks(acks)
 }
 
 fn fetch_request(t: &str, id: uuid::Uuid, offset: i64, max_wait_ms: i32) -> FetchRequest {
@@ -198,18 +39,6 @@ fn fetch_request(t: &str, id: uuid::Uuid, offset: i64, max_wait_ms: i32) -> Fetc
                 .with_partition(0)
                 .with_fetch_offset(offset)
                 .with_partition_max_bytes(1 << 20)])])
-}
-
-async fn create(c: &mut Client, name: &str, partitions: i32) -> uuid::Uuid {
-    let req = CreateTopicsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![create_topics_request::CreatableTopic::default()
-            .with_name(topic(name))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)]);
-    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &req).await.unwrap();
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
-    r.topics[0].topic_id
 }
 
 #[tokio::test]
@@ -227,7 +56,7 @@ async fn every_served_version_is_answered() {
             }
             match spec.key {
                 ApiKey::Produce => call!(ProduceResponse, {
-                    let mut r = produce_request("sweep", batch(2, Compression::None), 1);
+                    let mut r = produce_with_acks("sweep", batch(2, Compression::None), 1);
                     r.topic_data[0].topic_id = id;
                     r
                 }),
@@ -452,7 +281,7 @@ async fn produce_fetch_from_the_middle_of_a_batch_and_long_poll() {
             .call(
                 ApiKey::Produce,
                 9,
-                &produce_request("mid", batch(10, compression), -1),
+                &produce_with_acks("mid", batch(10, compression), -1),
             )
             .await
             .unwrap();
@@ -491,7 +320,7 @@ async fn produce_fetch_from_the_middle_of_a_batch_and_long_poll() {
             .call(
                 ApiKey::Produce,
                 9,
-                &produce_request("mid", batch(1, Compression::None), 1),
+                &produce_with_acks("mid", batch(1, Compression::None), 1),
             )
             .await;
     });
@@ -570,13 +399,12 @@ async fn hostile_input_never_takes_the_broker_down() {
     let mut forged = BytesMut::from(&batch(3, Compression::None)[..]);
     forged[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
     forged[23..27].copy_from_slice(&999_999i32.to_be_bytes());
-    let crc = crc32c::crc32c(&forged[21..]);
-    forged[17..21].copy_from_slice(&crc.to_be_bytes());
+    sign(&mut forged);
     let r: ProduceResponse = c
         .call(
             ApiKey::Produce,
             9,
-            &produce_request("forged", forged.freeze(), -1),
+            &produce_with_acks("forged", forged.freeze(), -1),
         )
         .await
         .unwrap();
@@ -589,7 +417,7 @@ async fn hostile_input_never_takes_the_broker_down() {
         .call(
             ApiKey::Produce,
             9,
-            &produce_request("forged", bad.freeze(), -1),
+            &produce_with_acks("forged", bad.freeze(), -1),
         )
         .await
         .unwrap();
@@ -616,37 +444,11 @@ async fn message_too_large_and_unknown_topics() {
     let b = start().await;
     let mut c = Client::connect(b.addr).await;
     create(&mut c, "big", 1).await;
-    let big: Vec<Record> = vec![Record {
-        transactional: false,
-        control: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 0,
-        key: None,
-        value: Some(Bytes::from(vec![b'x'; 2 << 20])),
-        headers: Default::default(),
-        delete_horizon: false,
-    }];
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &big,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
+    let big = BatchBuilder::new()
+        .record(Record::at(0).value(vec![b'x'; 2 << 20]))
+        .build();
     let r: ProduceResponse = c
-        .call(
-            ApiKey::Produce,
-            9,
-            &produce_request("big", buf.freeze(), -1),
-        )
+        .call(ApiKey::Produce, 9, &produce_with_acks("big", big, -1))
         .await
         .unwrap();
     assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
@@ -654,7 +456,7 @@ async fn message_too_large_and_unknown_topics() {
         .call(
             ApiKey::Produce,
             9,
-            &produce_request("nope", batch(1, Compression::None), -1),
+            &produce_with_acks("nope", batch(1, Compression::None), -1),
         )
         .await
         .unwrap();
@@ -680,46 +482,19 @@ async fn acks_zero_is_silent_and_pipelined_requests_answer_in_order() {
     let mut c = Client::connect(b.addr).await;
     create(&mut c, "quiet", 1).await;
     // acks=0: no response; the next request's answer is the next frame.
-    let mut frame = BytesMut::new();
+    let mut frames = BytesMut::new();
     for (i, acks) in [(100, 0i16), (101, 1)] {
-        let header = RequestHeader::default()
-            .with_request_api_key(0)
-            .with_request_api_version(9)
-            .with_correlation_id(i);
-        let mut body = BytesMut::new();
-        header.encode(&mut body, 2).unwrap();
-        produce_request("quiet", batch(1, Compression::None), acks)
-            .encode(&mut body, 9)
-            .unwrap();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
+        let req = produce_with_acks("quiet", batch(1, Compression::None), acks);
+        frames.extend_from_slice(&frame_as(None, ApiKey::Produce, 9, i, &req));
     }
-    c.send_raw(&frame).await.unwrap();
-    let mut resp = c.read_frame().await.unwrap();
-    assert_eq!(resp.get_i32(), 101);
-    resp.get_u8();
-    let r = ProduceResponse::decode(&mut resp, 9).unwrap();
+    c.send_raw(&frames).await.unwrap();
+    let (id, r): (i32, ProduceResponse) =
+        decode_response(ApiKey::Produce, 9, c.read_frame().await.unwrap());
+    assert_eq!(id, 101);
     assert_eq!(r.responses[0].partition_responses[0].base_offset, 1);
-    let _ = Arc::new(());
 }
 
 // ---- issue 9: bounds on what one client can make the broker hold ---------------------------------
-
-fn frame_of<Req: Encodable>(key: ApiKey, version: i16, id: i32, req: &Req) -> BytesMut {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(id);
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut body, version).unwrap();
-    let mut frame = BytesMut::new();
-    frame.put_i32(body.len() as i32);
-    frame.put_slice(&body);
-    frame
-}
 
 /// Item 3: a topic named 5,000 times in one Metadata request is answered once (it used to be answered
 /// once per repetition: a 30 KB request made a multi-GB response).
@@ -795,7 +570,7 @@ async fn list_offsets_delete_records_and_delete_topics_collapse_repeats() {
 /// named many times is read once.
 #[tokio::test]
 async fn fetch_is_capped_by_fetch_max_bytes_and_repeats_are_read_once() {
-    let b = start_with(|a| a.set("fetch_max_bytes", 20_000)).await;
+    let b = start_with_settings(|a| a.set("fetch_max_bytes", 20_000)).await;
     let mut c = Client::connect(b.addr).await;
     let id = create(&mut c, "big", 1).await;
     for _ in 0..20 {
@@ -803,7 +578,7 @@ async fn fetch_is_capped_by_fetch_max_bytes_and_repeats_are_read_once() {
             .call(
                 ApiKey::Produce,
                 9,
-                &produce_request("big", batch(200, Compression::None), -1),
+                &produce_with_acks("big", batch(200, Compression::None), -1),
             )
             .await
             .unwrap();
@@ -838,7 +613,7 @@ async fn fetch_is_capped_by_fetch_max_bytes_and_repeats_are_read_once() {
 /// arrived but whose body does not is closed after request.read.timeout.ms, freeing their slots.
 #[tokio::test]
 async fn idle_and_half_sent_connections_are_closed_and_per_ip_limits_hold() {
-    let b = start_with(|a| {
+    let b = start_with_settings(|a| {
         a.set("connections_max_idle_ms", 300)
             .set("request_read_timeout_ms", 300)
             .set("max_connections", 2)
@@ -859,7 +634,7 @@ async fn idle_and_half_sent_connections_are_closed_and_per_ip_limits_hold() {
 /// once while the others stay open.
 #[tokio::test]
 async fn past_max_connections_per_ip_a_connection_is_closed_at_once() {
-    let b = start_with(|a| a.set("max_connections_per_ip", 2)).await;
+    let b = start_with_settings(|a| a.set("max_connections_per_ip", 2)).await;
     let mut first = Client::connect(b.addr).await;
     let mut second = Client::connect(b.addr).await;
     let mut third = Client::connect(b.addr).await;
@@ -882,11 +657,12 @@ async fn acks_zero_holds_its_window_until_committed() {
     create(&mut c, "flood", 1).await;
     let mut frames = BytesMut::new();
     for i in 0..200 {
-        frames.extend_from_slice(&frame_of(
+        frames.extend_from_slice(&frame_as(
+            None,
             ApiKey::Produce,
             9,
             1000 + i,
-            &produce_request("flood", batch(50, Compression::None), 0),
+            &produce_with_acks("flood", batch(50, Compression::None), 0),
         ));
     }
     let list = ListOffsetsRequest::default().with_topics(vec![
@@ -896,7 +672,7 @@ async fn acks_zero_holds_its_window_until_committed() {
                 list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1)
             ]),
     ]);
-    frames.extend_from_slice(&frame_of(ApiKey::ListOffsets, 7, 5000, &list));
+    frames.extend_from_slice(&frame_as(None, ApiKey::ListOffsets, 7, 5000, &list));
     c.send_raw(&frames).await.unwrap();
     let mut resp = c.read_frame().await.unwrap();
     assert_eq!(resp.get_i32(), 5000);
@@ -912,17 +688,24 @@ async fn acks_zero_holds_its_window_until_committed() {
 #[tokio::test]
 async fn finished_responses_behind_a_long_poll_stop_the_connection_reading() {
     // A share of about 70 KB (fetch.max.bytes + message.max.bytes + 64 KiB).
-    let b = start_with(|a| {
+    let b = start_with_settings(|a| {
         a.set("fetch_max_bytes", 1000)
             .set("message_max_bytes", 1000)
     })
     .await;
     let mut c = Client::connect(b.addr).await;
     let id = create(&mut c, "poll", 1).await;
-    let mut frames = frame_of(ApiKey::Fetch, 12, 1, &fetch_request("poll", id, 0, 2500));
+    let mut frames = frame_as(
+        None,
+        ApiKey::Fetch,
+        12,
+        1,
+        &fetch_request("poll", id, 0, 2500),
+    );
     // ~1,000 Metadata responses of ~150 bytes each: more than the share.
     for i in 0..1000 {
-        frames.extend_from_slice(&frame_of(
+        frames.extend_from_slice(&frame_as(
+            None,
             ApiKey::Metadata,
             12,
             10 + i,
@@ -935,7 +718,7 @@ async fn finished_responses_behind_a_long_poll_stop_the_connection_reading() {
             .with_name(topic("late"))
             .with_num_partitions(1)
             .with_replication_factor(1)]);
-    frames.extend_from_slice(&frame_of(ApiKey::CreateTopics, 7, 9999, &create_late));
+    frames.extend_from_slice(&frame_as(None, ApiKey::CreateTopics, 7, 9999, &create_late));
     c.send_raw(&frames).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut other = Client::connect(b.addr).await;
@@ -962,7 +745,7 @@ async fn finished_responses_behind_a_long_poll_stop_the_connection_reading() {
 /// million partitions in 3 s.
 #[tokio::test]
 async fn partitions_are_capped_per_request_and_per_broker() {
-    let b = start_with(|a| {
+    let b = start_with_settings(|a| {
         a.set("max_partitions_per_request", 100)
             .set("max_broker_partitions", 150)
     })

@@ -10,9 +10,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use streamhouse_broker::config::BrokerConfig;
-use streamhouse_broker::server::Server;
-use streamhouse_broker::Broker;
 
 const RECORDS: usize = 10_000;
 const PARTITIONS: i32 = 3;
@@ -29,18 +26,8 @@ struct Sent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_keyed_records_with_headers_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
-    let listener = streamhouse_broker::server::listen(&mut config)
-        .await
-        .unwrap();
-    let broker = Broker::open(config).await.unwrap();
-    let server = Server::new(listener, broker);
-    let bootstrap = server.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let broker = streamhouse_test_support::broker::start().await;
+    let bootstrap = broker.addr.to_string();
 
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -166,5 +153,5 @@ async fn ten_thousand_keyed_records_with_headers_round_trip() {
     for (k, s) in &sent {
         assert_eq!(got.get(k), Some(s), "record at {k:?}");
     }
-    let _ = stop.send(());
+    drop(broker);
 }

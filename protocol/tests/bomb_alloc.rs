@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use streamhouse_protocol::batch::{BatchError, BATCH_HEADER_LEN};
 use streamhouse_protocol::compression::{self, Codec};
 use streamhouse_protocol::validator::{validate, Rules, TimestampType};
+use streamhouse_test_support::batch::{zstd_rle, BatchBuilder, Record};
 
 struct Counting;
 
@@ -78,7 +79,7 @@ fn bound(codec: Codec, limit: usize) -> usize {
 fn rules(limit: usize) -> Rules {
     Rules {
         topic_partition: "t-0".into(),
-        now_ms: 1_700_000_000_000,
+        now_ms: NOW,
         timestamp_type: TimestampType::CreateTime,
         timestamp_before_max_ms: i64::MAX,
         timestamp_after_max_ms: i64::MAX,
@@ -89,72 +90,23 @@ fn rules(limit: usize) -> Rules {
     }
 }
 
-fn varint(v: i64, out: &mut Vec<u8>) {
-    let mut u = ((v << 1) ^ (v >> 63)) as u64;
-    while u >= 0x80 {
-        out.push(u as u8 | 0x80);
-        u >>= 7;
-    }
-    out.push(u as u8);
-}
+const NOW: i64 = 1_700_000_000_000;
 
 /// `n` small valid records (uncompressed bytes of a batch's payload).
 fn records(n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut body = vec![0u8]; // attributes
-        varint(0, &mut body); // timestamp delta
-        varint(i as i64, &mut body); // offset delta
-        varint(3, &mut body);
-        body.extend_from_slice(b"key");
-        varint(5, &mut body);
-        body.extend_from_slice(b"value");
-        varint(0, &mut body); // headers
-        varint(body.len() as i64, &mut out);
-        out.extend_from_slice(&body);
-    }
-    out
+    BatchBuilder::new()
+        .records((0..n).map(|_| Record::at(NOW).key("key").value("value")))
+        .raw_records()
 }
 
 /// A signed magic v2 batch claiming `count` records, with `payload` as its (compressed) records.
 fn batch(codec: Codec, count: i32, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(BATCH_HEADER_LEN + payload.len());
-    b.extend_from_slice(&0i64.to_be_bytes());
-    b.extend_from_slice(&((BATCH_HEADER_LEN - 12 + payload.len()) as i32).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes()); // leader epoch
-    b.push(2); // magic
-    b.extend_from_slice(&[0; 4]); // crc, below
-    b.extend_from_slice(&codec.id().to_be_bytes());
-    b.extend_from_slice(&(count - 1).to_be_bytes());
-    b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
-    b.extend_from_slice(&1_700_000_000_000i64.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
-    b.extend_from_slice(&(-1i16).to_be_bytes());
-    b.extend_from_slice(&(-1i32).to_be_bytes());
-    b.extend_from_slice(&count.to_be_bytes());
-    b.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b
-}
-
-/// A zstd frame of RLE blocks (4 bytes per 128 KiB): `prefix`, then `zeros` zero bytes.
-fn zstd_rle(prefix: &[u8], zeros: u64) -> Vec<u8> {
-    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x38];
-    let block = |f: &mut Vec<u8>, kind: u32, size: u64, last: bool| {
-        let h = (last as u32) | (kind << 1) | ((size as u32) << 3);
-        f.extend_from_slice(&h.to_le_bytes()[..3]);
-    };
-    block(&mut f, 0, prefix.len() as u64, zeros == 0);
-    f.extend_from_slice(prefix);
-    let mut left = zeros;
-    while left > 0 {
-        let n = left.min(128 << 10);
-        left -= n;
-        block(&mut f, 1, n, left == 0);
-        f.push(0);
-    }
-    f
+    BatchBuilder::new()
+        .timestamps(NOW, NOW)
+        .claim_count(count)
+        .payload(codec.id(), payload)
+        .build()
+        .to_vec()
 }
 
 #[test]

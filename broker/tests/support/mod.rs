@@ -1,102 +1,37 @@
-//! Shared by the record-validation tests: an in-process broker over real sockets (its `Broker` kept,
-//! so a test can plant batches in storage past produce validation), a minimal client, and batches made
-//! by hand (compression bombs, forged counts, garbage flagged as compressed).
-#![allow(dead_code)]
+//! Shared by the broker's end-to-end tests (`mod support;`): streamhouse-test-support's in-process
+//! broker, client and batch builder re-exported, plus the broker tests' own vocabulary on top of them:
+//! topic helpers, produce / list-offsets / fetch calls, and the batches they send (ordinary ones,
+//! compression bombs; forged counts and garbage flagged as compressed are made from these).
+#![allow(dead_code, unused_imports)]
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+use kafka_protocol::protocol::StrBytes;
+pub use streamhouse_test_support::batch::{
+    sign, with_payload, zstd_rle, BatchBuilder, Compression, Record, HEADER_LEN,
 };
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-use streamhouse_broker::config::BrokerConfig;
-use streamhouse_broker::server::Server;
-use streamhouse_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+pub use streamhouse_test_support::broker::{start, start_with, start_with_settings, TestBroker};
+pub use streamhouse_test_support::frame::{frame, frame_as, Client};
 
-pub struct TestBroker {
-    pub addr: SocketAddr,
-    pub broker: Arc<Broker>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+pub fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
 }
 
-pub async fn start_with(tweak: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = BrokerConfig::for_tests(dir.path().to_path_buf());
-    tweak(&mut config);
-    let listener = streamhouse_broker::server::listen(&mut config)
-        .await
-        .unwrap();
-    let broker = Broker::open(config).await.unwrap();
-    let server = Server::new(listener, broker.clone());
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async move {
-        let _ = rx.await;
-    }));
-    TestBroker {
-        addr,
-        broker,
-        _dir: dir,
-        _stop: tx,
-    }
+pub fn group(name: &str) -> GroupId {
+    GroupId(s(name))
 }
 
-pub struct Client {
-    stream: TcpStream,
-    next_id: i32,
-}
-
-impl Client {
-    pub async fn connect(addr: SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            next_id: 1,
-        }
-    }
-
-    /// Sends a request and returns the response body, or None if the broker closed the connection.
-    pub async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-    ) -> Option<Resp> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("records-test")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
-        self.stream.write_all(&frame).await.ok()?;
-        let mut len = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(30), self.stream.read_exact(&mut len))
-            .await
-            .ok()?
-            .ok()?;
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf).await.ok()?;
-        let mut resp = Bytes::from(buf);
-        assert_eq!(resp.get_i32(), id, "correlation id");
-        if key.response_header_version(version) >= 1 {
-            resp.get_u8();
-        }
-        Some(Resp::decode(&mut resp, version).unwrap())
-    }
+/// Creates a topic of `partitions` partitions; returns its id.
+pub async fn create(c: &mut Client, name: &str, partitions: i32) -> uuid::Uuid {
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(60_000)
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(topic(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+    let r: CreateTopicsResponse = c.must(ApiKey::CreateTopics, 7, &req).await;
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    r.topics[0].topic_id
 }
 
 pub fn topic(name: &str) -> TopicName {
@@ -104,7 +39,11 @@ pub fn topic(name: &str) -> TopicName {
 }
 
 /// Creates a topic with one partition and the given configs; returns its id.
-pub async fn create(c: &mut Client, name: &str, configs: &[(&str, &str)]) -> uuid::Uuid {
+pub async fn create_with_configs(
+    c: &mut Client,
+    name: &str,
+    configs: &[(&str, &str)],
+) -> uuid::Uuid {
     let configs = configs
         .iter()
         .map(|(k, v)| {
@@ -132,92 +71,28 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A batch of records with the given keys (`None`: no key), record i stamped `base_ts + deltas[i]`.
+/// A batch of records with the given keys (`None`: no key), record i stamped `base_ts + deltas[i]`,
+/// valued `value-<i>`, with header `h` = `<i>`.
 pub fn batch_of(keys: &[Option<&str>], base_ts: i64, deltas: &[i64], c: Compression) -> Bytes {
-    let recs: Vec<Record> = keys
-        .iter()
-        .zip(deltas)
-        .enumerate()
-        .map(|(i, (k, d))| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: base_ts + d,
-            key: k.map(|k| Bytes::from(k.to_string())),
-            value: Some(Bytes::from(format!("value-{i}"))),
-            headers: [(
-                StrBytes::from_static_str("h"),
-                Some(Bytes::from(format!("{i}"))),
-            )]
-            .into_iter()
-            .collect(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: c,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    BatchBuilder::new()
+        .compression(c)
+        .records(keys.iter().zip(deltas).enumerate().map(|(i, (k, d))| {
+            let r = Record::at(base_ts + d)
+                .value(format!("value-{i}"))
+                .header("h", format!("{i}"));
+            match k {
+                Some(k) => r.key(k.to_string()),
+                None => r,
+            }
+        }))
+        .build()
 }
 
+/// `n` records keyed `key-<i>`, stamped now.
 pub fn batch(n: usize, c: Compression) -> Bytes {
     let keys: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
     let keys: Vec<Option<&str>> = keys.iter().map(|k| Some(k.as_str())).collect();
     batch_of(&keys, now_ms(), &vec![0; n], c)
-}
-
-/// Re-signs a batch after its header or payload was changed.
-pub fn refresh_crc(b: &mut [u8]) {
-    let crc = crc32c::crc32c(&b[21..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-}
-
-/// A batch with the header of `like` (its count, timestamps, producer fields), codec `codec` and
-/// `payload` as its records, signed.
-pub fn with_payload(like: &[u8], codec: i16, payload: &[u8]) -> Bytes {
-    let mut b = like[..61].to_vec();
-    b.extend_from_slice(payload);
-    let len = (b.len() - 12) as i32;
-    b[8..12].copy_from_slice(&len.to_be_bytes());
-    let a = (i16::from_be_bytes([b[21], b[22]]) & !7) | codec;
-    b[21..23].copy_from_slice(&a.to_be_bytes());
-    refresh_crc(&mut b);
-    Bytes::from(b)
-}
-
-/// A zstd frame inflating to `zeros` zero bytes after `prefix`, made of RLE blocks (4 bytes per
-/// 128 KiB): 32 GiB costs 1 MiB and no CPU to make.
-pub fn zstd_rle_bomb(prefix: &[u8], zeros: u64) -> Vec<u8> {
-    const BLOCK: u64 = 128 << 10;
-    // Magic, then a frame header descriptor without content size, checksum or dictionary, and a
-    // window descriptor for 2^17 bytes (exponent 7).
-    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x38];
-    let block = |f: &mut Vec<u8>, kind: u32, size: u64, last: bool| {
-        let h = (last as u32) | (kind << 1) | ((size as u32) << 3);
-        f.extend_from_slice(&h.to_le_bytes()[..3]);
-    };
-    block(&mut f, 0, prefix.len() as u64, zeros == 0);
-    f.extend_from_slice(prefix);
-    let mut left = zeros;
-    while left > 0 {
-        let n = left.min(BLOCK);
-        left -= n;
-        block(&mut f, 1, n, left == 0);
-        f.push(0);
-    }
-    f
 }
 
 /// A zstd batch of one record that claims 2^31-1 bytes and inflates to `inflated` bytes (zeros after
@@ -227,11 +102,7 @@ pub fn zstd_bomb_batch(inflated: u64) -> Bytes {
     let like = batch_of(&[Some("k")], now_ms() + 10_000, &[0], Compression::None);
     // Zig-zag varint of i32::MAX.
     let prefix = [0xfe, 0xff, 0xff, 0xff, 0x0f];
-    with_payload(
-        &like,
-        4,
-        &zstd_rle_bomb(&prefix, inflated - prefix.len() as u64),
-    )
+    with_payload(&like, 4, &zstd_rle(&prefix, inflated - prefix.len() as u64))
 }
 
 pub fn produce_request(t: &str, data: Bytes) -> ProduceRequest {

@@ -1,5 +1,5 @@
-//! Record batches for the storage tests, and [`on_each_store!`]: every test runs on each metadata
-//! store.
+//! Record batches for the storage tests (made by streamhouse-test-support's builder), appended and
+//! read back, and [`on_each_store!`]: every test runs on each metadata store.
 #![allow(dead_code)]
 
 pub use streamhouse_storage::metadata::testing::{off_runtime, TestStore};
@@ -24,12 +24,11 @@ macro_rules! on_each_store {
     )*};
 }
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::Compression;
 use streamhouse_protocol::batch::validate_produce_batch;
 use streamhouse_storage::{AppendBatch, Storage};
+use streamhouse_test_support::batch::{BatchBuilder, Record};
 
 pub fn batch(first_seq: i32, n: usize, producer_id: i64, compression: Compression) -> Bytes {
     batch_at(first_seq, n, producer_id, compression, 10_000)
@@ -43,34 +42,14 @@ pub fn batch_at(
     compression: Compression,
     timestamp: i64,
 ) -> Bytes {
-    let recs: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: first_seq + i as i32,
-            timestamp: timestamp + (first_seq as i64 + i as i64) * 10,
-            key: None,
-            value: Some(Bytes::from(format!("v{}", first_seq as usize + i))),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &recs,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    BatchBuilder::new()
+        .compression(compression)
+        .producer(producer_id, 0, first_seq)
+        .records((0..n).map(|i| {
+            let seq = first_seq as i64 + i as i64;
+            Record::at(timestamp + seq * 10).value(format!("v{seq}"))
+        }))
+        .build()
 }
 
 pub fn append_batch(storage: &Storage, topic: &str, data: Bytes) -> AppendBatch {
