@@ -832,3 +832,102 @@ async fn describe_groups_with_a_repeated_group_describes_it_once() {
         .unwrap();
     assert_eq!(r.groups.len(), 1);
 }
+
+/// Topic admin runs in request order (`Reply::InOrder`): requests pipelined behind CreateTopics,
+/// CreatePartitions and DeleteTopics on one connection see their effects, as on Kafka, which handles
+/// one request of a connection at a time. Metadata's auto-creation is not in request order (Kafka's is
+/// asynchronous too), but its answer waits for it.
+#[tokio::test]
+async fn pipelined_requests_see_the_topic_admin_before_them() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    let metadata = |names: &[&str], auto: bool| {
+        MetadataRequest::default()
+            .with_topics(Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        metadata_request::MetadataRequestTopic::default().with_name(Some(topic(n)))
+                    })
+                    .collect(),
+            ))
+            .with_allow_auto_topic_creation(auto)
+    };
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![create_topics_request::CreatableTopic::default()
+            .with_name(topic("ordered"))
+            .with_num_partitions(2)
+            .with_replication_factor(1)]);
+    let grow = CreatePartitionsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(topic("ordered"))
+                .with_count(4)
+                .with_assignments(None),
+        ]);
+    let delete = DeleteTopicsRequest::default()
+        .with_topic_names(vec![topic("ordered")])
+        .with_timeout_ms(5000);
+    let mut frames = BytesMut::new();
+    frames.extend_from_slice(&c.frame(ApiKey::CreateTopics, 7, &create));
+    frames.extend_from_slice(&c.frame(ApiKey::Metadata, 12, &metadata(&["ordered"], false)));
+    frames.extend_from_slice(&c.frame(ApiKey::CreatePartitions, 3, &grow));
+    frames.extend_from_slice(&c.frame(ApiKey::Metadata, 12, &metadata(&["ordered"], false)));
+    frames.extend_from_slice(&c.frame(ApiKey::DeleteTopics, 5, &delete));
+    frames.extend_from_slice(&c.frame(ApiKey::Metadata, 12, &metadata(&["ordered"], false)));
+    frames.extend_from_slice(&c.frame(ApiKey::Metadata, 12, &metadata(&["auto", "ordered"], true)));
+    c.send(&frames).await;
+
+    let r: CreateTopicsResponse = c.recv(ApiKey::CreateTopics, 7).await;
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    let m: MetadataResponse = c.recv(ApiKey::Metadata, 12).await;
+    assert_eq!(
+        (m.topics[0].error_code, m.topics[0].partitions.len()),
+        (0, 2)
+    );
+    let r: CreatePartitionsResponse = c.recv(ApiKey::CreatePartitions, 3).await;
+    assert_eq!(
+        r.results[0].error_code, 0,
+        "{:?}",
+        r.results[0].error_message
+    );
+    let m: MetadataResponse = c.recv(ApiKey::Metadata, 12).await;
+    assert_eq!(
+        (m.topics[0].error_code, m.topics[0].partitions.len()),
+        (0, 4)
+    );
+    let r: DeleteTopicsResponse = c.recv(ApiKey::DeleteTopics, 5).await;
+    assert_eq!(r.responses[0].error_code, 0);
+    let m: MetadataResponse = c.recv(ApiKey::Metadata, 12).await;
+    assert_eq!(m.topics[0].error_code, 3, "deleted before this request");
+    // Auto-creation: "auto" created with num.partitions (1), the deleted topic created again, both
+    // answered in the order asked.
+    let m: MetadataResponse = c.recv(ApiKey::Metadata, 12).await;
+    let names: Vec<_> = m
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_ref().unwrap().to_string(),
+                t.error_code,
+                t.partitions.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![("auto".to_string(), 0, 1), ("ordered".to_string(), 0, 1)]
+    );
+    // Created before that answer was sent. (Not necessarily before a request pipelined behind it:
+    // Kafka too creates auto-created topics asynchronously, answering LEADER_NOT_AVAILABLE meanwhile.)
+    let m: MetadataResponse = c
+        .call(ApiKey::Metadata, 12, &metadata(&["auto"], false))
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.topics[0].error_code, m.topics[0].partitions.len()),
+        (0, 1)
+    );
+}
