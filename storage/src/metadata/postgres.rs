@@ -189,6 +189,15 @@ impl PostgresMetadata {
         self.transaction(IsolationLevel::ReadCommitted, false, f)
     }
 
+    /// Runs `delete`, a DELETE whose `$1` is an array of segment ids.
+    fn delete_segment_ids(&self, delete: &'static str, ids: &[u64]) -> Result<(), StorageError> {
+        let ids: Vec<i64> = ids.iter().map(|id| *id as i64).collect();
+        self.read_committed(|tx| {
+            tx.execute(delete, &[&ids])?;
+            Ok(())
+        })
+    }
+
     /// Reads of one snapshot.
     fn snapshot<T>(
         &self,
@@ -968,14 +977,10 @@ impl MetadataStore for PostgresMetadata {
     }
 
     fn forget_retired_segments(&self, ids: &[u64]) -> Result<(), StorageError> {
-        let ids: Vec<i64> = ids.iter().map(|id| *id as i64).collect();
-        self.read_committed(|tx| {
-            tx.execute(
-                "DELETE FROM retired_segments WHERE segment_id = ANY($1)",
-                &[&ids],
-            )?;
-            Ok(())
-        })
+        self.delete_segment_ids(
+            "DELETE FROM retired_segments WHERE segment_id = ANY($1)",
+            ids,
+        )
     }
 
     fn allocate_producer_id(&self) -> Result<i64, StorageError> {
@@ -1066,14 +1071,10 @@ impl MetadataStore for PostgresMetadata {
     }
 
     fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError> {
-        let ids: Vec<i64> = segment_ids.iter().map(|id| *id as i64).collect();
-        self.read_committed(|tx| {
-            tx.execute(
-                "DELETE FROM upload_intents WHERE segment_id = ANY($1)",
-                &[&ids],
-            )?;
-            Ok(())
-        })
+        self.delete_segment_ids(
+            "DELETE FROM upload_intents WHERE segment_id = ANY($1)",
+            segment_ids,
+        )
     }
 
     fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError> {
