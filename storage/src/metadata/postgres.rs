@@ -482,36 +482,40 @@ impl BlockColumns {
     }
 }
 
-/// A flush's blocks, replacing a row of the same key, for topics that still exist.
-const INSERT_BLOCKS: &str = "
-INSERT INTO blocks (topic_id, partition, base_offset, last_offset, max_timestamp, segment_id,
+/// The rows of [`BlockColumns`] as `b`, to insert into `blocks`: the start of both inserts below.
+macro_rules! insert_blocks_from_columns {
+    () => {
+        "INSERT INTO blocks (topic_id, partition, base_offset, last_offset, max_timestamp, segment_id,
                     position, stored_len, raw_len, codec, crc)
 SELECT b.* FROM UNNEST($1::uuid[], $2::integer[], $3::bigint[], $4::bigint[], $5::bigint[],
                        $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::smallint[],
                        $11::bigint[])
   AS b(topic_id, partition, base_offset, last_offset, max_timestamp, segment_id, position,
        stored_len, raw_len, codec, crc)
-WHERE EXISTS (SELECT 1 FROM topics t WHERE t.topic_id = b.topic_id)
+"
+    };
+}
+
+/// A flush's blocks, replacing a row of the same key, for topics that still exist.
+const INSERT_BLOCKS: &str = concat!(
+    insert_blocks_from_columns!(),
+    "WHERE EXISTS (SELECT 1 FROM topics t WHERE t.topic_id = b.topic_id)
 ON CONFLICT (topic_id, partition, base_offset) DO UPDATE SET
   last_offset = EXCLUDED.last_offset, max_timestamp = EXCLUDED.max_timestamp,
   segment_id = EXCLUDED.segment_id, position = EXCLUDED.position,
   stored_len = EXCLUDED.stored_len, raw_len = EXCLUDED.raw_len, codec = EXCLUDED.codec,
-  crc = EXCLUDED.crc";
+  crc = EXCLUDED.crc"
+);
 
 /// Compaction's merged blocks, only where the partition exists and the block ends at or after its
 /// log start offset, never over a row of the same key; returns the keys added.
-const INSERT_MERGED_BLOCKS: &str = "
-INSERT INTO blocks (topic_id, partition, base_offset, last_offset, max_timestamp, segment_id,
-                    position, stored_len, raw_len, codec, crc)
-SELECT b.* FROM UNNEST($1::uuid[], $2::integer[], $3::bigint[], $4::bigint[], $5::bigint[],
-                       $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::smallint[],
-                       $11::bigint[])
-  AS b(topic_id, partition, base_offset, last_offset, max_timestamp, segment_id, position,
-       stored_len, raw_len, codec, crc)
-JOIN partitions p ON p.topic_id = b.topic_id AND p.partition = b.partition
+const INSERT_MERGED_BLOCKS: &str = concat!(
+    insert_blocks_from_columns!(),
+    "JOIN partitions p ON p.topic_id = b.topic_id AND p.partition = b.partition
                  AND p.log_start_offset <= b.last_offset
 ON CONFLICT (topic_id, partition, base_offset) DO NOTHING
-RETURNING topic_id, partition, base_offset";
+RETURNING topic_id, partition, base_offset"
+);
 
 /// Adds a live segment: its row, and the end of its upload intent (if it had one) in the same
 /// transaction, so an object is always either referenced or covered by an intent.
