@@ -17,7 +17,8 @@ pub const API: ApiSpec = ApiSpec {
     max: 3,
 };
 
-/// In request order: the partitions exist for the client's next request (Kafka handles one request of a connection at a time).
+/// In request order: the partitions exist for the client's next request (Kafka handles one request
+/// of a connection at a time).
 pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,

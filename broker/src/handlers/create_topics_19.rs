@@ -23,7 +23,8 @@ pub const API: ApiSpec = ApiSpec {
     max: 7,
 };
 
-/// In request order: the topics exist for the client's next request (Kafka handles one request of a connection at a time).
+/// In request order: the topics exist for the client's next request (Kafka handles one request of a
+/// connection at a time).
 pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,

@@ -20,7 +20,8 @@ pub const API: ApiSpec = ApiSpec {
     max: 2,
 };
 
-/// In request order: the next request from the client sees the new log start offsets (Kafka handles one request of a connection at a time).
+/// In request order: the next request from the client sees the new log start offsets (Kafka handles
+/// one request of a connection at a time).
 pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,

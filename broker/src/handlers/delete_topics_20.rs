@@ -17,7 +17,8 @@ pub const API: ApiSpec = ApiSpec {
     max: 6,
 };
 
-/// In request order: the topics are gone for the client's next request (Kafka handles one request of a connection at a time).
+/// In request order: the topics are gone for the client's next request (Kafka handles one request
+/// of a connection at a time).
 pub fn handle(
     broker: &Arc<Broker>,
     header: &RequestHeader,

@@ -22,7 +22,8 @@ pub const API: ApiSpec = ApiSpec {
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-/// In request order: the client's next request sees the new configs (Kafka handles one request of a connection at a time).
+/// In request order: the client's next request sees the new configs (Kafka handles one request of a
+/// connection at a time).
 pub fn handle(
     broker: &Arc<Broker>,
     _header: &RequestHeader,
