@@ -106,3 +106,28 @@ def test_delete_records_moves_the_earliest_offset(broker, topic, tmp_path):
     spec.write_text('{"partitions": [{"topic": "%s", "partition": 0, "offset": 99}], "version": 1}' % topic)
     r = kafka_tool("kafka-delete-records", "--bootstrap-server", B, "--offset-json-file", spec)
     assert "OffsetOutOfRange" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_kafka_log_dirs_describe(broker, topic):
+    """kafka-log-dirs --describe: one directory holding the topic's partitions, with sizes (bytes on
+    disk or in the object store: only "some" and "none" compare across brokers), no lag, none future."""
+    import json
+    B = broker.bootstrap
+    r = kafka_tool("kafka-topics", "--bootstrap-server", B, "--create", "--topic", topic, "--partitions", 2)
+    assert r.returncode == 0, r.stderr
+    # Keyed to partition 0 only (the console producer's default partitioner hashes the key).
+    r = kafka_tool("kafka-console-producer", "--bootstrap-server", B, "--topic", topic,
+                   "--property", "parse.key=true", "--property", "key.separator=:",
+                   input="".join(f"k:{i}\n" for i in range(50)))
+    assert r.returncode == 0, r.stderr
+    r = kafka_tool("kafka-log-dirs", "--bootstrap-server", B, "--describe", "--topic-list", topic)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    dirs = [d for b in doc["brokers"] for d in b["logDirs"]]
+    assert dirs and all(d["error"] is None and d["logDir"].startswith("/") for d in dirs), doc
+    parts = {p["partition"]: p for d in dirs for p in d["partitions"]}
+    assert sorted(parts) == [f"{topic}-0", f"{topic}-1"], doc
+    sizes = sorted(p["size"] for p in parts.values())
+    # One partition holds the 50 records, the other none.
+    assert sizes[0] == 0 and sizes[1] > 0, doc
+    assert all(p["offsetLag"] == 0 and p["isFuture"] is False for p in parts.values()), doc

@@ -260,6 +260,10 @@ async fn every_served_version_is_answered() {
                             ])
                     ])
                 ),
+                ApiKey::DescribeLogDirs => call!(
+                    DescribeLogDirsResponse,
+                    DescribeLogDirsRequest::default().with_topics(None)
+                ),
                 ApiKey::ConsumerGroupDescribe => call!(
                     ConsumerGroupDescribeResponse,
                     ConsumerGroupDescribeRequest::default()
@@ -930,4 +934,75 @@ async fn pipelined_requests_see_the_topic_admin_before_them() {
         (m.topics[0].error_code, m.topics[0].partitions.len()),
         (0, 1)
     );
+}
+
+/// DescribeLogDirs: one directory, every partition's size as the index has it; the partitions asked
+/// for, each once, the unknown ones left out (Kafka's ReplicaManager.describeLogDirs).
+#[tokio::test]
+async fn describe_log_dirs_reports_partition_sizes() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "sized", 2).await;
+    let data = batch(10, Compression::None);
+    let p = produce(&mut c, 9, "sized", data.clone()).await;
+    assert_eq!(p.error_code, 0);
+    let asked = |name: &str, partitions: Vec<i32>| {
+        describe_log_dirs_request::DescribableLogDirTopic::default()
+            .with_topic(topic(name))
+            .with_partitions(partitions)
+    };
+    let req = DescribeLogDirsRequest::default().with_topics(Some(vec![
+        asked("sized", vec![1, 0, 7, 0]),
+        asked("missing", vec![0]),
+        asked("sized", vec![1]),
+    ]));
+    let mut sizes = Vec::new();
+    for v in [1, 4] {
+        let r: DescribeLogDirsResponse = c.must(ApiKey::DescribeLogDirs, v, &req).await;
+        assert_eq!(r.results.len(), 1);
+        let dir = &r.results[0];
+        assert_eq!(dir.error_code, 0);
+        assert!(std::path::Path::new(dir.log_dir.as_str()).is_absolute());
+        let got: Vec<(String, i32)> = dir
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.to_string(), p.partition_index))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("sized".to_string(), 0), ("sized".to_string(), 1)]
+        );
+        let p = &dir.topics[0].partitions;
+        // Bytes in the segment store (blocks may be stored compressed): some for partition 0, none
+        // for the empty one.
+        assert!(p[0].partition_size > 0 && p[0].partition_size <= data.len() as i64 + 64);
+        assert_eq!(p[1].partition_size, 0);
+        assert!(p.iter().all(|p| p.offset_lag == 0 && !p.is_future_key));
+        if v >= 4 {
+            assert_eq!((dir.total_bytes, dir.usable_bytes), (-1, -1));
+        }
+        sizes.push(p[0].partition_size);
+    }
+    assert_eq!(sizes[0], sizes[1]);
+    // Another batch: the partition grows.
+    assert_eq!(
+        produce(&mut c, 9, "sized", data.clone()).await.error_code,
+        0
+    );
+    let r: DescribeLogDirsResponse = c.must(ApiKey::DescribeLogDirs, 4, &req).await;
+    assert!(r.results[0].topics[0].partitions[0].partition_size > sizes[0]);
+    // Null: every topic.
+    let all: DescribeLogDirsResponse = c
+        .must(
+            ApiKey::DescribeLogDirs,
+            4,
+            &DescribeLogDirsRequest::default().with_topics(None),
+        )
+        .await;
+    assert_eq!(all.results[0].topics.len(), 1);
+    assert_eq!(all.results[0].topics[0].partitions.len(), 2);
 }

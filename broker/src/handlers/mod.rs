@@ -14,6 +14,7 @@ pub mod delete_topics_20;
 pub mod describe_cluster_60;
 pub mod describe_configs_32;
 pub mod describe_groups_15;
+pub mod describe_log_dirs_35;
 pub mod fetch_01;
 pub mod find_coordinator_10;
 pub mod heartbeat_12;
@@ -69,6 +70,7 @@ pub const SUPPORTED: &[ApiSpec] = &[
     delete_records_21::API,
     init_producer_id_22::API,
     describe_configs_32::API,
+    describe_log_dirs_35::API,
     create_partitions_37::API,
     delete_groups_42::API,
     incremental_alter_configs_44::API,
@@ -289,6 +291,7 @@ pub async fn dispatch(
         ApiKey::DeleteTopics => serve!(delete_topics_20, "DeleteTopics"),
         ApiKey::InitProducerId => serve!(init_producer_id_22, "InitProducerId"),
         ApiKey::DescribeConfigs => serve!(describe_configs_32, "DescribeConfigs"),
+        ApiKey::DescribeLogDirs => serve!(describe_log_dirs_35, "DescribeLogDirs"),
         ApiKey::DescribeCluster => serve!(describe_cluster_60, "DescribeCluster"),
         ApiKey::OffsetCommit => serve!(offset_commit_08, "OffsetCommit"),
         ApiKey::OffsetFetch => serve!(offset_fetch_09, "OffsetFetch"),

@@ -127,6 +127,18 @@ impl Partition {
 
     // ---- reading the index ---------------------------------------------------------------------
 
+    /// Bytes the partition's readable log takes in its segment store: the stored (possibly
+    /// compressed) length of every block in the index (DescribeLogDirs' partition size). A pass over
+    /// the index under the read lock.
+    pub fn size_bytes(&self) -> u64 {
+        self.state
+            .read()
+            .blocks
+            .values()
+            .map(|b| b.stored_len as u64)
+            .sum()
+    }
+
     /// Plans a read (see [`index::plan_read`]).
     pub(super) fn plan_read(
         &self,
