@@ -13,8 +13,8 @@
 //! runs async tasks. For PostgreSQL the rule is hard: the `postgres` client drives each connection on a
 //! small runtime of its own, and starting it on a runtime thread panics ("Cannot start a runtime from
 //! within a runtime"). The engine calls through `Storage::with_meta` and `spawn_blocking` (writer commit,
-//! recovery, identity); the group coordinator through its writer thread, and loads at start on a
-//! blocking thread. Dropping a store is allowed anywhere (PostgreSQL closes its connections on a
+//! recovery, identity); the group coordinator only through its writer thread, which also loads the
+//! groups at open. Dropping a store is allowed anywhere (PostgreSQL closes its connections on a
 //! thread of its own). The storage tests run on both stores, so a call site that breaks the rule
 //! fails there.
 
