@@ -31,6 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_relative(path):
+    """`path` relative to the repository root if it lies inside it, else its file name."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return p.name
 KAFKA_KIT = ROOT / "scripts" / "kafka"
 KAFKA_SH = KAFKA_KIT / "kafka.sh"
 
@@ -567,7 +576,8 @@ def metadata(a, binary: Path, matrix: list[Config]) -> dict:
         "kafka_heap": os.environ.get("KAFKA_HEAP_OPTS", "-Xmx1G -Xms1G (broker), -Xmx512M (tools)"),
         "java_version": java[0] if java else "?",
         "streamhouse_commit": commit + (" (+ uncommitted changes)" if dirty else ""),
-        "streamhouse_binary": f"{binary} (built {bin_mtime})",
+        # Relative to the repository when it is inside it: a report must not name this machine's paths.
+        "streamhouse_binary": f"{repo_relative(binary)} (built {bin_mtime})",
         "streamhouse_version": sh([str(binary), "--version"]),
         "rust_log": os.environ.get("RUST_LOG", "info"),
         "mode": "smoke" if a.smoke else "full",
