@@ -9,7 +9,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use streamhouse_protocol::{batch, codec};
 use streamhouse_storage::segment::{decode_block, encode_block, BlockMeta};
-use streamhouse_storage::{AppendBatch, Storage, StorageConfig};
+use streamhouse_storage::{AppendBatch, Isolation, Storage, StorageConfig};
 use streamhouse_test_support::batch::{BatchBuilder, Record};
 use streamhouse_test_support::frame::request_bytes;
 
@@ -151,7 +151,7 @@ fn fetch(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let r = storage
-                    .read(&partition, 1_000, 1 << 20, true)
+                    .read(&partition, 1_000, 1 << 20, true, Isolation::ReadUncommitted)
                     .await
                     .expect("read");
                 let resp = FetchResponse::default().with_responses(vec![

@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod codec;
 pub mod compression;
+pub mod control;
 pub mod frame;
 pub mod records;
 pub mod validator;

@@ -16,6 +16,10 @@ pub enum StorageError {
     OutOfOrderSequence,
     #[error("producer epoch is older than the current one")]
     InvalidProducerEpoch,
+    /// A transactional batch of a producer with no open transaction holding the partition (KIP-890's
+    /// verification: a late batch cannot join a transaction that ended).
+    #[error("the producer has no ongoing transaction with this partition")]
+    InvalidTxnState,
     #[error("corrupt block in segment {segment_id} at {position}: {reason}")]
     CorruptBlock {
         segment_id: u64,
@@ -56,6 +60,7 @@ impl StorageError {
             StorageError::OffsetOutOfRange { .. } => E::OffsetOutOfRange,
             StorageError::OutOfOrderSequence => E::OutOfOrderSequenceNumber,
             StorageError::InvalidProducerEpoch => E::InvalidProducerEpoch,
+            StorageError::InvalidTxnState => E::InvalidTxnState,
             // Retriable: the client tries again (the broker may have recovered).
             StorageError::CorruptBlock { .. }
             | StorageError::Metadata(_)

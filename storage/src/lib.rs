@@ -14,8 +14,8 @@ pub mod producer;
 pub mod segment;
 
 pub use engine::{
-    AppendBatch, AppendOutcome, AppendResult, AppendTicket, Partition, ReadResult, Storage,
-    StorageConfig, Topic,
+    AppendBatch, AppendOutcome, AppendResult, AppendTicket, Isolation, Partition, ReadResult,
+    Storage, StorageConfig, Topic, TransactionVerifier,
 };
 pub use error::StorageError;
 pub use metadata::{

@@ -1,6 +1,8 @@
 //! Idempotent-producer state per (producer id, partition), following Kafka's ProducerStateManager:
 //! the last five batches are remembered so a retried batch is acknowledged with its original offset
-//! instead of being written twice.
+//! instead of being written twice; a transactional producer's entry also holds the first offset of its
+//! transaction still open on the partition (currentTxnFirstOffset), which holds the last stable offset
+//! back until the transaction's marker is written.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -27,6 +29,19 @@ pub struct ProducerEntry {
     /// producer.id.expiration.ms later. Kafka counts from the batch's own max timestamp; the append
     /// time is used here so a producer stamping its records in the future cannot keep state forever.
     pub last_append_ms: i64,
+    /// The first offset of this producer's open transaction on the partition (Kafka's
+    /// currentTxnFirstOffset): set by its first transactional batch, cleared by the marker.
+    pub txn_first_offset: Option<i64>,
+}
+
+/// An aborted transaction on one partition (an entry of Kafka's transaction index): the records of
+/// `producer_id` from `first_offset` to the ABORT marker at `last_offset` are to be dropped by
+/// read_committed consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// What to do with a batch from an idempotent producer.
@@ -74,12 +89,37 @@ impl ProducerEntry {
         Ok(SequenceCheck::Append)
     }
 
-    /// Records an appended batch, appended at `now_ms`.
+    /// Checks a transaction marker of `epoch` against this entry: a marker of an older epoch is refused
+    /// (Kafka's ProducerAppendInfo.checkProducerEpoch for markers).
+    pub fn check_marker(entry: Option<&ProducerEntry>, epoch: i16) -> Result<(), StorageError> {
+        match entry {
+            Some(e) if epoch < e.epoch => Err(StorageError::InvalidProducerEpoch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records an appended marker (Kafka's appendEndTxnMarker): the epoch moves to the marker's and the
+    /// open transaction ends. Returns the transaction's first offset, if one was open here.
+    pub fn record_marker(&mut self, epoch: i16, now_ms: i64) -> Option<i64> {
+        self.last_append_ms = now_ms;
+        self.bump_epoch(epoch);
+        self.txn_first_offset.take()
+    }
+
+    fn bump_epoch(&mut self, epoch: i16) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.recent.clear();
+        }
+    }
+
+    /// Records an appended batch, appended at `now_ms`. A transactional batch opens the producer's
+    /// transaction on the partition if none is open.
     pub fn record(&mut self, h: &BatchHeader, base_offset: i64, now_ms: i64) {
         self.last_append_ms = now_ms;
-        if h.producer_epoch != self.epoch {
-            self.epoch = h.producer_epoch;
-            self.recent.clear();
+        self.bump_epoch(h.producer_epoch);
+        if h.is_transactional() && self.txn_first_offset.is_none() {
+            self.txn_first_offset = Some(base_offset);
         }
         if self.recent.len() == BATCHES_TO_RETAIN {
             self.recent.pop_front();
@@ -154,6 +194,32 @@ mod tests {
             ProducerEntry::check(Some(&e), &header(0, 5, 1)),
             Err(StorageError::InvalidProducerEpoch)
         ));
+    }
+
+    #[test]
+    fn a_transaction_opens_at_its_first_batch_and_ends_at_its_marker() {
+        let mut e = ProducerEntry::default();
+        let mut h = header(0, 0, 2);
+        h.attributes = 0x10;
+        e.record(&h, 40, 0);
+        let mut h2 = header(0, 2, 1);
+        h2.attributes = 0x10;
+        e.record(&h2, 42, 0);
+        assert_eq!(e.txn_first_offset, Some(40));
+        assert!(ProducerEntry::check_marker(Some(&e), 0).is_ok());
+        assert_eq!(e.record_marker(1, 0), Some(40));
+        assert_eq!((e.txn_first_offset, e.epoch), (None, 1));
+        assert!(
+            e.recent.is_empty(),
+            "a new epoch starts its sequences again"
+        );
+        assert!(matches!(
+            ProducerEntry::check_marker(Some(&e), 0),
+            Err(StorageError::InvalidProducerEpoch)
+        ));
+        // A non-transactional batch opens nothing.
+        e.record(&header(1, 0, 1), 50, 0);
+        assert_eq!(e.txn_first_offset, None);
     }
 
     #[test]

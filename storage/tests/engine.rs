@@ -3,7 +3,7 @@
 
 use kafka_protocol::records::Compression;
 use streamhouse_protocol::batch::validate_produce_batch;
-use streamhouse_storage::{AppendBatch, Storage, StorageError};
+use streamhouse_storage::{AppendBatch, Isolation, Storage, StorageError};
 
 mod common;
 use common::{append_batch, batch, off_runtime, values, TestStore};
@@ -78,7 +78,10 @@ async fn appends_survive_restart_and_duplicates_are_not_written_twice(meta: Test
     let t = s.topic("t").unwrap();
     let p = &t.partitions[0];
     assert_eq!(p.high_watermark(), 17);
-    let r = s.read(p, 0, 1 << 20, true).await.unwrap();
+    let r = s
+        .read(p, 0, 1 << 20, true, Isolation::ReadUncommitted)
+        .await
+        .unwrap();
     let got = values(&r.records);
     assert_eq!(
         got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
@@ -103,7 +106,10 @@ async fn appends_survive_restart_and_duplicates_are_not_written_twice(meta: Test
         .await;
     assert_eq!(r[0].as_ref().unwrap().base_offset, 17);
     // Byte limits: a tiny limit still returns the first whole batch (min_one), and nothing without it.
-    let r = s.read(p, 4, 1, true).await.unwrap();
+    let r = s
+        .read(p, 4, 1, true, Isolation::ReadUncommitted)
+        .await
+        .unwrap();
     assert_eq!(
         values(&r.records)
             .iter()
@@ -111,9 +117,14 @@ async fn appends_survive_restart_and_duplicates_are_not_written_twice(meta: Test
             .collect::<Vec<_>>(),
         vec![3, 4, 5]
     );
-    assert!(s.read(p, 4, 1, false).await.unwrap().records.is_empty());
+    assert!(s
+        .read(p, 4, 1, false, Isolation::ReadUncommitted)
+        .await
+        .unwrap()
+        .records
+        .is_empty());
     assert!(matches!(
-        s.read(p, 99, 100, true).await,
+        s.read(p, 99, 100, true, Isolation::ReadUncommitted).await,
         Err(StorageError::OffsetOutOfRange { .. })
     ));
     // By timestamp: record timestamps are 10_000 + seq * 10.
@@ -202,11 +213,15 @@ async fn delete_records_and_retention_move_the_log_start_offset(meta: TestStore)
             "never moves back"
         );
         assert!(matches!(
-            s.read(p0, 2, 1 << 20, true).await,
+            s.read(p0, 2, 1 << 20, true, Isolation::ReadUncommitted)
+                .await,
             Err(StorageError::OffsetOutOfRange { .. })
         ));
         // The batch holding offset 7 (5..9) is still served whole; the one before it is gone.
-        let r = s.read(p0, 7, 1 << 20, true).await.unwrap();
+        let r = s
+            .read(p0, 7, 1 << 20, true, Isolation::ReadUncommitted)
+            .await
+            .unwrap();
         assert_eq!(values(&r.records).first().map(|(o, _)| *o), Some(5));
         // Retention: these records are from 1970, older than the 7-day default: everything goes.
         s.enforce_retention(engine_now()).await.unwrap();
@@ -250,7 +265,13 @@ async fn retention_bytes_keeps_the_newest_blocks(meta: TestStore) {
     // Only the newest block (offsets 4-5) is kept: it alone exceeds 1 byte, older ones go.
     assert_eq!(topic.partitions[0].log_start_offset(), 4);
     let r = s
-        .read(&topic.partitions[0], 4, 1 << 20, true)
+        .read(
+            &topic.partitions[0],
+            4,
+            1 << 20,
+            true,
+            Isolation::ReadUncommitted,
+        )
         .await
         .unwrap();
     assert_eq!(

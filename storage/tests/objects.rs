@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use streamhouse_storage::engine::now_ms;
-use streamhouse_storage::{Partition, Storage, StorageConfig};
+use streamhouse_storage::{Isolation, Partition, Storage, StorageConfig};
 
 on_each_store!(
     compaction_merges_flush_objects_per_partition_and_reads_stay_identical,
@@ -47,7 +47,10 @@ async fn read_all(s: &Arc<Storage>, p: &Partition) -> Vec<(i64, String)> {
     let mut out = Vec::new();
     let mut offset = p.log_start_offset();
     while offset < p.high_watermark() {
-        let r = s.read(p, offset, 1000, true).await.unwrap();
+        let r = s
+            .read(p, offset, 1000, true, Isolation::ReadUncommitted)
+            .await
+            .unwrap();
         let v = values(&r.records);
         offset = v.last().unwrap().0 + 1;
         out.extend(v.into_iter().filter(|(o, _)| *o >= p.log_start_offset()));

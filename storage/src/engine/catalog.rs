@@ -1,5 +1,5 @@
-//! The catalog: topics, their partitions, and each partition's state (high watermark, log start
-//! offset, committed block index).
+//! The catalog: topics, their partitions, and each partition's state (high watermark, last stable
+//! offset, log start offset, committed block index, aborted transactions).
 //!
 //! This is the only code that changes partition state, through four operations: [`Partition::restore`]
 //! (recovery), [`Partition::publish`] (a committed flush), [`Partition::truncate_before`]
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::index::{self, BlockIndex, ReadPlan};
 use crate::metadata::TopicConfigs;
+use crate::producer::AbortedTxn;
 use crate::segment::BlockMeta;
 
 pub struct Topic {
@@ -46,8 +47,13 @@ pub struct Partition {
 #[derive(Default)]
 struct PartitionState {
     high_watermark: i64,
+    /// The first offset of the oldest transaction still open here, else the high watermark (Kafka's
+    /// last stable offset): read_committed consumers read up to it.
+    last_stable_offset: i64,
     log_start_offset: i64,
     blocks: BlockIndex,
+    /// Aborted transactions ending at or after the log start, in marker (last offset) order.
+    aborted: Vec<AbortedTxn>,
 }
 
 impl Partition {
@@ -73,13 +79,53 @@ impl Partition {
         (st.high_watermark, st.log_start_offset)
     }
 
+    pub fn last_stable_offset(&self) -> i64 {
+        self.state.read().last_stable_offset
+    }
+
+    /// (high watermark, last stable offset, log start offset), read together.
+    pub fn offsets(&self) -> (i64, i64, i64) {
+        let st = self.state.read();
+        (
+            st.high_watermark,
+            st.last_stable_offset,
+            st.log_start_offset,
+        )
+    }
+
+    /// The aborted transactions a read of `[from, to)` must report (Kafka's
+    /// collectAbortedTransactions): those ending at or after `from` and starting before `to`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        let st = self.state.read();
+        // Sorted by last offset: skip those ending before `from`.
+        let start = st.aborted.partition_point(|a| a.last_offset < from);
+        st.aborted[start..]
+            .iter()
+            .filter(|a| a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
     // ---- the four state changes ----------------------------------------------------------------
 
-    /// Recovery: the state the metadata store holds.
+    /// Recovery: the state the metadata store holds (the last stable offset is the high watermark
+    /// until [`restore_open_transaction`](Self::restore_open_transaction) says otherwise).
     pub(super) fn restore(&self, high_watermark: i64, log_start_offset: i64) {
         let mut st = self.state.write();
         st.high_watermark = high_watermark;
+        st.last_stable_offset = high_watermark;
         st.log_start_offset = log_start_offset;
+    }
+
+    /// Recovery: a transaction open here since `first_offset` holds the last stable offset.
+    pub(super) fn restore_open_transaction(&self, first_offset: i64) {
+        let mut st = self.state.write();
+        st.last_stable_offset = st.last_stable_offset.min(first_offset);
+    }
+
+    /// Recovery: one aborted transaction (given in marker order).
+    pub(super) fn restore_aborted(&self, aborted: AbortedTxn) {
+        self.state.write().aborted.push(aborted);
     }
 
     /// Recovery: one committed block.
@@ -87,12 +133,21 @@ impl Partition {
         self.state.write().blocks.insert(block.base_offset, block);
     }
 
-    /// A committed flush: its block becomes readable and the high watermark moves to `high_watermark`
-    /// (never back).
-    pub(super) fn publish(&self, block: BlockMeta, high_watermark: i64) {
+    /// A committed flush: its block becomes readable, the high watermark moves to `high_watermark`
+    /// (never back), the last stable offset to `last_stable_offset` (the flush's writer computed it
+    /// from the transactions open after it), and the transactions it aborted are recorded.
+    pub(super) fn publish(
+        &self,
+        block: BlockMeta,
+        high_watermark: i64,
+        last_stable_offset: i64,
+        aborted: &[AbortedTxn],
+    ) {
         let mut st = self.state.write();
         st.blocks.insert(block.base_offset, block);
         st.high_watermark = st.high_watermark.max(high_watermark);
+        st.last_stable_offset = last_stable_offset.min(st.high_watermark);
+        st.aborted.extend_from_slice(aborted);
     }
 
     /// DeleteRecords or retention: the log starts at `offset` (never moves back); whole blocks before it
@@ -102,6 +157,7 @@ impl Partition {
         st.log_start_offset = st.log_start_offset.max(offset);
         let start = st.log_start_offset;
         st.blocks.retain(|_, b| b.last_offset >= start);
+        st.aborted.retain(|a| a.last_offset >= start);
         st.log_start_offset
     }
 
@@ -174,10 +230,11 @@ impl Partition {
         retention_bytes: i64,
     ) -> i64 {
         let st = self.state.read();
+        // Never past the last stable offset: an open transaction's records stay until it ends.
         index::retention_cutoff(
             &st.blocks,
             st.log_start_offset,
-            st.high_watermark,
+            st.last_stable_offset,
             now_ms,
             retention_ms,
             retention_bytes,
@@ -256,9 +313,9 @@ mod tests {
     #[test]
     fn publish_truncate_and_swap_keep_the_index_consistent() {
         let p = Partition::new(Uuid::nil(), 0);
-        p.publish(block(0, 9, 1), 10);
-        p.publish(block(10, 19, 2), 20);
-        p.publish(block(20, 29, 3), 15); // a stale watermark never moves it back
+        p.publish(block(0, 9, 1), 10, 10, &[]);
+        p.publish(block(10, 19, 2), 20, 20, &[]);
+        p.publish(block(20, 29, 3), 15, 15, &[]); // a stale watermark never moves it back
         assert_eq!(p.watermarks(), (20, 0));
         assert_eq!(p.truncate_before(12), 12);
         assert_eq!(p.truncate_before(5), 12, "never back");
@@ -280,5 +337,26 @@ mod tests {
         p.truncate_before(25);
         p.swap_blocks(&[], &[block(0, 9, 8)]);
         assert!(p.all_blocks().iter().all(|b| b.segment_id != 8));
+    }
+
+    #[test]
+    fn the_last_stable_offset_and_aborted_transactions_follow_the_flushes() {
+        let p = Partition::new(Uuid::nil(), 0);
+        // A transaction opened at 5 holds the last stable offset there.
+        p.publish(block(0, 9, 1), 10, 5, &[]);
+        assert_eq!(p.offsets(), (10, 5, 0));
+        let a = AbortedTxn {
+            producer_id: 7,
+            first_offset: 5,
+            last_offset: 10,
+        };
+        p.publish(block(10, 10, 1), 11, 11, &[a]);
+        assert_eq!(p.last_stable_offset(), 11);
+        assert_eq!(p.aborted_between(0, 5), vec![], "starts at 5: not before 5");
+        assert_eq!(p.aborted_between(0, 6), vec![a]);
+        assert_eq!(p.aborted_between(10, 20), vec![a]);
+        assert_eq!(p.aborted_between(11, 20), vec![], "ended before 11");
+        p.truncate_before(11);
+        assert_eq!(p.aborted_between(0, 20), vec![]);
     }
 }

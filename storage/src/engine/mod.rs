@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use streamhouse_protocol::batch::BatchHeader;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,6 +37,7 @@ pub use maintenance::CompactionReport;
 use crate::cache::BlockCache;
 use crate::metadata::{MetadataStore, TopicConfigs, TopicRecord};
 use crate::object::ObjectSegments;
+use crate::producer::AbortedTxn;
 use crate::StorageError;
 
 /// Leader epoch written into every stored batch: a single broker never changes leader.
@@ -68,9 +69,41 @@ pub type AppendResult = Result<AppendOutcome, StorageError>;
 #[derive(Debug, Clone)]
 pub struct ReadResult {
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
-    /// Whole batches, the first one holding the requested offset; empty at the end of the log.
+    /// Whole batches, the first one holding the requested offset; empty at the end of the log (at
+    /// read_committed: at the last stable offset).
     pub records: Bytes,
+    /// At read_committed, the aborted transactions overlapping the returned batches.
+    pub aborted: Vec<AbortedTxn>,
+}
+
+/// Which records a read may return (Kafka's IsolationLevel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Up to the high watermark.
+    ReadUncommitted,
+    /// Up to the last stable offset, with the aborted transactions in that range.
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// From the wire: 1 is READ_COMMITTED, anything else READ_UNCOMMITTED (as Kafka's
+    /// IsolationLevel.forId would refuse others, a fetch answers them as the default).
+    pub fn from_wire(level: i8) -> Isolation {
+        if level == 1 {
+            Isolation::ReadCommitted
+        } else {
+            Isolation::ReadUncommitted
+        }
+    }
+}
+
+/// Asked by the writer before a transactional batch opens its producer's transaction on a partition:
+/// does the producer's ongoing transaction, at this epoch, hold the partition? The broker's
+/// transaction coordinator answers. Called on the writer's task: it must not block (a short lock).
+pub trait TransactionVerifier: Send + Sync + 'static {
+    fn holds(&self, producer_id: i64, epoch: i16, topic_id: Uuid, partition: i32) -> bool;
 }
 
 /// A queued append; [`AppendTicket::wait`] resolves when it is committed (or failed).
@@ -112,6 +145,9 @@ pub struct Storage {
     prefetch_permits: Arc<tokio::sync::Semaphore>,
     /// The cluster this metadata store (and object-store prefix) belongs to.
     cluster_id: String,
+    /// The transaction coordinator, once the broker has started it: until then (and without one)
+    /// transactional batches are refused.
+    verifier: OnceLock<Arc<dyn TransactionVerifier>>,
 }
 
 impl Storage {
@@ -167,6 +203,7 @@ impl Storage {
             read_ahead_permits: Arc::new(tokio::sync::Semaphore::new(4)),
             prefetch_permits: Arc::new(tokio::sync::Semaphore::new(32)),
             cluster_id,
+            verifier: OnceLock::new(),
         });
         let st = storage.clone();
         let writer = tokio::task::spawn_blocking(move || st.recover())
@@ -190,6 +227,23 @@ impl Storage {
 
     pub fn config(&self) -> &StorageConfig {
         &self.config
+    }
+
+    /// Installs the transaction coordinator the writer asks about transactional batches (once).
+    pub fn set_transaction_verifier(&self, verifier: Arc<dyn TransactionVerifier>) {
+        let _ = self.verifier.set(verifier);
+    }
+
+    fn transaction_holds(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> bool {
+        self.verifier
+            .get()
+            .is_some_and(|v| v.holds(producer_id, epoch, topic_id, partition))
     }
 
     /// The cluster id, kept in the metadata store (and in S3 mode in the prefix's marker object).

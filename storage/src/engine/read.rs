@@ -10,25 +10,36 @@ use std::sync::Arc;
 use streamhouse_protocol::batch;
 use streamhouse_protocol::compression::Inflater;
 
-use super::{Partition, ReadResult, Storage};
+use super::{Isolation, Partition, ReadResult, Storage};
 use crate::segment::{self, BlockMeta};
 use crate::StorageError;
 
 impl Storage {
     /// Reads whole batches from `offset`, up to `max_bytes`; with `min_one`, the first batch is returned
     /// even if larger (KIP-74), so a consumer can always make progress.
+    ///
+    /// At read_committed the read stops at the last stable offset and reports the aborted
+    /// transactions overlapping what it returns (Kafka's fetch with maxOffset = LSO and
+    /// collectAbortedTransactions over [offset, end of the returned batches)).
     pub async fn read(
         self: &Arc<Self>,
         partition: &Partition,
         offset: i64,
         max_bytes: usize,
         min_one: bool,
+        isolation: Isolation,
     ) -> Result<ReadResult, StorageError> {
-        let (hwm, lso) = partition.watermarks();
-        let result = |records| ReadResult {
+        let (hwm, stable, lso) = partition.offsets();
+        let upper = match isolation {
+            Isolation::ReadUncommitted => hwm,
+            Isolation::ReadCommitted => stable,
+        };
+        let result = |records, aborted| ReadResult {
             high_watermark: hwm,
+            last_stable_offset: stable,
             log_start_offset: lso,
             records,
+            aborted,
         };
         if offset < lso || offset > hwm {
             return Err(StorageError::OffsetOutOfRange {
@@ -37,8 +48,8 @@ impl Storage {
                 high_watermark: hwm,
             });
         }
-        if offset == hwm || (max_bytes == 0 && !min_one) {
-            return Ok(result(Bytes::new()));
+        if offset >= upper || (max_bytes == 0 && !min_one) {
+            return Ok(result(Bytes::new(), Vec::new()));
         }
         let plan = self.plan(partition, offset, max_bytes, self.coalesce_bytes());
         let missed = !plan.loads.is_empty();
@@ -50,11 +61,13 @@ impl Storage {
         let mut parts: Vec<Bytes> = Vec::new();
         let mut total = 0usize;
         let mut next_offset = offset;
+        // The offset after the last batch returned.
+        let mut end = None;
         'blocks: for meta in plan.blocks {
             let raw = self.block(partition, &meta).await?;
             next_offset = meta.last_offset + 1;
             for (pos, h) in batch::batches(&raw) {
-                if h.last_offset() < offset || h.base_offset >= hwm {
+                if h.last_offset() < offset || h.base_offset >= upper {
                     continue;
                 }
                 let size = h.total_size();
@@ -63,13 +76,18 @@ impl Storage {
                 }
                 parts.push(raw.slice(pos..pos + size));
                 total += size;
+                end = Some(h.last_offset() + 1);
             }
         }
         if missed && self.segments.remote() {
             // A consumer reading from the store (behind the cached tail): fetch what it reads next.
             self.read_ahead(partition, next_offset);
         }
-        Ok(result(concat(parts)))
+        let aborted = match (isolation, end) {
+            (Isolation::ReadCommitted, Some(end)) => partition.aborted_between(offset, end),
+            _ => Vec::new(),
+        };
+        Ok(result(concat(parts), aborted))
     }
 
     /// The read plan for `max_bytes` from `offset`, loads grouped into runs of at most `max_run` bytes.

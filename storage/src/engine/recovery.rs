@@ -40,6 +40,18 @@ impl Storage {
                 part.restore_block(*b);
             }
         }
+        for ((_, topic_id, partition), e) in &snap.producers {
+            if let (Some(part), Some(first)) =
+                (catalog.partition(topic_id, *partition), e.txn_first_offset)
+            {
+                part.restore_open_transaction(first);
+            }
+        }
+        for (topic_id, partition, aborted) in &snap.aborted {
+            if let Some(part) = catalog.partition(topic_id, *partition) {
+                part.restore_aborted(*aborted);
+            }
+        }
         self.reconcile_segments(&snap)?;
         *self.catalog.write() = catalog;
         tracing::info!(

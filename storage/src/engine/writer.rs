@@ -12,22 +12,30 @@
 //! only then publishes the high watermarks, wakes fetch long-polls and answers the producers. Nothing is
 //! acknowledged or readable before it is both durable and committed.
 //!
+//! Transactions: a transactional batch opens its producer's transaction on the partition (unless one is
+//! open) only while the transaction coordinator says the producer's transaction holds the partition
+//! (KIP-890's verification, asked at sequencing so a batch sequenced after the transaction's marker
+//! is refused rather than left dangling); a marker (a control batch only the coordinator writes) ends
+//! it. The last stable offset published with each block is the first offset of the oldest
+//! transaction still open on the partition, else its high watermark; an ABORT marker adds the
+//! transaction to the partition's aborted list, committed in the flush's transaction.
+//!
 //! A failed flush fails every flush sequenced after it (their offsets and sequence numbers followed
 //! from it): the sequencer waits for the in-flight ones to finish, then rebuilds its state (next offsets,
 //! producer state, the active segment) from the metadata store, as a restart would.
 
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use streamhouse_protocol::batch;
+use streamhouse_protocol::{batch, control};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::segments::Durable;
 use super::{now_ms, AppendOutcome, AppendRequest, AppendResult, Partition, Storage, LEADER_EPOCH};
 use crate::metadata::Commit;
-use crate::producer::{ProducerEntry, SequenceCheck};
+use crate::producer::{AbortedTxn, ProducerEntry, SequenceCheck};
 use crate::segment::{self, BlockMeta};
 use crate::StorageError;
 
@@ -37,6 +45,9 @@ pub(super) type ProducerKey = (i64, Uuid, i32);
 pub(super) struct Writer {
     storage: Arc<Storage>,
     producers: HashMap<ProducerKey, ProducerEntry>,
+    /// Per partition, the transactions open on it: (first offset, producer id). Derived from
+    /// `producers` (their `txn_first_offset`), kept beside it to find the oldest at once.
+    open_txns: HashMap<(Uuid, i32), BTreeSet<(i64, i64)>>,
     /// Next offset per partition, counting flushes that are in flight (not committed yet).
     next_offsets: HashMap<(Uuid, i32), i64>,
     /// Bumped at every reset after a failure; flushes of a failed generation are all failed.
@@ -60,8 +71,7 @@ struct Flush {
     generation: u64,
     durable: Durable,
     commit: Commit,
-    /// (partition, its new block, its new high watermark, the block's raw batches for the cache).
-    published: Vec<(Arc<Partition>, BlockMeta, i64, Bytes)>,
+    published: Vec<Published>,
     requests: Vec<AppendRequest>,
     results: Vec<Vec<Option<AppendResult>>>,
     /// Batches answered with an offset once this flush commits: (request, batch, base offset, partition).
@@ -69,6 +79,17 @@ struct Flush {
     /// holds the original is committed (commits happen in order).
     staged: Vec<(usize, usize, i64, Arc<Partition>)>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// What a committed flush makes visible in one partition.
+struct Published {
+    partition: Arc<Partition>,
+    block: BlockMeta,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    aborted: Vec<AbortedTxn>,
+    /// The block's raw batches, for the cache.
+    raw: Bytes,
 }
 
 /// A partition's share of one flush.
@@ -79,6 +100,38 @@ pub(super) struct PartitionBlock {
     max_timestamp: i64,
     compressible: bool,
     raw: Vec<u8>,
+    /// Transactions its ABORT markers ended.
+    aborted: Vec<AbortedTxn>,
+}
+
+impl PartitionBlock {
+    /// Appends a batch at the partition's next offset (patching its baseOffset); returns that offset.
+    fn append(&mut self, b: &super::AppendBatch) -> i64 {
+        let h = &b.header;
+        let base = self.next_offset;
+        let at = self.raw.len();
+        self.raw.extend_from_slice(&b.data);
+        batch::patch_offsets(&mut self.raw[at..], base, LEADER_EPOCH);
+        self.next_offset += h.offset_count();
+        self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
+        self.compressible &= h.compression() == 0;
+        base
+    }
+}
+
+/// The open transactions per partition, from producer state.
+fn open_txns(
+    producers: &HashMap<ProducerKey, ProducerEntry>,
+) -> HashMap<(Uuid, i32), BTreeSet<(i64, i64)>> {
+    let mut open: HashMap<(Uuid, i32), BTreeSet<(i64, i64)>> = HashMap::new();
+    for ((pid, topic, partition), e) in producers {
+        if let Some(first) = e.txn_first_offset {
+            open.entry((*topic, *partition))
+                .or_default()
+                .insert((first, *pid));
+        }
+    }
+    open
 }
 
 impl Writer {
@@ -88,6 +141,7 @@ impl Writer {
     ) -> Self {
         Self {
             storage,
+            open_txns: open_txns(&producers),
             producers,
             next_offsets: HashMap::new(),
             generation: 1,
@@ -194,9 +248,12 @@ impl Writer {
     fn expire_producers(&mut self, now_ms: i64) -> Vec<ProducerKey> {
         let cfg = &self.storage.config;
         let ttl = cfg.producer_id_expiration_ms;
+        // A producer with a transaction open never expires (Kafka's removeExpiredProducers skips
+        // entries with a currentTxnFirstOffset): its state holds the last stable offset.
         let mut expired: Vec<ProducerKey> = self
             .producers
             .iter()
+            .filter(|(_, e)| e.txn_first_offset.is_none())
             .filter(|(_, e)| ttl >= 0 && now_ms - e.last_append_ms >= ttl)
             .map(|(k, _)| *k)
             .collect();
@@ -207,6 +264,7 @@ impl Writer {
             let mut by_age: Vec<(i64, ProducerKey)> = self
                 .producers
                 .iter()
+                .filter(|(_, e)| e.txn_first_offset.is_none())
                 .map(|(k, e)| (e.last_append_ms, *k))
                 .collect();
             by_age.sort_unstable();
@@ -251,6 +309,7 @@ impl Writer {
         .await
         .map_err(|_| StorageError::TaskFailed("reloading the writer's state"))??;
         self.producers = producers.into_iter().collect();
+        self.open_txns = open_txns(&self.producers);
         self.next_offsets.clear();
         self.needs_reset = false;
         self.generation += 1;
@@ -302,11 +361,40 @@ impl Writer {
                         max_timestamp: -1,
                         compressible: true,
                         raw: Vec::new(),
+                        aborted: Vec::new(),
                     });
                     blocks.len() - 1
                 });
                 let h = &b.header;
                 let pkey = (h.producer_id, b.topic.id, b.partition);
+                if h.is_control() {
+                    // A transaction marker (only the coordinator writes them; produce refuses
+                    // control batches from clients).
+                    if let Err(e) =
+                        ProducerEntry::check_marker(self.producers.get(&pkey), h.producer_epoch)
+                    {
+                        results[ri][bi] = Some(Err(e));
+                        continue;
+                    }
+                    let commit = control::marker_kind(&b.data) == Some(true);
+                    let base = blocks[slot].append(b);
+                    let entry = self.producers.entry(pkey).or_default();
+                    if let Some(first) = entry.record_marker(h.producer_epoch, now_ms()) {
+                        if let Some(open) = self.open_txns.get_mut(&key) {
+                            open.remove(&(first, h.producer_id));
+                        }
+                        if !commit {
+                            blocks[slot].aborted.push(AbortedTxn {
+                                producer_id: h.producer_id,
+                                first_offset: first,
+                                last_offset: base,
+                            });
+                        }
+                    }
+                    touched.push(pkey);
+                    staged.push((ri, bi, base, partition.clone()));
+                    continue;
+                }
                 let idempotent = h.has_producer_id() && h.base_sequence >= 0;
                 if idempotent {
                     match ProducerEntry::check(self.producers.get(&pkey), h) {
@@ -321,19 +409,41 @@ impl Writer {
                         Ok(SequenceCheck::Append) => {}
                     }
                 }
-                let blk = &mut blocks[slot];
-                let base = blk.next_offset;
-                let at = blk.raw.len();
-                blk.raw.extend_from_slice(&b.data);
-                batch::patch_offsets(&mut blk.raw[at..], base, LEADER_EPOCH);
-                blk.next_offset += h.offset_count();
-                blk.max_timestamp = blk.max_timestamp.max(h.max_timestamp);
-                blk.compressible &= h.compression() == 0;
+                if h.is_transactional() {
+                    let open_here = self.producers.get(&pkey).is_some_and(|e| {
+                        e.txn_first_offset.is_some() && e.epoch == h.producer_epoch
+                    });
+                    // A batch that would open the transaction here must be in the coordinator's
+                    // ongoing transaction of this producer and epoch; one sequenced after the
+                    // marker finds the transaction ended.
+                    if !open_here
+                        && !self.storage.transaction_holds(
+                            h.producer_id,
+                            h.producer_epoch,
+                            b.topic.id,
+                            b.partition,
+                        )
+                    {
+                        results[ri][bi] = Some(Err(StorageError::InvalidTxnState));
+                        continue;
+                    }
+                    if !idempotent {
+                        // Kafka: a transactional batch must carry a sequence (InvalidRecordException).
+                        results[ri][bi] = Some(Err(StorageError::InvalidTxnState));
+                        continue;
+                    }
+                }
+                let base = blocks[slot].append(b);
                 if idempotent {
-                    self.producers
-                        .entry(pkey)
-                        .or_default()
-                        .record(h, base, now_ms());
+                    let entry = self.producers.entry(pkey).or_default();
+                    let was_open = entry.txn_first_offset.is_some();
+                    entry.record(h, base, now_ms());
+                    if let (false, Some(first)) = (was_open, entry.txn_first_offset) {
+                        self.open_txns
+                            .entry(key)
+                            .or_default()
+                            .insert((first, h.producer_id));
+                    }
                     touched.push(pkey);
                 }
                 staged.push((ri, bi, base, partition.clone()));
@@ -344,12 +454,32 @@ impl Writer {
             self.next_offsets
                 .insert((b.partition.topic_id, b.partition.index), b.next_offset);
         }
+        // The last stable offset each block publishes: the oldest transaction still open after this
+        // flush, else the new high watermark.
+        let stable: Vec<i64> = blocks
+            .iter()
+            .map(|b| {
+                let key = (b.partition.topic_id, b.partition.index);
+                self.open_txns
+                    .get(&key)
+                    .and_then(|open| open.first())
+                    .map_or(b.next_offset, |(first, _)| *first)
+            })
+            .collect();
+        self.open_txns.retain(|_, open| !open.is_empty());
         touched.sort_unstable();
         touched.dedup();
         let mut commit = Commit {
             producers: touched
                 .into_iter()
                 .map(|k| (k, self.producers.get(&k).cloned().unwrap_or_default()))
+                .collect(),
+            aborted: blocks
+                .iter()
+                .flat_map(|b| {
+                    let (t, p) = (b.partition.topic_id, b.partition.index);
+                    b.aborted.iter().map(move |a| (t, p, *a))
+                })
                 .collect(),
             ..Default::default()
         };
@@ -374,9 +504,17 @@ impl Writer {
                 commit.high_watermarks = enc.high_watermarks;
                 blocks
                     .iter()
+                    .zip(stable)
                     .zip(enc.metas)
                     .zip(enc.raws)
-                    .map(|((b, m), raw)| (b.partition.clone(), m, b.next_offset, raw))
+                    .map(|(((b, last_stable_offset), block), raw)| Published {
+                        partition: b.partition.clone(),
+                        block,
+                        high_watermark: b.next_offset,
+                        last_stable_offset,
+                        aborted: b.aborted.clone(),
+                        raw,
+                    })
                     .collect()
             }
             None => Vec::new(),
@@ -445,12 +583,17 @@ async fn commit_loop(
         match &outcome {
             Ok(()) => {
                 if !published.is_empty() {
-                    for (partition, meta, high_watermark, raw) in published {
-                        partition.publish(meta, high_watermark);
+                    for p in published {
+                        p.partition.publish(
+                            p.block,
+                            p.high_watermark,
+                            p.last_stable_offset,
+                            &p.aborted,
+                        );
                         // Blocks just written are served from memory.
                         storage
                             .cache
-                            .insert_written(meta.segment_id, meta.position, raw);
+                            .insert_written(p.block.segment_id, p.block.position, p.raw);
                     }
                     storage.commits.send_modify(|c| *c += 1);
                 }
@@ -563,6 +706,7 @@ mod tests {
             max_timestamp: 7,
             compressible: true,
             raw: raw.to_vec(),
+            aborted: Vec::new(),
         }
     }
 

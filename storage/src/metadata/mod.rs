@@ -1,5 +1,6 @@
 //! The metadata store: topics, partitions, the segment and block index, high watermarks, producer
-//! state, committed offsets and group documents, upload intents and the cluster id. One trait
+//! state, aborted transactions, committed offsets, group and transaction documents, upload intents
+//! and the cluster id. One trait
 //! ([`MetadataStore`]) and two implementations, chosen once, by [`open`]:
 //! - [`sqlite`]: SQLite (WAL mode) in `<data dir>/metadata.db`, the embedded default;
 //! - [`postgres`]: a PostgreSQL database (`postgres://...`), which several brokers can share later.
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::producer::{ProducerEntry, RecentBatch};
+use crate::producer::{AbortedTxn, ProducerEntry, RecentBatch};
 use crate::segment::BlockMeta;
 use crate::StorageError;
 
@@ -98,6 +99,8 @@ pub struct Commit {
     pub producers: Vec<((i64, Uuid, i32), ProducerEntry)>,
     /// Producer state expired (producer.id.expiration.ms), removed in order with the flushes.
     pub expired_producers: Vec<(i64, Uuid, i32)>,
+    /// Transactions aborted by a marker in this flush, per partition.
+    pub aborted: Vec<(Uuid, i32, AbortedTxn)>,
 }
 
 impl Commit {
@@ -108,6 +111,7 @@ impl Commit {
             && self.blocks.is_empty()
             && self.producers.is_empty()
             && self.expired_producers.is_empty()
+            && self.aborted.is_empty()
     }
 }
 
@@ -119,6 +123,8 @@ pub struct Snapshot {
     pub segments: Vec<SegmentRecord>,
     pub blocks: Vec<BlockMeta>,
     pub producers: Vec<((i64, Uuid, i32), ProducerEntry)>,
+    /// The aborted transactions of every partition, in marker order per partition.
+    pub aborted: Vec<(Uuid, i32, AbortedTxn)>,
     /// Segments no block refers to any more, with when they were dropped: deleted after a delay.
     pub retired: Vec<(u64, i64)>,
     /// Upload intents not yet removed (see [`MetadataStore::record_uploads`]).
@@ -137,7 +143,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Grows a topic to `partitions` partitions (the new ones start empty).
     fn add_partitions(&self, topic_id: Uuid, partitions: i32) -> Result<(), StorageError>;
     /// Moves a partition's log start offset forward (DeleteRecords, retention) and drops the index rows
-    /// of blocks that end before it. Sealed segments left without blocks are retired.
+    /// of blocks, and the aborted transactions, that end before it. Sealed segments left without blocks are retired.
     fn truncate_head(
         &self,
         topic_id: Uuid,
@@ -180,6 +186,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError>;
     /// The group coordinator's writes, in order, as one transaction (one fsync for a whole batch).
     fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError>;
+    /// Every transactional id's coordinator document: (transactional id, document).
+    fn load_transactions(&self) -> Result<Vec<(String, String)>, StorageError>;
+    /// The transaction coordinator's writes, in order, as one transaction: a transactional id's
+    /// document, or its removal with `None`.
+    fn save_transactions(&self, docs: &[(String, Option<String>)]) -> Result<(), StorageError>;
 }
 
 /// One change to committed offsets or group state, for [`MetadataStore::group_writes`].
@@ -328,12 +339,19 @@ fn recent_json(entry: &ProducerEntry) -> String {
 
 /// A producer state row back as an entry. Rows written before producer expiry existed have no append
 /// time (0): they count from this start (`now`).
-fn producer_entry(epoch: i16, recent: &str, last_ms: i64, now: i64) -> ProducerEntry {
+fn producer_entry(
+    epoch: i16,
+    recent: &str,
+    last_ms: i64,
+    txn_first_offset: Option<i64>,
+    now: i64,
+) -> ProducerEntry {
     let recent: Vec<RecentBatch> = serde_json::from_str(recent).unwrap_or_default();
     ProducerEntry {
         epoch,
         recent: recent.into(),
         last_append_ms: if last_ms == 0 { now } else { last_ms },
+        txn_first_offset,
     }
 }
 
@@ -575,6 +593,7 @@ mod tests {
             }]
             .into(),
             last_append_ms,
+            txn_first_offset: None,
         }
     }
 

@@ -37,7 +37,7 @@ use super::{
     BlockSwitch, Commit, GroupWrite, MetadataStore, OffsetRecord, PartitionRecord, SegmentRecord,
     Snapshot, TopicConfigs, TopicRecord,
 };
-use crate::producer::ProducerEntry;
+use crate::producer::{AbortedTxn, ProducerEntry};
 use crate::segment::BlockMeta;
 use crate::StorageError;
 
@@ -95,7 +95,17 @@ CREATE TABLE cluster (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 /// The schema steps, in order: step `n` brings a database from version `n` to `n + 1` (the same
 /// numbering as the SQLite store's). Append only.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// Version 2: transactions, as the SQLite store's version 2.
+const SCHEMA_V2: &str = "
+ALTER TABLE producer_state ADD COLUMN txn_first_offset BIGINT;
+CREATE TABLE aborted_txns (
+  topic_id UUID NOT NULL, partition INTEGER NOT NULL, last_offset BIGINT NOT NULL,
+  producer_id BIGINT NOT NULL, first_offset BIGINT NOT NULL,
+  PRIMARY KEY (topic_id, partition, last_offset));
+CREATE TABLE transactions (transactional_id BYTEA PRIMARY KEY, state BYTEA NOT NULL);
+";
 
 pub struct PostgresMetadata {
     pool: Pool,
@@ -737,13 +747,34 @@ impl MetadataStore for PostgresMetadata {
                 });
             }
             for r in tx.query(
-                "SELECT producer_id, topic_id, partition, epoch, recent, last_ms FROM producer_state
-                 ORDER BY producer_id, topic_id, partition",
+                "SELECT producer_id, topic_id, partition, epoch, recent, last_ms, txn_first_offset
+                 FROM producer_state ORDER BY producer_id, topic_id, partition",
                 &[],
             )? {
                 snap.producers.push((
                     (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-                    producer_entry(r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, now),
+                    producer_entry(
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                        r.try_get(6)?,
+                        now,
+                    ),
+                ));
+            }
+            for r in tx.query(
+                "SELECT topic_id, partition, producer_id, first_offset, last_offset FROM aborted_txns
+                 ORDER BY topic_id, partition, last_offset",
+                &[],
+            )? {
+                snap.aborted.push((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    AbortedTxn {
+                        producer_id: r.try_get(2)?,
+                        first_offset: r.try_get(3)?,
+                        last_offset: r.try_get(4)?,
+                    },
                 ));
             }
             snap.intents = intents(tx)?;
@@ -787,7 +818,8 @@ impl MetadataStore for PostgresMetadata {
             let rows = tx.query(
                 "WITH t AS (DELETE FROM topics WHERE topic_id = $1),
                       p AS (DELETE FROM partitions WHERE topic_id = $1),
-                      s AS (DELETE FROM producer_state WHERE topic_id = $1)
+                      s AS (DELETE FROM producer_state WHERE topic_id = $1),
+                      a AS (DELETE FROM aborted_txns WHERE topic_id = $1)
                  DELETE FROM blocks WHERE topic_id = $1 RETURNING segment_id",
                 &[&topic_id],
             )?;
@@ -822,6 +854,10 @@ impl MetadataStore for PostgresMetadata {
             tx.execute(
                 "UPDATE partitions SET log_start_offset = GREATEST(log_start_offset, $3)
                  WHERE topic_id = $1 AND partition = $2",
+                &[&topic_id, &partition, &log_start_offset],
+            )?;
+            tx.execute(
+                "DELETE FROM aborted_txns WHERE topic_id = $1 AND partition = $2 AND last_offset < $3",
                 &[&topic_id, &partition, &log_start_offset],
             )?;
             let rows = tx.query(
@@ -868,6 +904,12 @@ impl MetadataStore for PostgresMetadata {
         let p_epoch: Vec<i16> = producers.iter().map(|p| p.1.epoch).collect();
         let p_recent: Vec<String> = producers.iter().map(|p| recent_json(&p.1)).collect();
         let p_last_ms: Vec<i64> = producers.iter().map(|p| p.1.last_append_ms).collect();
+        let p_txn: Vec<Option<i64>> = producers.iter().map(|p| p.1.txn_first_offset).collect();
+        let a_topic: Vec<Uuid> = c.aborted.iter().map(|a| a.0).collect();
+        let a_partition: Vec<i32> = c.aborted.iter().map(|a| a.1).collect();
+        let a_last: Vec<i64> = c.aborted.iter().map(|a| a.2.last_offset).collect();
+        let a_pid: Vec<i64> = c.aborted.iter().map(|a| a.2.producer_id).collect();
+        let a_first: Vec<i64> = c.aborted.iter().map(|a| a.2.first_offset).collect();
         self.serializable(|tx| {
             if let Some(id) = c.sealed_segment {
                 tx.execute(
@@ -900,14 +942,35 @@ impl MetadataStore for PostgresMetadata {
             }
             if !p_pid.is_empty() {
                 tx.execute(
-                    "INSERT INTO producer_state (producer_id, topic_id, partition, epoch, recent, last_ms)
+                    "INSERT INTO producer_state
+                       (producer_id, topic_id, partition, epoch, recent, last_ms, txn_first_offset)
                      SELECT u.* FROM UNNEST($1::bigint[], $2::uuid[], $3::integer[], $4::smallint[],
-                                            $5::text[], $6::bigint[])
-                       AS u(producer_id, topic_id, partition, epoch, recent, last_ms)
+                                            $5::text[], $6::bigint[], $7::bigint[])
+                       AS u(producer_id, topic_id, partition, epoch, recent, last_ms, txn_first_offset)
                      WHERE EXISTS (SELECT 1 FROM topics t WHERE t.topic_id = u.topic_id)
                      ON CONFLICT (producer_id, topic_id, partition) DO UPDATE SET
-                       epoch = EXCLUDED.epoch, recent = EXCLUDED.recent, last_ms = EXCLUDED.last_ms",
-                    &[&p_pid, &p_topic, &p_partition, &p_epoch, &p_recent, &p_last_ms],
+                       epoch = EXCLUDED.epoch, recent = EXCLUDED.recent, last_ms = EXCLUDED.last_ms,
+                       txn_first_offset = EXCLUDED.txn_first_offset",
+                    &[
+                        &p_pid,
+                        &p_topic,
+                        &p_partition,
+                        &p_epoch,
+                        &p_recent,
+                        &p_last_ms,
+                        &p_txn,
+                    ],
+                )?;
+            }
+            if !a_topic.is_empty() {
+                tx.execute(
+                    "INSERT INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset)
+                     SELECT u.* FROM UNNEST($1::uuid[], $2::integer[], $3::bigint[], $4::bigint[],
+                                            $5::bigint[])
+                       AS u(topic_id, partition, last_offset, producer_id, first_offset)
+                     WHERE EXISTS (SELECT 1 FROM topics t WHERE t.topic_id = u.topic_id)
+                     ON CONFLICT (topic_id, partition, last_offset) DO NOTHING",
+                    &[&a_topic, &a_partition, &a_last, &a_pid, &a_first],
                 )?;
             }
             if let Some(id) = c.sealed_segment {
@@ -1079,6 +1142,37 @@ impl MetadataStore for PostgresMetadata {
             "DELETE FROM upload_intents WHERE segment_id = ANY($1)",
             segment_ids,
         )
+    }
+
+    fn load_transactions(&self) -> Result<Vec<(String, String)>, StorageError> {
+        self.snapshot(|tx| {
+            tx.query(
+                "SELECT transactional_id, state FROM transactions ORDER BY transactional_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((client_string(r, 0)?, client_string(r, 1)?)))
+            .collect()
+        })
+    }
+
+    fn save_transactions(&self, docs: &[(String, Option<String>)]) -> Result<(), StorageError> {
+        self.read_committed(|tx| {
+            for (id, doc) in docs {
+                match doc {
+                    Some(doc) => tx.execute(
+                        "INSERT INTO transactions (transactional_id, state) VALUES ($1, $2)
+                         ON CONFLICT (transactional_id) DO UPDATE SET state = EXCLUDED.state",
+                        &[&id.as_bytes(), &doc.as_bytes()],
+                    )?,
+                    None => tx.execute(
+                        "DELETE FROM transactions WHERE transactional_id = $1",
+                        &[&id.as_bytes()],
+                    )?,
+                };
+            }
+            Ok(())
+        })
     }
 
     fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError> {

@@ -11,6 +11,7 @@ use super::{
     BlockSwitch, Commit, GroupWrite, MetadataStore, OffsetRecord, PartitionRecord, SegmentRecord,
     Snapshot, TopicConfigs, TopicRecord,
 };
+use crate::producer::AbortedTxn;
 use crate::segment::BlockMeta;
 use crate::StorageError;
 
@@ -54,10 +55,24 @@ CREATE TABLE IF NOT EXISTS cluster (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 /// The schema steps, in order: step `n` brings a database from version `n` to `n + 1`. Append only;
 /// the PostgreSQL store keeps the same numbering.
-const MIGRATIONS: &[fn(&rusqlite::Transaction) -> rusqlite::Result<()>] = &[|tx| {
-    tx.execute_batch(SCHEMA_V1)?;
-    adopt_unversioned(tx)
-}];
+const MIGRATIONS: &[fn(&rusqlite::Transaction) -> rusqlite::Result<()>] = &[
+    |tx| {
+        tx.execute_batch(SCHEMA_V1)?;
+        adopt_unversioned(tx)
+    },
+    |tx| tx.execute_batch(SCHEMA_V2),
+];
+
+/// Version 2: transactions. A producer's open transaction per partition, each partition's aborted
+/// transactions (Kafka's transaction index), and the transaction coordinator's documents.
+const SCHEMA_V2: &str = "
+ALTER TABLE producer_state ADD COLUMN txn_first_offset INTEGER;
+CREATE TABLE aborted_txns (
+  topic_id BLOB NOT NULL, partition INTEGER NOT NULL, last_offset INTEGER NOT NULL,
+  producer_id INTEGER NOT NULL, first_offset INTEGER NOT NULL,
+  PRIMARY KEY (topic_id, partition, last_offset));
+CREATE TABLE transactions (transactional_id TEXT PRIMARY KEY, state TEXT NOT NULL);
+";
 
 /// Databases from before versioning may predate columns added then with ad-hoc ALTERs: segments
 /// from before compaction have no level, producer state from before producer expiry no append time
@@ -374,16 +389,38 @@ impl MetadataStore for SqliteMetadata {
         })?;
         snap.blocks = rows.collect::<Result<_, _>>()?;
         let mut stmt = conn.prepare(
-            "SELECT producer_id, topic_id, partition, epoch, recent, last_ms FROM producer_state
-             ORDER BY producer_id, topic_id, partition",
+            "SELECT producer_id, topic_id, partition, epoch, recent, last_ms, txn_first_offset
+             FROM producer_state ORDER BY producer_id, topic_id, partition",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 (r.get(0)?, uuid_from(r.get(1)?), r.get(2)?),
-                producer_entry(r.get(3)?, &r.get::<_, String>(4)?, r.get(5)?, now),
+                producer_entry(
+                    r.get(3)?,
+                    &r.get::<_, String>(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    now,
+                ),
             ))
         })?;
         snap.producers = rows.collect::<Result<_, _>>()?;
+        let mut stmt = conn.prepare(
+            "SELECT topic_id, partition, producer_id, first_offset, last_offset FROM aborted_txns
+             ORDER BY topic_id, partition, last_offset",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                uuid_from(r.get(0)?),
+                r.get(1)?,
+                AbortedTxn {
+                    producer_id: r.get(2)?,
+                    first_offset: r.get(3)?,
+                    last_offset: r.get(4)?,
+                },
+            ))
+        })?;
+        snap.aborted = rows.collect::<Result<_, _>>()?;
         snap.intents = intents(&conn)?;
         snap.max_segment_id = conn
             .query_row(
@@ -425,7 +462,13 @@ impl MetadataStore for SqliteMetadata {
             "SELECT DISTINCT segment_id FROM blocks WHERE topic_id = ?1",
             params![id],
         )?;
-        for table in ["topics", "partitions", "blocks", "producer_state"] {
+        for table in [
+            "topics",
+            "partitions",
+            "blocks",
+            "producer_state",
+            "aborted_txns",
+        ] {
             tx.execute(&format!("DELETE FROM {table} WHERE topic_id = ?1"), [id])?;
         }
         retire_if_unreferenced(&tx, &segments)?;
@@ -469,10 +512,14 @@ impl MetadataStore for SqliteMetadata {
             "SELECT DISTINCT segment_id FROM blocks WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3",
             params![id, partition, log_start_offset],
         )?;
-        tx.execute(
-            "DELETE FROM blocks WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3",
-            params![id, partition, log_start_offset],
-        )?;
+        for table in ["blocks", "aborted_txns"] {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE topic_id = ?1 AND partition = ?2 AND last_offset < ?3"
+                ),
+                params![id, partition, log_start_offset],
+            )?;
+        }
         retire_if_unreferenced(&tx, &segments)?;
         tx.commit()?;
         Ok(())
@@ -519,8 +566,9 @@ impl MetadataStore for SqliteMetadata {
                 hw.execute(params![topic_id.as_bytes().as_slice(), partition, hwm])?;
             }
             let mut ps = tx.prepare_cached(
-                "INSERT OR REPLACE INTO producer_state (producer_id, topic_id, partition, epoch, recent, last_ms)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM topics WHERE topic_id = ?2)",
+                "INSERT OR REPLACE INTO producer_state
+                   (producer_id, topic_id, partition, epoch, recent, last_ms, txn_first_offset)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM topics WHERE topic_id = ?2)",
             )?;
             let mut expired = tx.prepare_cached(
                 "DELETE FROM producer_state WHERE producer_id = ?1 AND topic_id = ?2 AND partition = ?3",
@@ -535,7 +583,21 @@ impl MetadataStore for SqliteMetadata {
                     partition,
                     entry.epoch,
                     recent_json(entry),
-                    entry.last_append_ms
+                    entry.last_append_ms,
+                    entry.txn_first_offset
+                ])?;
+            }
+            let mut ab = tx.prepare_cached(
+                "INSERT OR REPLACE INTO aborted_txns (topic_id, partition, last_offset, producer_id, first_offset)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM topics WHERE topic_id = ?1)",
+            )?;
+            for (topic_id, partition, a) in &c.aborted {
+                ab.execute(params![
+                    topic_id.as_bytes().as_slice(),
+                    partition,
+                    a.last_offset,
+                    a.producer_id,
+                    a.first_offset
                 ])?;
             }
         }
@@ -692,6 +754,34 @@ impl MetadataStore for SqliteMetadata {
             for id in segment_ids {
                 del.execute([*id as i64])?;
             }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_transactions(&self) -> Result<Vec<(String, String)>, StorageError> {
+        let conn = self.conn.lock();
+        let mut st = conn.prepare(
+            "SELECT transactional_id, state FROM transactions ORDER BY transactional_id",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn save_transactions(&self, docs: &[(String, Option<String>)]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        for (id, doc) in docs {
+            match doc {
+                Some(doc) => tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO transactions (transactional_id, state) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![id, doc])?,
+                None => tx
+                    .prepare_cached("DELETE FROM transactions WHERE transactional_id = ?1")?
+                    .execute([id])?,
+            };
         }
         tx.commit()?;
         Ok(())

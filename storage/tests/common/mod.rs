@@ -2,6 +2,7 @@
 //! read back, and [`on_each_store!`]: every test runs on each metadata store.
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
 pub use streamhouse_storage::metadata::testing::{off_runtime, TestStore};
 
 /// Runs each async test body `async fn name(meta: TestStore)` once per metadata store, as the tests
