@@ -256,6 +256,24 @@ settings! {
     /// Most (producer, partition) states kept at once; past it the longest idle are dropped early
     /// (StreamHouse's: Kafka has no bound). About 200 bytes each.
     max_producer_states: usize = "500000", key "max.producer.states";
+    /// The largest transaction.timeout.ms a transactional producer may ask for (Kafka's setting and
+    /// default, 15 minutes): InitProducerId asking for more is INVALID_TRANSACTION_TIMEOUT. An open
+    /// transaction holds its partitions' last stable offset, so read_committed consumers wait that long
+    /// at most for an abandoned one.
+    transaction_max_timeout_ms: i32 = "900000", key "transaction.max.timeout.ms";
+    /// A transactional id with no transaction for this long is forgotten (Kafka's setting and default,
+    /// 7 days); its producer then starts again with a new producer id.
+    transactional_id_expiration_ms: i64 = "604800000", key "transactional.id.expiration.ms";
+    /// How often transactions past their timeout are aborted, fencing their producer (Kafka's setting
+    /// and default).
+    transaction_abort_timed_out_transaction_cleanup_interval_ms: u64 = "10000", key "transaction.abort.timed.out.transaction.cleanup.interval.ms";
+    /// How often expired transactional ids are removed (Kafka's setting and default).
+    transaction_remove_expired_transaction_cleanup_interval_ms: u64 = "3600000", key "transaction.remove.expired.transaction.cleanup.interval.ms";
+    /// Most transactional ids kept at once (StreamHouse's: Kafka has no bound); past it the longest
+    /// idle one without a transaction in progress is dropped from memory, and a new id is refused
+    /// (COORDINATOR_NOT_AVAILABLE, retriable) while every one has a transaction in progress. About
+    /// 1 KiB each, plus its partitions.
+    transactional_id_max: usize = "100000", key "transactional.id.max";
     /// Every metadata commit durable before it is acknowledged: SQLite fsyncs its WAL, PostgreSQL waits
     /// for its own (`synchronous_commit`). false survives a broker crash but not a power loss (nor,
     /// on PostgreSQL, a crash of its server).
@@ -618,6 +636,22 @@ impl BrokerConfig {
             classic_max_size: self.group_max_size.max(1) as usize,
             consumer_max_size: self.group_consumer_max_size.max(1) as usize,
             ..Default::default()
+        }
+    }
+
+    pub fn transactions(&self) -> crate::txn::TxnConfig {
+        crate::txn::TxnConfig {
+            max_timeout_ms: self.transaction_max_timeout_ms,
+            id_expiration_ms: self.transactional_id_expiration_ms,
+            abort_check_interval: Self::ms(
+                self.transaction_abort_timed_out_transaction_cleanup_interval_ms
+                    .max(1),
+            ),
+            remove_expired_interval: Self::ms(
+                self.transaction_remove_expired_transaction_cleanup_interval_ms
+                    .max(1),
+            ),
+            max_ids: self.transactional_id_max.max(1),
         }
     }
 

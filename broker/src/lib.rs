@@ -9,6 +9,7 @@ pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod topic_config;
+pub mod txn;
 
 use std::sync::Arc;
 use streamhouse_storage::Storage;
@@ -18,6 +19,7 @@ pub struct Broker {
     pub config: config::BrokerConfig,
     pub storage: Arc<Storage>,
     pub groups: Arc<group::GroupCoordinator>,
+    pub txns: Arc<txn::TransactionCoordinator>,
     pub cluster_id: String,
     /// Broker-wide bounds on what clients can make it hold.
     pub limits: Arc<limits::Limits>,
@@ -34,6 +36,12 @@ impl Broker {
         let storage = Storage::open(config.storage()).await?;
         let cluster_id = storage.cluster_id().to_string();
         let groups = group::GroupCoordinator::open(storage.clone(), config.groups()).await?;
+        let txns = txn::TransactionCoordinator::open(
+            storage.clone(),
+            groups.clone(),
+            config.transactions(),
+        )
+        .await?;
         let inflater = streamhouse_protocol::compression::Inflater::new(
             config.message_max_decompressed_bytes,
             std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -43,6 +51,7 @@ impl Broker {
             config,
             storage,
             groups,
+            txns,
             cluster_id,
             limits,
         }))

@@ -573,6 +573,23 @@ impl ConsumerGroup {
         Ok(())
     }
 
+    /// Kafka's ConsumerGroup.validateOffsetCommit for a TxnOffsetCommit naming a member: the member
+    /// must be known and at its current epoch (ILLEGAL_GENERATION otherwise, as transactional
+    /// commits report it).
+    pub fn validate_txn_offset_commit(&self, member_id: &str, epoch: i32) -> Result<(), i16> {
+        if epoch < 0 && self.members.is_empty() {
+            return Ok(());
+        }
+        let m = self
+            .members
+            .get(member_id)
+            .ok_or(error::UNKNOWN_MEMBER_ID)?;
+        if epoch != m.member_epoch {
+            return Err(error::ILLEGAL_GENERATION);
+        }
+        Ok(())
+    }
+
     /// ConsumerGroupDescribe's view: members sorted by id, assignments with their topics' names
     /// (`topic_name` of a topic id, empty if it is gone); an assignor not chosen yet is reported as
     /// the default (Kafka's asDescribedGroup with defaultConsumerGroupAssignor).

@@ -204,6 +204,74 @@ impl GroupCoordinator {
         }
     }
 
+    /// TxnOffsetCommit's check against the group (Kafka's validateOffsetCommit with isTransactional):
+    /// a request naming no member (TxnOffsetCommit before v3, or generation -1 with no member) is
+    /// taken whatever the group's state; one naming a member must be that member of the current
+    /// generation (classic) or epoch (KIP-848).
+    pub fn validate_txn_offset_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i16> {
+        let anonymous = generation < 0 && member_id.is_empty() && instance_id.is_none();
+        if anonymous {
+            return Ok(());
+        }
+        let checked = with_group(&self.groups, group_id, |g| match &g.kind {
+            GroupKind::Classic(c) => {
+                c.check_member(member_id, instance_id)?;
+                if generation != c.generation {
+                    return Err(error::ILLEGAL_GENERATION);
+                }
+                if c.state == ClassicState::CompletingRebalance {
+                    return Err(error::REBALANCE_IN_PROGRESS);
+                }
+                Ok(())
+            }
+            GroupKind::Consumer(c) => c.validate_txn_offset_commit(member_id, generation),
+        });
+        checked.unwrap_or(Err(error::ILLEGAL_GENERATION))
+    }
+
+    /// A committed transaction's offsets become the group's (Kafka: the COMMIT marker in
+    /// __consumer_offsets makes the pending transactional offsets visible). Answers once durable.
+    pub async fn commit_transactional_offsets(
+        &self,
+        group_id: &str,
+        offsets: BTreeMap<(String, i32), crate::txn::PendingOffset>,
+    ) -> Result<(), i16> {
+        let commit_ms = now_ms();
+        let offsets: BTreeMap<TopicPartition, CommittedOffset> = offsets
+            .into_iter()
+            .map(|((topic, partition), o)| {
+                (
+                    TopicPartition::new(topic, partition),
+                    CommittedOffset {
+                        offset: o.offset,
+                        leader_epoch: o.leader_epoch,
+                        metadata: o.metadata,
+                        commit_ms,
+                    },
+                )
+            })
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let written = with_new_group(&self.groups, group_id, |_| {
+            self.writer.submit(Op::Commit {
+                group: group_id.to_string(),
+                offsets,
+            })
+        });
+        match written.await {
+            Ok(true) => Ok(()),
+            _ => Err(error::COORDINATOR_NOT_AVAILABLE),
+        }
+    }
+
     /// True when every queued write is applied: a read from memory sees all of them.
     pub fn writes_applied(&self) -> bool {
         self.writer.idle()

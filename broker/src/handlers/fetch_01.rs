@@ -2,15 +2,22 @@
 //! v4: isolation level, last stable offset, aborted transactions. v5: log start offset. v7: fetch
 //! sessions (KIP-227). v9: current leader epoch. v11: rack id. v12: flexible, diverging epoch.
 //! v13: topic ids instead of names. v15: replica state. v16/v17: node endpoints, replica directory id.
+//! At READ_COMMITTED a partition is read up to its last stable offset, with the aborted
+//! transactions overlapping the returned batches (Kafka's FetchIsolation.TXN_COMMITTED); the last
+//! stable offset is reported at both levels, as Kafka does.
 //! Fetch sessions are declined by answering session id 0, which makes clients send full requests.
 //! A fetch waits up to max_wait_ms for min_bytes, woken by commits rather than by polling storage;
 //! the first partition with data returns at least one whole batch even past the byte limits (KIP-74).
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, ProducerId, RequestHeader, TopicName,
+};
 use std::sync::Arc;
 use std::time::Duration;
-use streamhouse_storage::StorageError;
+use streamhouse_storage::{Isolation, StorageError};
 
 use super::{str_bytes, ApiSpec, Reply};
 use crate::{error, Broker};
@@ -121,7 +128,8 @@ async fn read_all(
     let mut remaining = max_bytes;
     let mut total = 0usize;
     let mut errors = false;
-    let read_committed = req.isolation_level == 1;
+    let isolation = Isolation::from_wire(req.isolation_level);
+    let read_committed = isolation == Isolation::ReadCommitted;
     // Partitions whose data is not cached start loading together (as far as the response can hold),
     // rather than one GET after another in the loop below (storage does nothing where reads are local).
     let mut budget = max_bytes;
@@ -178,7 +186,7 @@ async fn read_all(
             };
             let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
             match storage
-                .read(partition, fp.fetch_offset, limit, total == 0)
+                .read(partition, fp.fetch_offset, limit, total == 0, isolation)
                 .await
             {
                 Ok(r) => {
@@ -186,9 +194,21 @@ async fn read_all(
                     remaining = remaining.saturating_sub(r.records.len());
                     pd = pd
                         .with_high_watermark(r.high_watermark)
-                        .with_last_stable_offset(r.high_watermark)
+                        .with_last_stable_offset(r.last_stable_offset)
                         .with_log_start_offset(r.log_start_offset)
                         .with_records(Some(r.records));
+                    if read_committed {
+                        pd = pd.with_aborted_transactions(Some(
+                            r.aborted
+                                .iter()
+                                .map(|a| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(a.producer_id))
+                                        .with_first_offset(a.first_offset)
+                                })
+                                .collect(),
+                        ));
+                    }
                 }
                 Err(e) => {
                     errors = true;
@@ -200,7 +220,7 @@ async fn read_all(
                     {
                         pd = pd
                             .with_high_watermark(high_watermark)
-                            .with_last_stable_offset(high_watermark)
+                            .with_last_stable_offset(partition.last_stable_offset())
                             .with_log_start_offset(log_start);
                     }
                     pd = pd

@@ -29,9 +29,10 @@ pub fn handle(
         str_bytes(&c.advertised_host),
         c.advertised_port,
     );
-    // Group keys must be non-empty (Kafka answers INVALID_REQUEST for an empty group id).
+    // Keys must be non-empty (Kafka answers INVALID_REQUEST for an empty group or transactional
+    // id); key types are 0 (group) and 1 (transaction).
     let code_for = |key: &str| {
-        if req.key_type == 0 && key.is_empty() {
+        if !(0..=1).contains(&req.key_type) || key.is_empty() {
             error::INVALID_REQUEST
         } else {
             error::NONE

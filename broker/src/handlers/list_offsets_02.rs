@@ -1,8 +1,9 @@
 //! ListOffsets (key 2), versions 1-10.
 //! v1: one offset per partition. v2: isolation level. v4: leader epoch. v6: flexible.
 //! v7: MAX_TIMESTAMP (-3, KIP-734). v8: EARLIEST_LOCAL (-4, KIP-405). v9: LATEST_TIERED (-5, KIP-1005).
-//! v10: timeout_ms. Without transactions the last stable offset is the high watermark, so both
-//! isolation levels see the same latest offset.
+//! v10: timeout_ms. LATEST at READ_COMMITTED is the last stable offset (Kafka's
+//! UnifiedLog.fetchOffsetByTimestamp with lastFetchableOffset), at READ_UNCOMMITTED the high
+//! watermark.
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -42,6 +43,7 @@ async fn answer(broker: &Broker, version: i16, req: ListOffsetsRequest) -> ListO
     let storage = &broker.storage;
     // The leader epoch field exists from v4 on.
     let epoch = if version >= 4 { LEADER_EPOCH } else { -1 };
+    let read_committed = req.isolation_level == 1;
     // Kafka (ListOffsetsRequest.duplicatePartitions, ReplicaManager.fetchOffset): a partition named
     // more than once is answered once, with INVALID_REQUEST.
     let mut count: std::collections::HashMap<(&str, i32), usize> = Default::default();
@@ -83,6 +85,7 @@ async fn answer(broker: &Broker, version: i16, req: ListOffsetsRequest) -> ListO
                 continue;
             };
             let found = match p.timestamp {
+                LATEST if read_committed => Ok(Some((part.last_stable_offset(), -1))),
                 LATEST => Ok(Some((part.high_watermark(), -1))),
                 EARLIEST | EARLIEST_LOCAL => Ok(Some((part.log_start_offset(), -1))),
                 // Nothing is tiered: Kafka answers -1 when there is no remote log.

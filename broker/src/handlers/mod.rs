@@ -3,6 +3,8 @@
 //! those constants, ApiVersions answers from it and dispatch refuses anything outside it, so the
 //! advertised versions cannot drift from what is implemented.
 
+pub mod add_offsets_to_txn_25;
+pub mod add_partitions_to_txn_24;
 pub mod api_versions_18;
 pub mod consumer_group_describe_69;
 pub mod consumer_group_heartbeat_68;
@@ -15,6 +17,7 @@ pub mod describe_cluster_60;
 pub mod describe_configs_32;
 pub mod describe_groups_15;
 pub mod describe_log_dirs_35;
+pub mod end_txn_26;
 pub mod fetch_01;
 pub mod find_coordinator_10;
 pub mod heartbeat_12;
@@ -30,6 +33,7 @@ pub mod offset_delete_47;
 pub mod offset_fetch_09;
 pub mod produce_00;
 pub mod sync_group_14;
+pub mod txn_offset_commit_28;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -69,6 +73,10 @@ pub const SUPPORTED: &[ApiSpec] = &[
     delete_topics_20::API,
     delete_records_21::API,
     init_producer_id_22::API,
+    add_partitions_to_txn_24::API,
+    add_offsets_to_txn_25::API,
+    end_txn_26::API,
+    txn_offset_commit_28::API,
     describe_configs_32::API,
     describe_log_dirs_35::API,
     create_partitions_37::API,
@@ -123,8 +131,10 @@ pub enum Reply<T> {
     Now(T),
     /// Work the connection finishes before it starts the next request, because the client's next
     /// request must see its effects (Kafka handles one request of a connection at a time): produce's
-    /// validation and submit to the writer, topic admin, a KIP-848 heartbeat step. It stalls every
-    /// pipelined request behind it, so nothing else belongs here.
+    /// validation and submit to the writer, topic admin, a KIP-848 heartbeat step, the transaction
+    /// steps (AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn) whose effects the
+    /// producer's next request relies on. It stalls every pipelined request behind it, so nothing
+    /// else belongs here.
     InOrder(BoxFuture<'static, Reply<T>>),
     /// After the in-order part, concurrently with the requests read next.
     Later(BoxFuture<'static, T>),
@@ -290,6 +300,10 @@ pub async fn dispatch(
         ApiKey::CreateTopics => serve!(create_topics_19, "CreateTopics"),
         ApiKey::DeleteTopics => serve!(delete_topics_20, "DeleteTopics"),
         ApiKey::InitProducerId => serve!(init_producer_id_22, "InitProducerId"),
+        ApiKey::AddPartitionsToTxn => serve!(add_partitions_to_txn_24, "AddPartitionsToTxn"),
+        ApiKey::AddOffsetsToTxn => serve!(add_offsets_to_txn_25, "AddOffsetsToTxn"),
+        ApiKey::EndTxn => serve!(end_txn_26, "EndTxn"),
+        ApiKey::TxnOffsetCommit => serve!(txn_offset_commit_28, "TxnOffsetCommit"),
         ApiKey::DescribeConfigs => serve!(describe_configs_32, "DescribeConfigs"),
         ApiKey::DescribeLogDirs => serve!(describe_log_dirs_35, "DescribeLogDirs"),
         ApiKey::DescribeCluster => serve!(describe_cluster_60, "DescribeCluster"),

@@ -2,6 +2,8 @@
 //! v2: all partitions of the group with null topics; top-level error code. v3: throttle time.
 //! v5: committed leader epoch. v6: flexible. v7: require_stable. v8: several groups in one request
 //! (KIP-709). v9: member id and epoch for KIP-848 groups.
+//! With require_stable (KIP-447), a partition with offsets committed in a transaction not ended yet
+//! answers UNSTABLE_OFFSET_COMMIT (retriable), as Kafka's fetchOffsets(requireStable).
 //! The committed metadata string comes back exactly as committed; an uncommitted partition is -1.
 //! While commits are queued for the coordinator's writer, the answer waits until they are applied,
 //! so a fetch pipelined behind commits on the same connection sees them (Kafka reads a connection's
@@ -56,6 +58,19 @@ pub fn handle(
     }))
 }
 
+/// The group's partitions with transactional offsets pending, when the request asks for stable ones.
+fn unstable(
+    broker: &Broker,
+    require_stable: bool,
+    group: &str,
+) -> std::collections::HashSet<(String, i32)> {
+    if require_stable {
+        broker.txns.unstable_offsets(group)
+    } else {
+        Default::default()
+    }
+}
+
 fn wanted<'a>(topics: impl Iterator<Item = (&'a TopicName, &'a Vec<i32>)>) -> Vec<TopicPartitions> {
     topics
         .map(|(name, partitions)| TopicPartitions {
@@ -77,6 +92,7 @@ fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetch
                     .as_ref()
                     .map(|ts| wanted(ts.iter().map(|t| (&t.name, &t.partition_indexes))));
                 let found = groups.fetch_offsets(&g.group_id, asked);
+                let unstable = unstable(broker, req.require_stable, &g.group_id);
                 let topics = found
                     .topics
                     .into_iter()
@@ -85,10 +101,16 @@ fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetch
                             .partitions
                             .iter()
                             .map(|p| {
+                                let r = OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p.partition);
+                                if unstable.contains(&(t.topic.clone(), p.partition)) {
+                                    return r
+                                        .with_committed_offset(-1)
+                                        .with_committed_leader_epoch(-1)
+                                        .with_error_code(error::UNSTABLE_OFFSET_COMMIT);
+                                }
                                 let (offset, epoch, meta) = value(&p.committed);
-                                OffsetFetchResponsePartitions::default()
-                                    .with_partition_index(p.partition)
-                                    .with_committed_offset(offset)
+                                r.with_committed_offset(offset)
                                     .with_committed_leader_epoch(epoch)
                                     .with_metadata(meta)
                             })
@@ -112,6 +134,7 @@ fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetch
         .as_ref()
         .map(|ts| wanted(ts.iter().map(|t| (&t.name, &t.partition_indexes))));
     let found = groups.fetch_offsets(&req.group_id, asked);
+    let unstable = unstable(broker, version >= 7 && req.require_stable, &req.group_id);
     let topics = found
         .topics
         .into_iter()
@@ -120,10 +143,16 @@ fn answer(broker: &Broker, version: i16, req: OffsetFetchRequest) -> OffsetFetch
                 .partitions
                 .iter()
                 .map(|p| {
+                    let r =
+                        OffsetFetchResponsePartition::default().with_partition_index(p.partition);
+                    if unstable.contains(&(t.topic.clone(), p.partition)) {
+                        return r
+                            .with_committed_offset(-1)
+                            .with_committed_leader_epoch(-1)
+                            .with_error_code(error::UNSTABLE_OFFSET_COMMIT);
+                    }
                     let (offset, epoch, meta) = value(&p.committed);
-                    OffsetFetchResponsePartition::default()
-                        .with_partition_index(p.partition)
-                        .with_committed_offset(offset)
+                    r.with_committed_offset(offset)
                         .with_committed_leader_epoch(epoch)
                         .with_metadata(meta)
                 })

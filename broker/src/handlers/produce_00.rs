@@ -2,6 +2,8 @@
 //! v3: transactional id, magic v2 record batches only. v5: log_start_offset in the response.
 //! v8: per-record errors (record_errors, error_message). v9: flexible. v10: current leader and node
 //! endpoints on NOT_LEADER. v11: no change (KIP-890 server side). v12: no change. v13: topics by id.
+//! Transactional producers' batches are stored verbatim like any other; see the writer for how they
+//! open a transaction on a partition.
 //! acks=0 gets no response at all, as in Kafka; acks=1 and acks=all are answered after the batches are
 //! durable and committed (there are no followers, so both mean the same here).
 //!
@@ -56,10 +58,10 @@ pub fn handle(
 ) -> Reply<ProduceResponse> {
     let version = header.request_api_version;
     let storage = &broker.storage;
-    let refuse_all = if req.transactional_id.is_some() {
-        // No transaction coordinator yet: refuse clearly rather than write outside a transaction.
-        Some(error::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
-    } else if !matches!(req.acks, -1..=1) {
+    // Transactional batches are checked by the writer, at sequencing, against the transaction
+    // coordinator (KIP-890's verification: the producer's ongoing transaction must hold the
+    // partition), so a batch cannot join a transaction that ended while it was queued.
+    let refuse_all = if !matches!(req.acks, -1..=1) {
         Some(error::INVALID_REQUIRED_ACKS)
     } else {
         None

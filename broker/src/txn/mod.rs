@@ -1,0 +1,781 @@
+//! The transaction coordinator (Kafka's TransactionCoordinator; KIP-98, KIP-447's group-aware
+//! TxnOffsetCommit, KIP-890's server-side verification): InitProducerId with a transactional id,
+//! AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn, timeouts and expiry. Every
+//! transactional id is coordinated by this broker.
+//!
+//! A transaction's state (`state.rs`) is persisted in the metadata store (its document per
+//! transactional id) before it takes effect, so a kill -9 at any step resumes at restart: a
+//! transaction found in PrepareCommit or PrepareAbort has its markers written (again: a second marker
+//! for a transaction already ended is harmless, as in Kafka) and, for a commit, its offsets applied,
+//! then becomes CompleteCommit or CompleteAbort. An Ongoing one is aborted when its timeout passes.
+//!
+//! Markers go through the storage writer like produced batches (one append for all of a transaction's
+//! partitions: one flush), and the writer asks this coordinator ([`TransactionVerifier`]) before a
+//! transactional batch opens a transaction on a partition: only while the producer's transaction, at
+//! that epoch, is Ongoing and holds the partition. A batch sequenced after the markers therefore
+//! finds the transaction ended and is refused, instead of opening a transaction nobody will end.
+//!
+//! # State, locks and blocking
+//!
+//! All transactional ids are in one map behind one `parking_lot::Mutex` (`Shared`), held only to
+//! read or swap an entry (no I/O, no await); the writer's verification takes it too. A transactional
+//! id with a change on its way to the store is `busy`: other requests for it answer
+//! CONCURRENT_TRANSACTIONS (retriable), so the changes of one id reach the store one at a time, in
+//! order. Store calls run on the blocking pool (the metadata store's blocking rule). The timer task
+//! aborts timed-out transactions every transaction.abort.timed.out.transaction.cleanup.interval.ms,
+//! retries unfinished completions, and removes ids idle for transactional.id.expiration.ms.
+
+mod state;
+
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use streamhouse_protocol::control::marker_batch;
+use streamhouse_storage::{AppendBatch, MetadataStore, Storage, StorageError, TransactionVerifier};
+use uuid::Uuid;
+
+use crate::error;
+use crate::group::{now_ms, GroupCoordinator};
+pub use state::{PendingOffset, TxnMeta, TxnPartition, TxnState};
+
+/// Coordinator settings, named after Kafka's.
+#[derive(Debug, Clone)]
+pub struct TxnConfig {
+    /// transaction.max.timeout.ms: the largest transaction.timeout.ms a producer may ask for.
+    pub max_timeout_ms: i32,
+    /// transactional.id.expiration.ms: an id with no transaction for this long is forgotten.
+    pub id_expiration_ms: i64,
+    /// transaction.abort.timed.out.transaction.cleanup.interval.ms
+    pub abort_check_interval: Duration,
+    /// transaction.remove.expired.transaction.cleanup.interval.ms
+    pub remove_expired_interval: Duration,
+    /// transactional.id.max (StreamHouse's): transactional ids kept at once.
+    pub max_ids: usize,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            max_timeout_ms: 900_000,
+            id_expiration_ms: 604_800_000,
+            abort_check_interval: Duration::from_secs(10),
+            remove_expired_interval: Duration::from_secs(3600),
+            max_ids: 100_000,
+        }
+    }
+}
+
+struct Entry {
+    meta: TxnMeta,
+    /// A change is on its way to the store.
+    busy: bool,
+    /// The store has a document for this id (a new id's first write may still fail).
+    stored: bool,
+}
+
+#[derive(Default)]
+struct Txns {
+    by_id: HashMap<String, Entry>,
+    /// The transactional id of each producer id.
+    by_producer: HashMap<i64, String>,
+}
+
+/// The state the writer's verification shares with the coordinator.
+#[derive(Default)]
+struct Shared(Mutex<Txns>);
+
+impl TransactionVerifier for Shared {
+    fn verify(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<(), StorageError> {
+        let txns = self.0.lock();
+        let meta = txns
+            .by_producer
+            .get(&producer_id)
+            .and_then(|id| txns.by_id.get(id))
+            .map(|e| &e.meta);
+        match meta {
+            Some(m) if m.epoch > epoch => Err(StorageError::InvalidProducerEpoch),
+            Some(m)
+                if m.epoch == epoch
+                    && m.state == TxnState::Ongoing
+                    && m.partitions
+                        .iter()
+                        .any(|p| p.topic_id == topic_id && p.partition == partition) =>
+            {
+                Ok(())
+            }
+            _ => Err(StorageError::InvalidTxnState),
+        }
+    }
+}
+
+/// What a change decided under the lock: nothing to write, or a new state to persist first.
+enum Step<T> {
+    Done(T),
+    Write(TxnMeta, T),
+}
+
+/// One partition of a TxnOffsetCommit.
+pub struct TxnOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: PendingOffset,
+}
+
+/// A transaction as the admin APIs show it.
+#[derive(Debug, Clone)]
+pub struct TxnListing {
+    pub transactional_id: String,
+    pub meta: TxnMeta,
+}
+
+pub struct TransactionCoordinator {
+    config: TxnConfig,
+    storage: Arc<Storage>,
+    groups: Arc<GroupCoordinator>,
+    meta: Arc<dyn MetadataStore>,
+    shared: Arc<Shared>,
+}
+
+impl TransactionCoordinator {
+    /// Loads every transactional id from the store, installs the writer's verification, resumes
+    /// unfinished completions and starts the timer.
+    pub async fn open(
+        storage: Arc<Storage>,
+        groups: Arc<GroupCoordinator>,
+        config: TxnConfig,
+    ) -> Result<Arc<TransactionCoordinator>, StorageError> {
+        let meta = storage.metadata();
+        let m = meta.clone();
+        let docs = tokio::task::spawn_blocking(move || m.load_transactions())
+            .await
+            .map_err(|_| StorageError::TaskFailed("loading transactions"))??;
+        let mut txns = Txns::default();
+        for (id, doc) in docs {
+            match serde_json::from_str::<TxnMeta>(&doc) {
+                Ok(m) => {
+                    txns.by_producer.insert(m.producer_id, id.clone());
+                    txns.by_id.insert(
+                        id,
+                        Entry {
+                            meta: m,
+                            busy: false,
+                            stored: true,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(transactional_id = %id, error = %e, "unreadable transaction state; skipped")
+                }
+            }
+        }
+        let unfinished: Vec<String> = txns
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.meta.state.is_preparing())
+            .map(|(id, _)| id.clone())
+            .collect();
+        tracing::info!(
+            transactional_ids = txns.by_id.len(),
+            unfinished = unfinished.len(),
+            "transaction coordinator loaded"
+        );
+        let shared = Arc::new(Shared(Mutex::new(txns)));
+        storage.set_transaction_verifier(shared.clone());
+        let c = Arc::new(TransactionCoordinator {
+            config,
+            storage,
+            groups,
+            meta,
+            shared,
+        });
+        for id in unfinished {
+            let c = c.clone();
+            tokio::spawn(async move { c.complete(&id).await });
+        }
+        spawn_timer(Arc::downgrade(&c));
+        Ok(c)
+    }
+
+    // ---- the requests ----------------------------------------------------------------------------
+
+    /// InitProducerId with a transactional id (Kafka's handleInitProducerId): a new id gets a new
+    /// producer id at epoch 0; a known one its epoch bumped, after the previous producer's ongoing
+    /// transaction is aborted (fencing it). `expected` is the producer id and epoch the client sends
+    /// from v3 on (KIP-360), -1 for none.
+    pub async fn init_producer_id(
+        &self,
+        id: &str,
+        timeout_ms: i32,
+        expected: (i64, i16),
+    ) -> Result<(i64, i16), i16> {
+        if id.is_empty() {
+            return Err(error::INVALID_REQUEST);
+        }
+        if timeout_ms <= 0 || timeout_ms > self.config.max_timeout_ms {
+            return Err(error::INVALID_TRANSACTION_TIMEOUT);
+        }
+        // An ongoing transaction of the previous producer is aborted first; one whose markers are
+        // being written is finished first.
+        for _ in 0..2 {
+            let current = self.get(id);
+            match current {
+                Some((_, true)) => return Err(error::CONCURRENT_TRANSACTIONS),
+                Some((m, false)) if m.state == TxnState::Ongoing => {
+                    self.fence_and_abort(id, &m).await?;
+                }
+                Some((m, false)) if m.state.is_preparing() => self.complete(id).await?,
+                _ => break,
+            }
+        }
+        let current = self.get(id).map(|(m, _)| m);
+        let needs_id = current
+            .as_ref()
+            .is_none_or(|m| state::epoch_exhausted(m.epoch) || m.state == TxnState::Dead);
+        let new_id = if needs_id {
+            Some(
+                self.storage
+                    .allocate_producer_id()
+                    .await
+                    .map_err(|e| e.kafka_error_code())?,
+            )
+        } else {
+            None
+        };
+        let now = now_ms();
+        self.update(id, |cur| match cur {
+            None => {
+                let pid = new_id.ok_or(error::CONCURRENT_TRANSACTIONS)?;
+                let m = TxnMeta::new(pid, timeout_ms, now);
+                Ok(Step::Write(m, (pid, 0)))
+            }
+            Some(m) if m.state == TxnState::Ongoing || m.state.is_preparing() => {
+                Err(error::CONCURRENT_TRANSACTIONS)
+            }
+            Some(m) => {
+                if expected.0 >= 0 {
+                    let (pid, epoch) = expected;
+                    if pid == m.producer_id && epoch == m.epoch - 1 && m.state == TxnState::Empty {
+                        // A retry of the InitProducerId that made this epoch (its answer was lost).
+                        return Ok(Step::Done((m.producer_id, m.epoch)));
+                    }
+                    if pid != m.producer_id || epoch != m.epoch {
+                        return Err(error::PRODUCER_FENCED);
+                    }
+                }
+                let fresh = if state::epoch_exhausted(m.epoch) || m.state == TxnState::Dead {
+                    Some(new_id.ok_or(error::CONCURRENT_TRANSACTIONS)?)
+                } else {
+                    None
+                };
+                let next = m.reinit(timeout_ms, fresh, now);
+                let out = (next.producer_id, next.epoch);
+                Ok(Step::Write(next, out))
+            }
+        })
+        .await
+    }
+
+    /// AddPartitionsToTxn (and AddOffsetsToTxn with `group`): the transaction begins if it has not.
+    pub async fn add(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<TxnPartition>,
+        group: Option<String>,
+    ) -> Result<(), i16> {
+        let now = now_ms();
+        self.update(id, |cur| {
+            let m = cur.ok_or(error::INVALID_PRODUCER_ID_MAPPING)?;
+            m.check_producer(producer_id, epoch)?;
+            Ok(match m.add(&partitions, group.as_deref(), now)? {
+                Some(next) => Step::Write(next, ()),
+                None => Step::Done(()),
+            })
+        })
+        .await
+    }
+
+    /// AddPartitionsToTxn v4+ with verify_only: whether each partition is in the producer's ongoing
+    /// transaction (Kafka's verification for the brokers; answered here for any client that asks).
+    pub fn verify_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[TxnPartition],
+    ) -> Result<Vec<i16>, i16> {
+        let txns = self.shared.0.lock();
+        let m = &txns
+            .by_id
+            .get(id)
+            .ok_or(error::INVALID_PRODUCER_ID_MAPPING)?
+            .meta;
+        m.check_producer(producer_id, epoch)?;
+        Ok(partitions
+            .iter()
+            .map(|p| {
+                if m.state == TxnState::Ongoing && m.partitions.contains(p) {
+                    error::NONE
+                } else {
+                    error::INVALID_TXN_STATE
+                }
+            })
+            .collect())
+    }
+
+    /// TxnOffsetCommit (Kafka's handleTxnCommitOffsets): the group must be in the producer's ongoing
+    /// transaction (AddOffsetsToTxn) and, when the request names a member (KIP-447), that member of
+    /// its generation; the offsets are kept with the transaction until it ends. Returns one code per
+    /// offset, in order.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_offsets(
+        &self,
+        id: &str,
+        group: &str,
+        producer_id: i64,
+        epoch: i16,
+        member: (&str, Option<&str>, i32),
+        offsets: Vec<TxnOffset>,
+        metadata_max_bytes: usize,
+    ) -> Result<Vec<i16>, i16> {
+        if group.is_empty() {
+            return Err(error::INVALID_GROUP_ID);
+        }
+        self.groups
+            .validate_txn_offset_commit(group, member.0, member.1, member.2)?;
+        let mut codes = Vec::with_capacity(offsets.len());
+        let mut accepted: Vec<&TxnOffset> = Vec::new();
+        for o in &offsets {
+            let known = self
+                .storage
+                .topic(&o.topic)
+                .is_some_and(|t| t.partition(o.partition).is_some());
+            codes.push(if !known {
+                error::UNKNOWN_TOPIC_OR_PARTITION
+            } else if o
+                .offset
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > metadata_max_bytes)
+            {
+                error::OFFSET_METADATA_TOO_LARGE
+            } else {
+                accepted.push(o);
+                error::NONE
+            });
+        }
+        let now = now_ms();
+        self.update(id, |cur| {
+            let m = cur.ok_or(error::INVALID_PRODUCER_ID_MAPPING)?;
+            // The group coordinator's checks: an older epoch is INVALID_PRODUCER_EPOCH there.
+            if m.producer_id != producer_id {
+                return Err(error::INVALID_PRODUCER_ID_MAPPING);
+            }
+            if m.epoch != epoch {
+                return Err(error::INVALID_PRODUCER_EPOCH);
+            }
+            if m.state != TxnState::Ongoing || !m.groups.contains(group) {
+                return Err(error::INVALID_TXN_STATE);
+            }
+            if accepted.is_empty() {
+                return Ok(Step::Done(()));
+            }
+            let mut next = m.clone();
+            let by_topic = next.offsets.entry(group.to_string()).or_default();
+            for o in &accepted {
+                // A partition named twice: the later one wins.
+                by_topic
+                    .entry(o.topic.clone())
+                    .or_default()
+                    .insert(o.partition, o.offset.clone());
+            }
+            next.update_ms = now;
+            Ok(Step::Write(next, ()))
+        })
+        .await?;
+        Ok(codes)
+    }
+
+    /// EndTxn (Kafka's handleEndTransaction): the decision is persisted (PrepareCommit or
+    /// PrepareAbort), then the markers are written and the transaction completed before the answer.
+    /// Should writing the markers fail, the decision stands and the timer finishes it.
+    pub async fn end(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(), i16> {
+        let now = now_ms();
+        let prepared = self
+            .update(id, |cur| {
+                let m = cur.ok_or(error::INVALID_PRODUCER_ID_MAPPING)?;
+                m.check_producer(producer_id, epoch)?;
+                Ok(match m.end(commit, now)? {
+                    Some(next) => Step::Write(next, true),
+                    None => Step::Done(false),
+                })
+            })
+            .await?;
+        if prepared {
+            if let Err(code) = self.complete(id).await {
+                tracing::warn!(transactional_id = %id, code, "transaction markers not written yet; retried by the timer");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- what other parts of the broker ask --------------------------------------------------------
+
+    /// The partitions of `group` with offsets committed in a transaction not ended yet: OffsetFetch
+    /// with require_stable answers UNSTABLE_OFFSET_COMMIT for them (KIP-447).
+    pub fn unstable_offsets(&self, group: &str) -> HashSet<(String, i32)> {
+        let txns = self.shared.0.lock();
+        let mut out = HashSet::new();
+        for e in txns.by_id.values() {
+            if let Some(topics) = e.meta.offsets.get(group) {
+                for (topic, parts) in topics {
+                    out.extend(parts.keys().map(|p| (topic.clone(), *p)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every transactional id and its state (ListTransactions, DescribeTransactions).
+    pub fn list(&self) -> Vec<TxnListing> {
+        let txns = self.shared.0.lock();
+        let mut v: Vec<TxnListing> = txns
+            .by_id
+            .iter()
+            .map(|(id, e)| TxnListing {
+                transactional_id: id.clone(),
+                meta: e.meta.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        v
+    }
+
+    /// One transactional id's state.
+    pub fn describe(&self, id: &str) -> Option<TxnMeta> {
+        self.get(id).map(|(m, _)| m)
+    }
+
+    // ---- the steps -------------------------------------------------------------------------------
+
+    fn get(&self, id: &str) -> Option<(TxnMeta, bool)> {
+        self.shared
+            .0
+            .lock()
+            .by_id
+            .get(id)
+            .map(|e| (e.meta.clone(), e.busy))
+    }
+
+    /// Runs `decide` on the id's state under the lock; a new state it returns is persisted, then
+    /// applied. A busy id answers CONCURRENT_TRANSACTIONS without running `decide`.
+    async fn update<T>(
+        &self,
+        id: &str,
+        decide: impl FnOnce(Option<&TxnMeta>) -> Result<Step<T>, i16>,
+    ) -> Result<T, i16> {
+        let next = {
+            let mut txns = self.shared.0.lock();
+            let entry = txns.by_id.get(id);
+            if entry.is_some_and(|e| e.busy) {
+                return Err(error::CONCURRENT_TRANSACTIONS);
+            }
+            let is_new = entry.is_none();
+            match decide(entry.map(|e| &e.meta))? {
+                Step::Done(out) => return Ok(out),
+                Step::Write(next, out) => {
+                    if is_new {
+                        if txns.by_id.len() >= self.config.max_ids && !evict_one(&mut txns) {
+                            tracing::warn!(
+                                max = self.config.max_ids,
+                                "transactional.id.max ids with transactions open; refusing a new one"
+                            );
+                            return Err(error::COORDINATOR_NOT_AVAILABLE);
+                        }
+                        txns.by_id.insert(
+                            id.to_string(),
+                            Entry {
+                                meta: next.clone(),
+                                busy: true,
+                                stored: false,
+                            },
+                        );
+                    } else if let Some(e) = txns.by_id.get_mut(id) {
+                        e.busy = true;
+                    }
+                    (next, out)
+                }
+            }
+        };
+        let (next, out) = next;
+        let written = self.persist(id, Some(&next)).await;
+        let mut txns = self.shared.0.lock();
+        match written {
+            Ok(()) => {
+                let old_producer = txns.by_id.get(id).map(|e| e.meta.producer_id);
+                if let Some(old) = old_producer.filter(|p| *p != next.producer_id) {
+                    txns.by_producer.remove(&old);
+                }
+                txns.by_producer.insert(next.producer_id, id.to_string());
+                txns.by_id.insert(
+                    id.to_string(),
+                    Entry {
+                        meta: next,
+                        busy: false,
+                        stored: true,
+                    },
+                );
+                Ok(out)
+            }
+            Err(code) => {
+                if txns.by_id.get(id).is_some_and(|e| !e.stored) {
+                    txns.by_id.remove(id);
+                } else if let Some(e) = txns.by_id.get_mut(id) {
+                    e.busy = false;
+                }
+                Err(code)
+            }
+        }
+    }
+
+    async fn persist(&self, id: &str, meta: Option<&TxnMeta>) -> Result<(), i16> {
+        let doc = match meta.map(serde_json::to_string).transpose() {
+            Ok(doc) => doc,
+            Err(_) => return Err(error::UNKNOWN_SERVER_ERROR),
+        };
+        let store = self.meta.clone();
+        let docs = vec![(id.to_string(), doc)];
+        match tokio::task::spawn_blocking(move || store.save_transactions(&docs)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "saving a transaction's state failed");
+                Err(error::COORDINATOR_NOT_AVAILABLE)
+            }
+            Err(_) => Err(error::COORDINATOR_NOT_AVAILABLE),
+        }
+    }
+
+    /// Aborts the ongoing transaction `seen` with the epoch bumped, fencing its producer.
+    async fn fence_and_abort(&self, id: &str, seen: &TxnMeta) -> Result<(), i16> {
+        let now = now_ms();
+        self.update(id, |cur| match cur {
+            Some(m) if m == seen && m.state == TxnState::Ongoing => {
+                Ok(Step::Write(m.fence_and_abort(now), ()))
+            }
+            _ => Err(error::CONCURRENT_TRANSACTIONS),
+        })
+        .await?;
+        self.complete(id).await
+    }
+
+    /// Finishes a transaction in PrepareCommit or PrepareAbort: its markers in all its partitions
+    /// (one append, so one flush), for a commit its offsets made the group's, then Complete*.
+    async fn complete(&self, id: &str) -> Result<(), i16> {
+        let meta = {
+            let mut txns = self.shared.0.lock();
+            let Some(e) = txns.by_id.get_mut(id) else {
+                return Ok(());
+            };
+            if e.busy {
+                return Err(error::CONCURRENT_TRANSACTIONS);
+            }
+            if !e.meta.state.is_preparing() {
+                return Ok(());
+            }
+            e.busy = true;
+            e.meta.clone()
+        };
+        let result = self.finish(id, &meta).await;
+        let mut txns = self.shared.0.lock();
+        if let Some(e) = txns.by_id.get_mut(id) {
+            e.busy = false;
+            if let Ok(done) = &result {
+                e.meta = done.clone();
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn finish(&self, id: &str, meta: &TxnMeta) -> Result<TxnMeta, i16> {
+        let commit = meta.state == TxnState::PrepareCommit;
+        let now = now_ms();
+        let mut batches = Vec::new();
+        for p in &meta.partitions {
+            // A topic deleted since is left out: its partitions have no log to end.
+            let Some(topic) = self.storage.topic_by_id(p.topic_id) else {
+                continue;
+            };
+            if topic.partition(p.partition).is_none() {
+                continue;
+            }
+            let data =
+                bytes::Bytes::from(marker_batch(meta.producer_id, meta.epoch, commit, 0, now));
+            let Some(header) = streamhouse_protocol::batch::BatchHeader::parse(&data) else {
+                return Err(error::UNKNOWN_SERVER_ERROR);
+            };
+            batches.push(AppendBatch {
+                topic,
+                partition: p.partition,
+                header,
+                data,
+            });
+        }
+        if !batches.is_empty() {
+            for r in self.storage.append(batches).await {
+                match r {
+                    Ok(_)
+                    | Err(StorageError::UnknownTopicOrPartition)
+                    | Err(StorageError::InvalidProducerEpoch) => {}
+                    Err(e) => {
+                        tracing::warn!(transactional_id = %id, error = %e, "writing transaction markers failed");
+                        return Err(e.kafka_error_code());
+                    }
+                }
+            }
+        }
+        if commit {
+            for (group, topics) in &meta.offsets {
+                let offsets: BTreeMap<(String, i32), PendingOffset> = topics
+                    .iter()
+                    .flat_map(|(t, parts)| {
+                        parts.iter().map(move |(p, o)| ((t.clone(), *p), o.clone()))
+                    })
+                    .collect();
+                self.groups
+                    .commit_transactional_offsets(group, offsets)
+                    .await?;
+            }
+        }
+        let done = meta.completed(now_ms());
+        self.persist(id, Some(&done)).await?;
+        Ok(done)
+    }
+
+    /// The timer's pass: timed-out transactions aborted, unfinished completions retried.
+    async fn abort_timed_out(&self) {
+        let now = now_ms();
+        let (timed_out, unfinished): (Vec<_>, Vec<_>) = {
+            let txns = self.shared.0.lock();
+            let idle = txns.by_id.iter().filter(|(_, e)| !e.busy);
+            let timed_out = idle
+                .clone()
+                .filter(|(_, e)| e.meta.timed_out(now))
+                .map(|(id, e)| (id.clone(), e.meta.clone()))
+                .collect();
+            let unfinished = idle
+                .filter(|(_, e)| e.meta.state.is_preparing())
+                .map(|(id, _)| id.clone())
+                .collect();
+            (timed_out, unfinished)
+        };
+        for (id, seen) in timed_out {
+            tracing::info!(transactional_id = %id, producer_id = seen.producer_id, "aborting a transaction past its timeout");
+            let _ = self.fence_and_abort(&id, &seen).await;
+        }
+        for id in unfinished {
+            let _ = self.complete(&id).await;
+        }
+    }
+
+    /// The timer's other pass: ids with no transaction for transactional.id.expiration.ms are
+    /// removed (Kafka's removeExpiredTransactionalIds, which also keeps ids with one in progress).
+    async fn remove_expired(&self) {
+        let now = now_ms();
+        let expired: Vec<(String, TxnMeta)> = {
+            let txns = self.shared.0.lock();
+            txns.by_id
+                .iter()
+                .filter(|(_, e)| !e.busy && idle(&e.meta))
+                .filter(|(_, e)| now - e.meta.update_ms >= self.config.id_expiration_ms)
+                .map(|(id, e)| (id.clone(), e.meta.clone()))
+                .collect()
+        };
+        for (id, seen) in expired {
+            if self.persist(&id, None).await.is_ok() {
+                let mut txns = self.shared.0.lock();
+                if txns
+                    .by_id
+                    .get(&id)
+                    .is_some_and(|e| e.meta == seen && !e.busy)
+                {
+                    txns.by_id.remove(&id);
+                    txns.by_producer.remove(&seen.producer_id);
+                }
+            }
+        }
+    }
+}
+
+/// No transaction in progress.
+fn idle(m: &TxnMeta) -> bool {
+    matches!(
+        m.state,
+        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort | TxnState::Dead
+    )
+}
+
+/// Makes room for a new transactional id past transactional.id.max: the longest idle id with no
+/// transaction in progress leaves memory (its document stays in the store until it expires; a
+/// restart loads it again). False if every id has a transaction in progress.
+fn evict_one(txns: &mut Txns) -> bool {
+    let victim = txns
+        .by_id
+        .iter()
+        .filter(|(_, e)| !e.busy && e.stored && idle(&e.meta))
+        .min_by_key(|(_, e)| e.meta.update_ms)
+        .map(|(id, e)| (id.clone(), e.meta.producer_id));
+    match victim {
+        Some((id, pid)) => {
+            txns.by_id.remove(&id);
+            txns.by_producer.remove(&pid);
+            true
+        }
+        None => false,
+    }
+}
+
+fn spawn_timer(c: Weak<TransactionCoordinator>) {
+    let (abort_every, remove_every) = match c.upgrade() {
+        Some(c) => (
+            c.config.abort_check_interval.max(Duration::from_millis(10)),
+            c.config
+                .remove_expired_interval
+                .max(Duration::from_millis(10)),
+        ),
+        None => return,
+    };
+    tokio::spawn(async move {
+        let mut abort = tokio::time::interval(abort_every);
+        let mut remove = tokio::time::interval(remove_every);
+        abort.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        remove.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        abort.tick().await;
+        remove.tick().await;
+        loop {
+            tokio::select! {
+                _ = abort.tick() => {
+                    let Some(c) = c.upgrade() else { break };
+                    c.abort_timed_out().await;
+                }
+                _ = remove.tick() => {
+                    let Some(c) = c.upgrade() else { break };
+                    c.remove_expired().await;
+                }
+            }
+        }
+    });
+}
