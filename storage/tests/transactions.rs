@@ -25,8 +25,18 @@ on_each_store!(transactions_hold_the_last_stable_offset_and_survive_restart);
 struct Holds(Mutex<HashSet<(i64, i16, i32)>>);
 
 impl TransactionVerifier for Holds {
-    fn holds(&self, producer_id: i64, epoch: i16, _topic: Uuid, partition: i32) -> bool {
-        self.0.lock().contains(&(producer_id, epoch, partition))
+    fn verify(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        _topic: Uuid,
+        partition: i32,
+    ) -> Result<(), StorageError> {
+        if self.0.lock().contains(&(producer_id, epoch, partition)) {
+            Ok(())
+        } else {
+            Err(StorageError::InvalidTxnState)
+        }
     }
 }
 

@@ -18,17 +18,21 @@
 //! # State, locks and blocking
 //!
 //! All transactional ids are in one map behind one `parking_lot::Mutex` (`Shared`), held only to
-//! read or swap an entry (no I/O, no await); the writer's verification takes it too. A transactional
-//! id with a change on its way to the store is `busy`: other requests for it answer
-//! CONCURRENT_TRANSACTIONS (retriable), so the changes of one id reach the store one at a time, in
-//! order. Store calls run on the blocking pool (the metadata store's blocking rule). The timer task
+//! read or swap an entry (no I/O, no await); the writer's verification takes it too. The changes of
+//! one transactional id are serialized by an async lock (one of [`STRIPES`], by the id's hash) held
+//! from the decision until the new state is stored and applied, so they reach the store one at a time,
+//! in order: a producer's AddPartitionsToTxn and AddOffsetsToTxn sent together wait for each other
+//! instead of failing. While a change is under way the id is `busy` (the timer and eviction leave it
+//! alone). Store calls run on the blocking pool (the metadata store's blocking rule). The timer task
 //! aborts timed-out transactions every transaction.abort.timed.out.transaction.cleanup.interval.ms,
 //! retries unfinished completions, and removes ids idle for transactional.id.expiration.ms.
 
 mod state;
 
 use parking_lot::Mutex;
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use streamhouse_protocol::control::marker_batch;
@@ -135,8 +139,13 @@ pub struct TxnListing {
     pub meta: TxnMeta,
 }
 
+/// Async locks serializing the changes of transactional ids (an id always maps to the same one).
+/// 64: ids sharing a lock only wait on each other's store writes, a few milliseconds each.
+const STRIPES: usize = 64;
+
 pub struct TransactionCoordinator {
     config: TxnConfig,
+    stripes: Vec<tokio::sync::Mutex<()>>,
     storage: Arc<Storage>,
     groups: Arc<GroupCoordinator>,
     meta: Arc<dyn MetadataStore>,
@@ -190,6 +199,7 @@ impl TransactionCoordinator {
         storage.set_transaction_verifier(shared.clone());
         let c = Arc::new(TransactionCoordinator {
             config,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             storage,
             groups,
             meta,
@@ -224,13 +234,11 @@ impl TransactionCoordinator {
         // An ongoing transaction of the previous producer is aborted first; one whose markers are
         // being written is finished first.
         for _ in 0..2 {
-            let current = self.get(id);
-            match current {
-                Some((_, true)) => return Err(error::CONCURRENT_TRANSACTIONS),
-                Some((m, false)) if m.state == TxnState::Ongoing => {
+            match self.get(id) {
+                Some((m, _)) if m.state == TxnState::Ongoing => {
                     self.fence_and_abort(id, &m).await?;
                 }
-                Some((m, false)) if m.state.is_preparing() => self.complete(id).await?,
+                Some((m, _)) if m.state.is_preparing() => self.complete(id).await?,
                 _ => break,
             }
         }
@@ -481,19 +489,24 @@ impl TransactionCoordinator {
             .map(|e| (e.meta.clone(), e.busy))
     }
 
-    /// Runs `decide` on the id's state under the lock; a new state it returns is persisted, then
-    /// applied. A busy id answers CONCURRENT_TRANSACTIONS without running `decide`.
+    /// The async lock serializing `id`'s changes.
+    fn stripe(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = DefaultHasher::new();
+        id.hash(&mut h);
+        &self.stripes[h.finish() as usize % self.stripes.len()]
+    }
+
+    /// Runs `decide` on the id's state (after the id's earlier changes are done); a new state it
+    /// returns is persisted, then applied.
     async fn update<T>(
         &self,
         id: &str,
         decide: impl FnOnce(Option<&TxnMeta>) -> Result<Step<T>, i16>,
     ) -> Result<T, i16> {
+        let _serial = self.stripe(id).lock().await;
         let next = {
             let mut txns = self.shared.0.lock();
             let entry = txns.by_id.get(id);
-            if entry.is_some_and(|e| e.busy) {
-                return Err(error::CONCURRENT_TRANSACTIONS);
-            }
             let is_new = entry.is_none();
             match decide(entry.map(|e| &e.meta))? {
                 Step::Done(out) => return Ok(out),
@@ -585,14 +598,12 @@ impl TransactionCoordinator {
     /// Finishes a transaction in PrepareCommit or PrepareAbort: its markers in all its partitions
     /// (one append, so one flush), for a commit its offsets made the group's, then Complete*.
     async fn complete(&self, id: &str) -> Result<(), i16> {
+        let _serial = self.stripe(id).lock().await;
         let meta = {
             let mut txns = self.shared.0.lock();
             let Some(e) = txns.by_id.get_mut(id) else {
                 return Ok(());
             };
-            if e.busy {
-                return Err(error::CONCURRENT_TRANSACTIONS);
-            }
             if !e.meta.state.is_preparing() {
                 return Ok(());
             }

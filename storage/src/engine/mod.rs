@@ -101,9 +101,17 @@ impl Isolation {
 
 /// Asked by the writer before a transactional batch opens its producer's transaction on a partition:
 /// does the producer's ongoing transaction, at this epoch, hold the partition? The broker's
-/// transaction coordinator answers. Called on the writer's task: it must not block (a short lock).
+/// transaction coordinator answers: `Ok`, `InvalidProducerEpoch` for an epoch older than the
+/// transaction's, else `InvalidTxnState`. Called on the writer's task: it must not block (a short
+/// lock at most).
 pub trait TransactionVerifier: Send + Sync + 'static {
-    fn holds(&self, producer_id: i64, epoch: i16, topic_id: Uuid, partition: i32) -> bool;
+    fn verify(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<(), StorageError>;
 }
 
 /// A queued append; [`AppendTicket::wait`] resolves when it is committed (or failed).
@@ -234,16 +242,17 @@ impl Storage {
         let _ = self.verifier.set(verifier);
     }
 
-    fn transaction_holds(
+    fn verify_transaction(
         &self,
         producer_id: i64,
         epoch: i16,
         topic_id: Uuid,
         partition: i32,
-    ) -> bool {
-        self.verifier
-            .get()
-            .is_some_and(|v| v.holds(producer_id, epoch, topic_id, partition))
+    ) -> Result<(), StorageError> {
+        match self.verifier.get() {
+            Some(v) => v.verify(producer_id, epoch, topic_id, partition),
+            None => Err(StorageError::InvalidTxnState),
+        }
     }
 
     /// The cluster id, kept in the metadata store (and in S3 mode in the prefix's marker object).

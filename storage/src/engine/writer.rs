@@ -416,16 +416,16 @@ impl Writer {
                     // A batch that would open the transaction here must be in the coordinator's
                     // ongoing transaction of this producer and epoch; one sequenced after the
                     // marker finds the transaction ended.
-                    if !open_here
-                        && !self.storage.transaction_holds(
+                    if !open_here {
+                        if let Err(e) = self.storage.verify_transaction(
                             h.producer_id,
                             h.producer_epoch,
                             b.topic.id,
                             b.partition,
-                        )
-                    {
-                        results[ri][bi] = Some(Err(StorageError::InvalidTxnState));
-                        continue;
+                        ) {
+                            results[ri][bi] = Some(Err(e));
+                            continue;
+                        }
                     }
                     if !idempotent {
                         // Kafka: a transactional batch must carry a sequence (InvalidRecordException).
