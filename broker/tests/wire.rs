@@ -269,6 +269,48 @@ async fn every_served_version_is_answered() {
                     ConsumerGroupDescribeRequest::default()
                         .with_group_ids(vec![group("sweep-c1"), group("sweep-g")])
                 ),
+                // An unknown transactional id: answered (INVALID_PRODUCER_ID_MAPPING) at every version.
+                ApiKey::AddPartitionsToTxn => call!(AddPartitionsToTxnResponse, {
+                    let id = TransactionalId(StrBytes::from_static_str("sweep-tx"));
+                    let topics = vec![
+                        add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                            .with_name(topic("sweep"))
+                            .with_partitions(vec![0]),
+                    ];
+                    let r = AddPartitionsToTxnRequest::default();
+                    if v <= 3 {
+                        r.with_v3_and_below_transactional_id(id)
+                            .with_v3_and_below_topics(topics)
+                    } else {
+                        r.with_transactions(vec![
+                            add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                                .with_transactional_id(id)
+                                .with_topics(topics),
+                        ])
+                    }
+                }),
+                ApiKey::AddOffsetsToTxn => call!(
+                    AddOffsetsToTxnResponse,
+                    AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                            "sweep-tx"
+                        )))
+                        .with_group_id(group("sweep-g"))
+                ),
+                ApiKey::EndTxn => call!(
+                    EndTxnResponse,
+                    EndTxnRequest::default().with_transactional_id(TransactionalId(
+                        StrBytes::from_static_str("sweep-tx")
+                    ))
+                ),
+                ApiKey::TxnOffsetCommit => call!(
+                    TxnOffsetCommitResponse,
+                    TxnOffsetCommitRequest::default()
+                        .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                            "sweep-tx"
+                        )))
+                        .with_group_id(group("sweep-g"))
+                ),
                 other => panic!("no sweep case for {other:?}"),
             }
         }

@@ -790,3 +790,193 @@ fn spawn_timer(c: Weak<TransactionCoordinator>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config, Broker};
+    use streamhouse_protocol::batch::validate_produce_batch;
+    use streamhouse_storage::metadata::testing::TestStore;
+    use streamhouse_test_support::batch::{BatchBuilder, Record};
+
+    async fn open(store: &TestStore, data: &std::path::Path, abort_every_ms: u64) -> Arc<Broker> {
+        let args = config::BrokerConfig::test_args(data.to_path_buf())
+            .set("metadata", store.location().as_setting())
+            .set(
+                "transaction_abort_timed_out_transaction_cleanup_interval_ms",
+                abort_every_ms,
+            );
+        Broker::open(config::BrokerConfig::resolve(args).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn produce(b: &Broker, pid: i64, epoch: i16, seq: i32) -> Result<i64, StorageError> {
+        let data = BatchBuilder::new()
+            .transactional(true)
+            .producer(pid, epoch, seq)
+            .record(Record::at(1_000).value("v"))
+            .build();
+        let batch = AppendBatch {
+            topic: b.storage.topic("t").unwrap(),
+            partition: 0,
+            header: validate_produce_batch(&data).unwrap(),
+            data,
+        };
+        b.storage
+            .append(vec![batch])
+            .await
+            .pop()
+            .unwrap()
+            .map(|o| o.base_offset)
+    }
+
+    async fn wait_for(b: &Broker, state: TxnState) -> TxnMeta {
+        for _ in 0..200 {
+            if let Some(m) = b.txns.describe("tx").filter(|m| m.state == state) {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("never reached {state:?}: {:?}", b.txns.describe("tx"));
+    }
+
+    /// A kill -9 after EndTxn(commit) made the decision durable but before the markers were written:
+    /// at restart the commit is finished (markers, the group's offsets, CompleteCommit) and the last
+    /// stable offset moves past the transaction.
+    async fn a_commit_decided_before_a_crash_completes_at_restart(store: TestStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(&store, dir.path(), 10_000).await;
+        b.storage
+            .create_topic("t", 1, Default::default())
+            .await
+            .unwrap();
+        let t = b.storage.topic("t").unwrap();
+        let (pid, epoch) = b
+            .txns
+            .init_producer_id("tx", 60_000, (-1, -1))
+            .await
+            .unwrap();
+        let part = TxnPartition {
+            topic: "t".into(),
+            partition: 0,
+            topic_id: t.id,
+        };
+        b.txns
+            .add("tx", pid, epoch, vec![part], Some("g".into()))
+            .await
+            .unwrap();
+        assert_eq!(produce(&b, pid, epoch, 0).await.unwrap(), 0);
+        let offsets = vec![TxnOffset {
+            topic: "t".into(),
+            partition: 0,
+            offset: PendingOffset {
+                offset: 1,
+                leader_epoch: -1,
+                metadata: None,
+            },
+        }];
+        let codes = b
+            .txns
+            .commit_offsets("tx", "g", pid, epoch, ("", None, -1), offsets, 4096)
+            .await
+            .unwrap();
+        assert_eq!(codes, vec![error::NONE]);
+        assert_eq!(
+            t.partitions[0].offsets(),
+            (1, 0, 0),
+            "(hwm, lso, log start)"
+        );
+        assert_eq!(b.txns.unstable_offsets("g").len(), 1);
+        // What EndTxn persists first, and nothing after it.
+        let mut decided = b.txns.describe("tx").unwrap();
+        decided.state = TxnState::PrepareCommit;
+        drop(b);
+        let doc = serde_json::to_string(&decided).unwrap();
+        store.blocking(dir.path(), |m| {
+            m.save_transactions(&[("tx".to_string(), Some(doc))])
+                .unwrap()
+        });
+
+        let b = open(&store, dir.path(), 10_000).await;
+        let done = wait_for(&b, TxnState::CompleteCommit).await;
+        assert!(done.partitions.is_empty() && done.offsets.is_empty());
+        let p = b.storage.topic("t").unwrap().partitions[0].clone();
+        assert_eq!(p.offsets(), (2, 2, 0), "the marker at 1; nothing open");
+        assert!(p.aborted_between(0, 2).is_empty(), "committed, not aborted");
+        let found = b.groups.fetch_offsets("g", None);
+        assert_eq!(
+            found.topics[0].partitions[0]
+                .committed
+                .as_ref()
+                .unwrap()
+                .offset,
+            1
+        );
+        assert!(b.txns.unstable_offsets("g").is_empty());
+        // The next InitProducerId bumps the epoch.
+        assert_eq!(
+            b.txns.init_producer_id("tx", 60_000, (-1, -1)).await,
+            Ok((pid, 1))
+        );
+    }
+
+    /// A transaction left open by a crash is aborted once its timeout passes: the epoch is bumped,
+    /// so the old producer is fenced; the abort is recorded and the last stable offset moves on.
+    async fn an_open_transaction_is_aborted_after_its_timeout(store: TestStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(&store, dir.path(), 20).await;
+        b.storage
+            .create_topic("t", 1, Default::default())
+            .await
+            .unwrap();
+        let t = b.storage.topic("t").unwrap();
+        let (pid, epoch) = b.txns.init_producer_id("tx", 300, (-1, -1)).await.unwrap();
+        let part = TxnPartition {
+            topic: "t".into(),
+            partition: 0,
+            topic_id: t.id,
+        };
+        b.txns
+            .add("tx", pid, epoch, vec![part], None)
+            .await
+            .unwrap();
+        assert_eq!(produce(&b, pid, epoch, 0).await.unwrap(), 0);
+        drop(b);
+
+        let b = open(&store, dir.path(), 20).await;
+        let p = b.storage.topic("t").unwrap().partitions[0].clone();
+        assert_eq!(p.offsets(), (1, 0, 0), "still open after the restart");
+        let aborted = wait_for(&b, TxnState::CompleteAbort).await;
+        assert_eq!(aborted.epoch, epoch + 1, "fenced");
+        assert_eq!(p.offsets(), (2, 2, 0));
+        assert_eq!(p.aborted_between(0, 2).len(), 1);
+        assert!(matches!(
+            produce(&b, pid, epoch, 1).await,
+            Err(StorageError::InvalidProducerEpoch)
+        ));
+        assert_eq!(
+            b.txns.end("tx", pid, epoch, true).await,
+            Err(error::PRODUCER_FENCED)
+        );
+    }
+
+    macro_rules! on_each_store {
+        ($($name:ident),*) => {$(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(super::TestStore::sqlite()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::TestStore::postgres()).await
+                }
+            }
+        )*};
+    }
+    on_each_store!(
+        a_commit_decided_before_a_crash_completes_at_restart,
+        an_open_transaction_is_aborted_after_its_timeout
+    );
+}

@@ -1,0 +1,217 @@
+//! Transactions on the wire, as a client sees them: InitProducerId with a transactional id,
+//! AddPartitionsToTxn, a transactional produce, Fetch at read_committed (last stable offset, aborted
+//! transactions), EndTxn, fencing by a second InitProducerId, and the version-dependent error codes
+//! (INVALID_PRODUCER_EPOCH before PRODUCER_FENCED existed, KIP-588).
+
+mod support;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::*;
+use streamhouse_test_support::batch::{BatchBuilder, Record};
+use support::*;
+
+fn txn_id() -> TransactionalId {
+    TransactionalId(s("wire-tx"))
+}
+
+async fn init(c: &mut Client, version: i16) -> InitProducerIdResponse {
+    c.call(
+        ApiKey::InitProducerId,
+        version,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(txn_id()))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    )
+    .await
+    .unwrap()
+}
+
+async fn add_partition(c: &mut Client, version: i16, pid: i64, epoch: i16, t: &str) -> i16 {
+    let r: AddPartitionsToTxnResponse = c
+        .call(
+            ApiKey::AddPartitionsToTxn,
+            version,
+            &AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(txn_id())
+                .with_v3_and_below_producer_id(ProducerId(pid))
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(topic(t))
+                        .with_partitions(vec![0]),
+                ]),
+        )
+        .await
+        .unwrap();
+    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+async fn end(c: &mut Client, version: i16, pid: i64, epoch: i16, commit: bool) -> i16 {
+    let r: EndTxnResponse = c
+        .call(
+            ApiKey::EndTxn,
+            version,
+            &EndTxnRequest::default()
+                .with_transactional_id(txn_id())
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_committed(commit),
+        )
+        .await
+        .unwrap();
+    r.error_code
+}
+
+fn txn_batch(pid: i64, epoch: i16, seq: i32, value: &str) -> Bytes {
+    BatchBuilder::new()
+        .transactional(true)
+        .producer(pid, epoch, seq)
+        .record(Record::at(now_ms()).value(value.to_string()))
+        .build()
+}
+
+/// Fetch v12 of partition 0 at read_committed: (last stable offset, high watermark, aborted
+/// (producer id, first offset), record bytes).
+async fn fetch_committed(c: &mut Client, t: &str) -> (i64, i64, Vec<(i64, i64)>, usize) {
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(topic(t))
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &req).await.unwrap();
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    let aborted = p
+        .aborted_transactions
+        .iter()
+        .flatten()
+        .map(|a| (a.producer_id.0, a.first_offset))
+        .collect();
+    (
+        p.last_stable_offset,
+        p.high_watermark,
+        aborted,
+        p.records.as_ref().map_or(0, |r| r.len()),
+    )
+}
+
+#[tokio::test]
+async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    create(&mut c, "tw", 1).await;
+    let r = init(&mut c, 4).await;
+    assert_eq!(r.error_code, 0);
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+
+    // A transactional batch before its partition was added is refused.
+    let p = produce(&mut c, 9, "tw", txn_batch(pid, epoch, 0, "early")).await;
+    assert_eq!(p.error_code, ResponseError::InvalidTxnState.code());
+
+    assert_eq!(add_partition(&mut c, 3, pid, epoch, "tw").await, 0);
+    let p = produce(&mut c, 9, "tw", txn_batch(pid, epoch, 0, "a")).await;
+    assert_eq!((p.error_code, p.base_offset), (0, 0));
+    let (lso, hwm, aborted, bytes) = fetch_committed(&mut c, "tw").await;
+    assert_eq!((lso, hwm, bytes), (0, 1, 0), "nothing stable while open");
+    assert!(aborted.is_empty());
+
+    assert_eq!(end(&mut c, 3, pid, epoch, false).await, 0);
+    let (lso, hwm, aborted, bytes) = fetch_committed(&mut c, "tw").await;
+    assert_eq!((lso, hwm), (2, 2), "the ABORT marker at 1");
+    assert_eq!(aborted, vec![(pid, 0)]);
+    assert!(
+        bytes > 0,
+        "the aborted batch and the marker are returned; clients drop them"
+    );
+    // Ending it again the same way is a retry (NONE); the other way is INVALID_TXN_STATE.
+    assert_eq!(end(&mut c, 3, pid, epoch, false).await, 0);
+    assert_eq!(
+        end(&mut c, 3, pid, epoch, true).await,
+        ResponseError::InvalidTxnState.code()
+    );
+
+    // The next transaction commits.
+    assert_eq!(add_partition(&mut c, 3, pid, epoch, "tw").await, 0);
+    let p = produce(&mut c, 9, "tw", txn_batch(pid, epoch, 1, "b")).await;
+    assert_eq!((p.error_code, p.base_offset), (0, 2));
+    assert_eq!(end(&mut c, 3, pid, epoch, true).await, 0);
+    let (lso, hwm, aborted, _) = fetch_committed(&mut c, "tw").await;
+    assert_eq!((lso, hwm), (4, 4));
+    assert_eq!(aborted, vec![(pid, 0)], "the committed one is not listed");
+
+    // A second InitProducerId fences the first producer: PRODUCER_FENCED from EndTxn v2 on,
+    // INVALID_PRODUCER_EPOCH before.
+    let r = init(&mut c, 4).await;
+    assert_eq!(
+        (r.error_code, r.producer_id.0, r.producer_epoch),
+        (0, pid, epoch + 1)
+    );
+    assert_eq!(
+        add_partition(&mut c, 3, pid, epoch, "tw").await,
+        ResponseError::ProducerFenced.code()
+    );
+    assert_eq!(
+        add_partition(&mut c, 1, pid, epoch, "tw").await,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    assert_eq!(
+        end(&mut c, 1, pid, epoch, true).await,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // An unknown topic in AddPartitionsToTxn, and a transaction timeout past the maximum.
+    assert_eq!(
+        add_partition(&mut c, 3, pid, epoch + 1, "nope").await,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    let r: InitProducerIdResponse = c
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(Some(txn_id()))
+                .with_transaction_timeout_ms(i32::MAX)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.error_code,
+        ResponseError::InvalidTransactionTimeout.code()
+    );
+    // TxnOffsetCommit for a group not added with AddOffsetsToTxn: INVALID_TXN_STATE.
+    let r: TxnOffsetCommitResponse = c
+        .call(
+            ApiKey::TxnOffsetCommit,
+            3,
+            &TxnOffsetCommitRequest::default()
+                .with_transactional_id(txn_id())
+                .with_group_id(group("wire-g"))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch + 1)
+                .with_generation_id(-1)
+                .with_topics(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(topic("tw"))
+                        .with_partitions(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                .with_committed_offset(1),
+                        ]),
+                ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::InvalidTxnState.code()
+    );
+}
