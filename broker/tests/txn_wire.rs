@@ -148,13 +148,60 @@ async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
     assert_eq!((lso, hwm), (4, 4));
     assert_eq!(aborted, vec![(pid, 0)], "the committed one is not listed");
 
+    // The tools' view (kafka-transactions list / describe).
+    let r: ListTransactionsResponse = c
+        .call(
+            ApiKey::ListTransactions,
+            2,
+            &ListTransactionsRequest::default()
+                .with_state_filters(vec![s("CompleteCommit"), s("Nonsense")])
+                .with_duration_filter(-1)
+                .with_transactional_id_pattern(Some(s("wire-.*"))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.unknown_state_filters, vec![s("Nonsense")]);
+    let listed: Vec<_> = r
+        .transaction_states
+        .iter()
+        .map(|t| (t.transactional_id.0.to_string(), t.producer_id.0))
+        .collect();
+    assert_eq!(listed, vec![("wire-tx".to_string(), pid)]);
+    assert_eq!(add_partition(&mut c, 3, pid, epoch, "tw").await, 0);
+    let r: DescribeTransactionsResponse = c
+        .call(
+            ApiKey::DescribeTransactions,
+            0,
+            &DescribeTransactionsRequest::default()
+                .with_transactional_ids(vec![txn_id(), TransactionalId(s("unknown"))]),
+        )
+        .await
+        .unwrap();
+    let d = &r.transaction_states[0];
+    assert_eq!(d.transaction_state.as_str(), "Ongoing");
+    assert_eq!(
+        (d.producer_id.0, d.producer_epoch, d.transaction_timeout_ms),
+        (pid, epoch, 60_000)
+    );
+    assert_eq!(d.topics[0].topic.as_str(), "tw");
+    assert_eq!(d.topics[0].partitions, vec![0]);
+    assert_eq!(
+        r.transaction_states[1].error_code,
+        ResponseError::TransactionalIdNotFound.code()
+    );
+
     // A second InitProducerId fences the first producer: PRODUCER_FENCED from EndTxn v2 on,
     // INVALID_PRODUCER_EPOCH before.
+    // The transaction it left open is aborted with the epoch bumped (Kafka's PrepareEpochFence),
+    // then the new producer gets the next epoch.
     let r = init(&mut c, 4).await;
     assert_eq!(
         (r.error_code, r.producer_id.0, r.producer_epoch),
-        (0, pid, epoch + 1)
+        (0, pid, epoch + 2)
     );
+    let new_epoch = r.producer_epoch;
+    let (lso, hwm, _, _) = fetch_committed(&mut c, "tw").await;
+    assert_eq!((lso, hwm), (5, 5), "its ABORT marker at 4");
     assert_eq!(
         add_partition(&mut c, 3, pid, epoch, "tw").await,
         ResponseError::ProducerFenced.code()
@@ -169,7 +216,7 @@ async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
     );
     // An unknown topic in AddPartitionsToTxn, and a transaction timeout past the maximum.
     assert_eq!(
-        add_partition(&mut c, 3, pid, epoch + 1, "nope").await,
+        add_partition(&mut c, 3, pid, new_epoch, "nope").await,
         ResponseError::UnknownTopicOrPartition.code()
     );
     let r: InitProducerIdResponse = c
@@ -197,7 +244,7 @@ async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
                 .with_transactional_id(txn_id())
                 .with_group_id(group("wire-g"))
                 .with_producer_id(ProducerId(pid))
-                .with_producer_epoch(epoch + 1)
+                .with_producer_epoch(new_epoch)
                 .with_generation_id(-1)
                 .with_topics(vec![
                     txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()

@@ -311,6 +311,20 @@ async fn every_served_version_is_answered() {
                         )))
                         .with_group_id(group("sweep-g"))
                 ),
+                ApiKey::DescribeTransactions => call!(
+                    DescribeTransactionsResponse,
+                    DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                        TransactionalId(StrBytes::from_static_str("sweep-tx"))
+                    ])
+                ),
+                ApiKey::ListTransactions => call!(
+                    ListTransactionsResponse,
+                    ListTransactionsRequest::default().with_duration_filter(if v >= 1 {
+                        0
+                    } else {
+                        -1
+                    })
+                ),
                 other => panic!("no sweep case for {other:?}"),
             }
         }

@@ -17,6 +17,7 @@ pub mod describe_cluster_60;
 pub mod describe_configs_32;
 pub mod describe_groups_15;
 pub mod describe_log_dirs_35;
+pub mod describe_transactions_65;
 pub mod end_txn_26;
 pub mod fetch_01;
 pub mod find_coordinator_10;
@@ -27,6 +28,7 @@ pub mod join_group_11;
 pub mod leave_group_13;
 pub mod list_groups_16;
 pub mod list_offsets_02;
+pub mod list_transactions_66;
 pub mod metadata_03;
 pub mod offset_commit_08;
 pub mod offset_delete_47;
@@ -84,6 +86,8 @@ pub const SUPPORTED: &[ApiSpec] = &[
     incremental_alter_configs_44::API,
     offset_delete_47::API,
     describe_cluster_60::API,
+    describe_transactions_65::API,
+    list_transactions_66::API,
     consumer_group_heartbeat_68::API,
     consumer_group_describe_69::API,
 ];
@@ -307,6 +311,10 @@ pub async fn dispatch(
         ApiKey::DescribeConfigs => serve!(describe_configs_32, "DescribeConfigs"),
         ApiKey::DescribeLogDirs => serve!(describe_log_dirs_35, "DescribeLogDirs"),
         ApiKey::DescribeCluster => serve!(describe_cluster_60, "DescribeCluster"),
+        ApiKey::DescribeTransactions => {
+            serve!(describe_transactions_65, "DescribeTransactions")
+        }
+        ApiKey::ListTransactions => serve!(list_transactions_66, "ListTransactions"),
         ApiKey::OffsetCommit => serve!(offset_commit_08, "OffsetCommit"),
         ApiKey::OffsetFetch => serve!(offset_fetch_09, "OffsetFetch"),
         ApiKey::FindCoordinator => serve!(find_coordinator_10, "FindCoordinator"),
