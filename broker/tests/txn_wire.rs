@@ -104,6 +104,17 @@ async fn fetch_committed(c: &mut Client, t: &str) -> (i64, i64, Vec<(i64, i64)>,
     )
 }
 
+/// DescribeProducers of tw-0 and of a partition that does not exist.
+async fn describe(c: &mut Client) -> Vec<describe_producers_response::PartitionResponse> {
+    let req = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(topic("tw"))
+            .with_partition_indexes(vec![0, 7]),
+    ]);
+    let r: DescribeProducersResponse = c.call(ApiKey::DescribeProducers, 0, &req).await.unwrap();
+    r.topics[0].partitions.clone()
+}
+
 #[tokio::test]
 async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
     let b = start().await;
@@ -190,6 +201,53 @@ async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
         ResponseError::TransactionalIdNotFound.code()
     );
 
+    // kafka-transactions describe-producers and abort: the partition's producer shows its open
+    // transaction; an ABORT marker written by WriteTxnMarkers ends it there.
+    let p = produce(&mut c, 9, "tw", txn_batch(pid, epoch, 2, "c")).await;
+    assert_eq!((p.error_code, p.base_offset), (0, 4));
+    let parts = describe(&mut c).await;
+    let ps = &parts[0].active_producers;
+    assert_eq!(ps.len(), 1);
+    assert_eq!(
+        (
+            ps[0].producer_id.0,
+            ps[0].producer_epoch,
+            ps[0].last_sequence
+        ),
+        (pid, epoch as i32, 2)
+    );
+    assert_eq!(ps[0].current_txn_start_offset, 4);
+    assert_eq!(
+        parts[1].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    let r: WriteTxnMarkersResponse = c
+        .call(
+            ApiKey::WriteTxnMarkers,
+            1,
+            &WriteTxnMarkersRequest::default().with_markers(vec![
+                write_txn_markers_request::WritableTxnMarker::default()
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch)
+                    .with_transaction_result(false)
+                    .with_topics(vec![
+                        write_txn_markers_request::WritableTxnMarkerTopic::default()
+                            .with_name(topic("tw"))
+                            .with_partition_indexes(vec![0]),
+                    ]),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.markers[0].topics[0].partitions[0].error_code, 0);
+    let (lso, hwm, aborted, _) = fetch_committed(&mut c, "tw").await;
+    assert_eq!((lso, hwm), (6, 6), "the marker at 5");
+    assert_eq!(aborted, vec![(pid, 0), (pid, 4)]);
+    assert_eq!(
+        describe(&mut c).await[0].active_producers[0].current_txn_start_offset,
+        -1
+    );
+
     // A second InitProducerId fences the first producer: PRODUCER_FENCED from EndTxn v2 on,
     // INVALID_PRODUCER_EPOCH before.
     // The transaction it left open is aborted with the epoch bumped (Kafka's PrepareEpochFence),
@@ -201,7 +259,7 @@ async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
     );
     let new_epoch = r.producer_epoch;
     let (lso, hwm, _, _) = fetch_committed(&mut c, "tw").await;
-    assert_eq!((lso, hwm), (5, 5), "its ABORT marker at 4");
+    assert_eq!((lso, hwm), (7, 7), "its ABORT marker at 6");
     assert_eq!(
         add_partition(&mut c, 3, pid, epoch, "tw").await,
         ResponseError::ProducerFenced.code()

@@ -325,6 +325,26 @@ async fn every_served_version_is_answered() {
                         -1
                     })
                 ),
+                ApiKey::DescribeProducers => call!(
+                    DescribeProducersResponse,
+                    DescribeProducersRequest::default().with_topics(vec![
+                        describe_producers_request::TopicRequest::default()
+                            .with_name(topic("sweep"))
+                            .with_partition_indexes(vec![0])
+                    ])
+                ),
+                ApiKey::WriteTxnMarkers => call!(
+                    WriteTxnMarkersResponse,
+                    WriteTxnMarkersRequest::default().with_markers(vec![
+                        write_txn_markers_request::WritableTxnMarker::default()
+                            .with_producer_id(ProducerId(424242))
+                            .with_topics(vec![
+                                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                                    .with_name(topic("none"))
+                                    .with_partition_indexes(vec![0])
+                            ])
+                    ])
+                ),
                 other => panic!("no sweep case for {other:?}"),
             }
         }

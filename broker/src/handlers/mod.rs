@@ -17,6 +17,7 @@ pub mod describe_cluster_60;
 pub mod describe_configs_32;
 pub mod describe_groups_15;
 pub mod describe_log_dirs_35;
+pub mod describe_producers_61;
 pub mod describe_transactions_65;
 pub mod end_txn_26;
 pub mod fetch_01;
@@ -36,6 +37,7 @@ pub mod offset_fetch_09;
 pub mod produce_00;
 pub mod sync_group_14;
 pub mod txn_offset_commit_28;
+pub mod write_txn_markers_27;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -78,6 +80,7 @@ pub const SUPPORTED: &[ApiSpec] = &[
     add_partitions_to_txn_24::API,
     add_offsets_to_txn_25::API,
     end_txn_26::API,
+    write_txn_markers_27::API,
     txn_offset_commit_28::API,
     describe_configs_32::API,
     describe_log_dirs_35::API,
@@ -86,6 +89,7 @@ pub const SUPPORTED: &[ApiSpec] = &[
     incremental_alter_configs_44::API,
     offset_delete_47::API,
     describe_cluster_60::API,
+    describe_producers_61::API,
     describe_transactions_65::API,
     list_transactions_66::API,
     consumer_group_heartbeat_68::API,
@@ -307,6 +311,8 @@ pub async fn dispatch(
         ApiKey::AddPartitionsToTxn => serve!(add_partitions_to_txn_24, "AddPartitionsToTxn"),
         ApiKey::AddOffsetsToTxn => serve!(add_offsets_to_txn_25, "AddOffsetsToTxn"),
         ApiKey::EndTxn => serve!(end_txn_26, "EndTxn"),
+        ApiKey::WriteTxnMarkers => serve!(write_txn_markers_27, "WriteTxnMarkers"),
+        ApiKey::DescribeProducers => serve!(describe_producers_61, "DescribeProducers"),
         ApiKey::TxnOffsetCommit => serve!(txn_offset_commit_28, "TxnOffsetCommit"),
         ApiKey::DescribeConfigs => serve!(describe_configs_32, "DescribeConfigs"),
         ApiKey::DescribeLogDirs => serve!(describe_log_dirs_35, "DescribeLogDirs"),

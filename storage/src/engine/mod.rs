@@ -433,6 +433,17 @@ impl Storage {
         self.with_meta(|meta| meta.allocate_producer_id()).await
     }
 
+    /// The committed producer state of a partition (DescribeProducers): what the last committed
+    /// flush wrote, by producer id.
+    pub async fn producers_of(
+        &self,
+        partition: &Partition,
+    ) -> Result<Vec<(i64, crate::producer::ProducerEntry)>, StorageError> {
+        let (topic_id, index) = (partition.topic_id, partition.index);
+        self.with_meta(move |meta| meta.producers_of(topic_id, index))
+            .await
+    }
+
     /// Runs metadata-store calls on the blocking pool: they block the thread (the blocking rule in
     /// `metadata`).
     async fn with_meta<T: Send + 'static>(

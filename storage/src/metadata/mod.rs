@@ -186,6 +186,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn forget_uploads(&self, segment_ids: &[u64]) -> Result<(), StorageError>;
     /// The group coordinator's writes, in order, as one transaction (one fsync for a whole batch).
     fn group_writes(&self, writes: &[GroupWrite]) -> Result<(), StorageError>;
+    /// The committed producer state of one partition, by producer id (DescribeProducers).
+    fn producers_of(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Vec<(i64, ProducerEntry)>, StorageError>;
     /// Every transactional id's coordinator document: (transactional id, document).
     fn load_transactions(&self) -> Result<Vec<(String, String)>, StorageError>;
     /// The transaction coordinator's writes, in order, as one transaction: a transactional id's
@@ -394,7 +400,63 @@ mod tests {
         reopening_keeps_the_schema_version,
         a_store_may_be_dropped_on_a_runtime_thread,
         flush_commit_latency,
+        transaction_state_survives_reopen,
     );
+
+    /// Transactions' rows: a producer's open transaction with its state, aborted transactions (kept
+    /// per partition, gone with the log start or the topic), the coordinator's documents (client
+    /// strings exactly), and one partition's producers.
+    fn transaction_state_survives_reopen(store: TestStore) {
+        let t = topic("t", 2);
+        let aborted = AbortedTxn {
+            producer_id: 7,
+            first_offset: 3,
+            last_offset: 9,
+        };
+        let mut open = entry(4, 7);
+        open.txn_first_offset = Some(12);
+        {
+            let m = store.open();
+            m.create_topic(&t).unwrap();
+            m.commit(&Commit {
+                producers: vec![((7, t.id, 0), open.clone()), ((8, t.id, 1), entry(1, 7))],
+                aborted: vec![(t.id, 0, aborted)],
+                ..Default::default()
+            })
+            .unwrap();
+            m.save_transactions(&[
+                ("tx-é ☃".to_string(), Some("{\"a\":1}".to_string())),
+                ("gone".to_string(), Some("{}".to_string())),
+            ])
+            .unwrap();
+            m.save_transactions(&[("gone".to_string(), None)]).unwrap();
+        }
+        let m = store.open();
+        let snap = m.load().unwrap();
+        assert_eq!(snap.aborted, vec![(t.id, 0, aborted)]);
+        assert!(snap.producers.contains(&((7, t.id, 0), open.clone())));
+        assert_eq!(m.producers_of(t.id, 0).unwrap(), vec![(7, open)]);
+        assert_eq!(m.producers_of(t.id, 1).unwrap().len(), 1);
+        assert_eq!(
+            m.load_transactions().unwrap(),
+            vec![("tx-é ☃".to_string(), "{\"a\":1}".to_string())]
+        );
+        m.truncate_head(t.id, 0, 9).unwrap();
+        assert_eq!(
+            m.load().unwrap().aborted.len(),
+            1,
+            "ends at 9: still needed"
+        );
+        m.truncate_head(t.id, 0, 10).unwrap();
+        assert!(m.load().unwrap().aborted.is_empty());
+        m.commit(&Commit {
+            aborted: vec![(t.id, 1, aborted)],
+            ..Default::default()
+        })
+        .unwrap();
+        m.delete_topic(t.id).unwrap();
+        assert!(m.load().unwrap().aborted.is_empty());
+    }
 
     fn rec(group: &str, topic: &str, p: i32, o: i64, m: Option<&str>, ms: i64) -> OffsetRecord {
         OffsetRecord {

@@ -1144,6 +1144,35 @@ impl MetadataStore for PostgresMetadata {
         )
     }
 
+    fn producers_of(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Vec<(i64, ProducerEntry)>, StorageError> {
+        let now = now_ms();
+        self.snapshot(|tx| {
+            tx.query(
+                "SELECT producer_id, epoch, recent, last_ms, txn_first_offset FROM producer_state
+                 WHERE topic_id = $1 AND partition = $2 ORDER BY producer_id",
+                &[&topic_id, &partition],
+            )?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    producer_entry(
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        now,
+                    ),
+                ))
+            })
+            .collect()
+        })
+    }
+
     fn load_transactions(&self) -> Result<Vec<(String, String)>, StorageError> {
         self.snapshot(|tx| {
             tx.query(

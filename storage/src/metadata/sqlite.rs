@@ -759,6 +759,32 @@ impl MetadataStore for SqliteMetadata {
         Ok(())
     }
 
+    fn producers_of(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<Vec<(i64, crate::producer::ProducerEntry)>, StorageError> {
+        let conn = self.conn.lock();
+        let now = now_ms();
+        let mut st = conn.prepare_cached(
+            "SELECT producer_id, epoch, recent, last_ms, txn_first_offset FROM producer_state
+             WHERE topic_id = ?1 AND partition = ?2 ORDER BY producer_id",
+        )?;
+        let rows = st.query_map(params![topic_id.as_bytes().as_slice(), partition], |r| {
+            Ok((
+                r.get(0)?,
+                producer_entry(
+                    r.get(1)?,
+                    &r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    now,
+                ),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn load_transactions(&self) -> Result<Vec<(String, String)>, StorageError> {
         let conn = self.conn.lock();
         let mut st = conn.prepare(
