@@ -256,6 +256,11 @@ settings! {
     /// Most (producer, partition) states kept at once; past it the longest idle are dropped early
     /// (StreamHouse's: Kafka has no bound). About 200 bytes each.
     max_producer_states: usize = "500000", key "max.producer.states";
+    /// The finalized level of the `transaction.version` feature ApiVersions reports (0-2; what
+    /// `kafka-features` sets on Kafka, whose new clusters finalize 2). At 2 Java 4.x producers use
+    /// KIP-890's version 2 protocol: no AddPartitionsToTxn round trip, and every EndTxn bumps the
+    /// epoch so a late batch cannot join the next transaction; below 2 they use version 1.
+    transaction_version: i32 = "2", key "transaction.version";
     /// The largest transaction.timeout.ms a transactional producer may ask for (Kafka's setting and
     /// default, 15 minutes): InitProducerId asking for more is INVALID_TRANSACTION_TIMEOUT. An open
     /// transaction holds its partitions' last stable offset, so read_committed consumers wait that long
@@ -537,6 +542,15 @@ impl BrokerConfig {
         anyhow::ensure!(
             s.message_max_bytes >= 1,
             "message.max.bytes must be positive"
+        );
+        anyhow::ensure!(
+            (0..=crate::handlers::api_versions_18::MAX_TRANSACTION_VERSION as i32)
+                .contains(&s.transaction_version),
+            "transaction.version must be 0, 1 or 2"
+        );
+        anyhow::ensure!(
+            s.transaction_max_timeout_ms >= 1,
+            "transaction.max.timeout.ms must be at least 1"
         );
         Ok(BrokerConfig {
             settings: s,

@@ -320,3 +320,115 @@ async fn a_transaction_on_the_wire_aborts_commits_and_fences() {
         ResponseError::InvalidTxnState.code()
     );
 }
+
+/// transaction.version 2 (KIP-890 part 2), as Java 4.x producers speak it when ApiVersions finalizes
+/// it: Produce v12+ adds its partition to the transaction (no AddPartitionsToTxn), TxnOffsetCommit v5
+/// adds the group, EndTxn v5 bumps the epoch (its markers carry the new one, so a late batch of the
+/// ended transaction is refused) and a retried EndTxn with the old epoch gets the same answer.
+#[tokio::test]
+async fn transaction_version_2_adds_implicitly_and_bumps_the_epoch() {
+    let b = start().await;
+    let mut c = Client::connect(b.addr).await;
+    let r: ApiVersionsResponse = c
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .await
+        .unwrap();
+    let f = r
+        .finalized_features
+        .iter()
+        .find(|f| f.name.as_str() == "transaction.version")
+        .expect("transaction.version is finalized");
+    assert_eq!(f.max_version_level, 2);
+
+    create(&mut c, "tv2", 1).await;
+    let r = init(&mut c, 5).await;
+    let (pid, epoch) = (r.producer_id.0, r.producer_epoch);
+    let mut req = produce_request("tv2", txn_batch(pid, epoch, 0, "a"));
+    req.transactional_id = Some(txn_id());
+    let resp: ProduceResponse = c.call(ApiKey::Produce, 12, &req).await.unwrap();
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!(
+        (p.error_code, p.base_offset),
+        (0, 0),
+        "added by the produce itself"
+    );
+    // The same batch at v11 without AddPartitionsToTxn would have been refused.
+    let r: TxnOffsetCommitResponse = c
+        .call(
+            ApiKey::TxnOffsetCommit,
+            5,
+            &TxnOffsetCommitRequest::default()
+                .with_transactional_id(txn_id())
+                .with_group_id(group("tv2-g"))
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_generation_id(-1)
+                .with_topics(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(topic("tv2"))
+                        .with_partitions(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                .with_committed_offset(7),
+                        ]),
+                ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 0,
+        "the group is added by the commit"
+    );
+
+    let end_v5 = |epoch: i16| {
+        EndTxnRequest::default()
+            .with_transactional_id(txn_id())
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_committed(true)
+    };
+    let r: EndTxnResponse = c.call(ApiKey::EndTxn, 5, &end_v5(epoch)).await.unwrap();
+    assert_eq!(
+        (r.error_code, r.producer_id.0, r.producer_epoch),
+        (0, pid, epoch + 1),
+        "the epoch moves on with the end"
+    );
+    // A retry carrying the old epoch: the same answer.
+    let r: EndTxnResponse = c.call(ApiKey::EndTxn, 5, &end_v5(epoch)).await.unwrap();
+    assert_eq!((r.error_code, r.producer_epoch), (0, epoch + 1));
+    let (lso, hwm, aborted, _) = fetch_committed(&mut c, "tv2").await;
+    assert_eq!((lso, hwm), (2, 2));
+    assert!(aborted.is_empty());
+    // A late batch of the ended transaction (old epoch): fenced by its partition.
+    let mut late = produce_request("tv2", txn_batch(pid, epoch, 1, "late"));
+    late.transactional_id = Some(txn_id());
+    let resp: ProduceResponse = c.call(ApiKey::Produce, 12, &late).await.unwrap();
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // The next transaction at the new epoch starts its sequences again.
+    let mut next = produce_request("tv2", txn_batch(pid, epoch + 1, 0, "b"));
+    next.transactional_id = Some(txn_id());
+    let resp: ProduceResponse = c.call(ApiKey::Produce, 12, &next).await.unwrap();
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 2));
+    let abort = end_v5(epoch + 1).with_committed(false);
+    let r: EndTxnResponse = c.call(ApiKey::EndTxn, 5, &abort).await.unwrap();
+    assert_eq!((r.error_code, r.producer_epoch), (0, epoch + 2));
+    let (lso, hwm, aborted, _) = fetch_committed(&mut c, "tv2").await;
+    assert_eq!((lso, hwm), (4, 4));
+    assert_eq!(aborted, vec![(pid, 2)]);
+    // The committed offset became the group's.
+    let r: OffsetFetchResponse = c
+        .call(
+            ApiKey::OffsetFetch,
+            7,
+            &OffsetFetchRequest::default()
+                .with_group_id(group("tv2-g"))
+                .with_require_stable(true)
+                .with_topics(None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.topics[0].partitions[0].committed_offset, 7);
+}

@@ -264,7 +264,7 @@ pub async fn dispatch(
     let correlation_id = raw.header.correlation_id;
     // ApiVersions answers any version (KIP-511: an unknown one gets a v0 answer with the list).
     if raw.api_key == ApiKey::ApiVersions {
-        let (v, resp) = api_versions_18::handle_raw(&raw);
+        let (v, resp) = api_versions_18::handle_raw(&raw, broker.config.transaction_version as i16);
         return Ok(queue(correlation_id, v, Reply::Now(resp)).await);
     }
     if !spec(raw.api_key).is_some_and(|s| (s.min..=s.max).contains(&version)) {

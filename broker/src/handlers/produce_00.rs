@@ -1,7 +1,8 @@
 //! Produce (key 0), versions 3-13.
 //! v3: transactional id, magic v2 record batches only. v5: log_start_offset in the response.
 //! v8: per-record errors (record_errors, error_message). v9: flexible. v10: current leader and node
-//! endpoints on NOT_LEADER. v11: no change (KIP-890 server side). v12: no change. v13: topics by id.
+//! endpoints on NOT_LEADER. v11: no change (KIP-890 server side). v12: a transactional producer's
+//! batches add their partitions to its transaction (KIP-890 part 2). v13: topics by id.
 //! Transactional producers' batches are stored verbatim like any other; see the writer for how they
 //! open a transaction on a partition.
 //! acks=0 gets no response at all, as in Kafka; acks=1 and acks=all are answered after the batches are
@@ -19,6 +20,7 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, TopicName};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use streamhouse_protocol::batch::{BatchError, BatchHeader};
@@ -27,6 +29,7 @@ use streamhouse_storage::engine::Topic;
 use streamhouse_storage::AppendBatch;
 
 use super::{str_bytes, ApiSpec, Reply};
+use crate::txn::TxnPartition;
 use crate::{error, topic_config, Broker};
 
 pub const API: ApiSpec = ApiSpec {
@@ -126,6 +129,13 @@ pub fn handle(
             .into_iter()
             .map(Some)
             .collect();
+        // Produce v12+ is a transaction.version 2 producer's (KIP-890): its transactional batches
+        // add their partitions to the transaction themselves (no AddPartitionsToTxn), before they
+        // reach the writer. A producer whose transaction refuses them gets the error instead.
+        let refused = match (&req.transactional_id, version >= 12) {
+            (Some(txn), true) => add_implicitly(&broker, txn, &checked).await,
+            _ => HashMap::new(),
+        };
         let mut batches = Vec::new();
         let layout: Vec<_> = layout
             .into_iter()
@@ -137,6 +147,15 @@ pub fn handle(
                             Validation::Done(s) => s,
                             Validation::Queued(i) => {
                                 match checked.get_mut(i).and_then(Option::take) {
+                                    Some((_, _, Ok((v, _))))
+                                        if refused.contains_key(&(
+                                            v.header.producer_id,
+                                            v.header.producer_epoch,
+                                        )) =>
+                                    {
+                                        let key = (v.header.producer_id, v.header.producer_epoch);
+                                        Slot::Error(refused[&key], None)
+                                    }
                                     Some((topic, partition, Ok((v, data)))) => {
                                         batches.push(AppendBatch {
                                             topic,
@@ -219,6 +238,45 @@ pub fn handle(
             ProduceResponse::default().with_responses(responses)
         }))
     })
+}
+
+/// KIP-890's implicit AddPartitionsToTxn for Produce v12+: the partitions of the request's
+/// transactional batches are added to their producer's transaction (one call per producer id and
+/// epoch, normally one). Returns the code each refused (producer id, epoch) gets, as Kafka's produce
+/// path answers them: PRODUCER_FENCED as INVALID_PRODUCER_EPOCH, CONCURRENT_TRANSACTIONS as the
+/// retriable NOT_ENOUGH_REPLICAS (AddPartitionsToTxnManager's mapping for produce).
+async fn add_implicitly(
+    broker: &Broker,
+    txn: &str,
+    checked: &[Option<Checked>],
+) -> HashMap<(i64, i16), i16> {
+    let mut by_producer: HashMap<(i64, i16), Vec<TxnPartition>> = HashMap::new();
+    for (topic, partition, result) in checked.iter().flatten() {
+        if let Ok((v, _)) = result {
+            if v.header.is_transactional() {
+                by_producer
+                    .entry((v.header.producer_id, v.header.producer_epoch))
+                    .or_default()
+                    .push(TxnPartition {
+                        topic: topic.name.clone(),
+                        partition: *partition,
+                        topic_id: topic.id,
+                    });
+            }
+        }
+    }
+    let mut refused = HashMap::new();
+    for ((pid, epoch), partitions) in by_producer {
+        if let Err(code) = broker.txns.add(txn, pid, epoch, partitions, None).await {
+            let code = match code {
+                error::PRODUCER_FENCED => error::INVALID_PRODUCER_EPOCH,
+                error::CONCURRENT_TRANSACTIONS => error::NOT_ENOUGH_REPLICAS,
+                c => c,
+            };
+            refused.insert((pid, epoch), code);
+        }
+    }
+    refused
 }
 
 /// The topic's rules for one partition's batch (topic setting, else broker setting, else Kafka's).

@@ -1,7 +1,8 @@
 //! TxnOffsetCommit (key 28), versions 0-5.
 //! v1: same as v0. v2: committed leader epoch. v3: flexible; group generation, member id and
-//! instance id (KIP-447), checked against the group. v4: same as v3. v5: TRANSACTION_ABORTABLE may be
-//! answered.
+//! instance id (KIP-447), checked against the group. v4: same as v3. v5: a transaction.version 2
+//! producer's (KIP-890): the group is added to the transaction by the commit itself (no
+//! AddOffsetsToTxn); TRANSACTION_ABORTABLE may be answered.
 //! The offsets stay with the transaction (persisted with its state) and become the group's only when
 //! it commits; an abort drops them. Kafka's errors: INVALID_TXN_STATE unless the group was added
 //! with AddOffsetsToTxn to the producer's ongoing transaction, INVALID_PRODUCER_EPOCH for a stale
@@ -62,18 +63,42 @@ pub fn handle(
         } else {
             (String::new(), None, -1)
         };
-        let codes = broker
-            .txns
-            .commit_offsets(
-                &req.transactional_id,
-                &req.group_id,
-                req.producer_id.0,
-                req.producer_epoch,
-                (&member.0, member.1.as_deref(), member.2),
-                offsets,
-                broker.config.groups().offset_metadata_max_bytes,
-            )
-            .await;
+        let implicit = if version >= 5 && !req.group_id.is_empty() {
+            broker
+                .txns
+                .add(
+                    &req.transactional_id,
+                    req.producer_id.0,
+                    req.producer_epoch,
+                    Vec::new(),
+                    Some(req.group_id.to_string()),
+                )
+                .await
+                .map_err(|code| match code {
+                    // The group coordinator's answer for a stale epoch.
+                    error::PRODUCER_FENCED => error::INVALID_PRODUCER_EPOCH,
+                    c => c,
+                })
+        } else {
+            Ok(())
+        };
+        let codes = match implicit {
+            Err(code) => Err(code),
+            Ok(()) => {
+                broker
+                    .txns
+                    .commit_offsets(
+                        &req.transactional_id,
+                        &req.group_id,
+                        req.producer_id.0,
+                        req.producer_epoch,
+                        (&member.0, member.1.as_deref(), member.2),
+                        offsets,
+                        broker.config.groups().offset_metadata_max_bytes,
+                    )
+                    .await
+            }
+        };
         let mut each = codes.as_ref().ok().map(|c| c.iter().copied());
         let topics = req
             .topics

@@ -414,31 +414,77 @@ impl TransactionCoordinator {
 
     /// EndTxn (Kafka's handleEndTransaction): the decision is persisted (PrepareCommit or
     /// PrepareAbort), then the markers are written and the transaction completed before the answer.
-    /// Should writing the markers fail, the decision stands and the timer finishes it.
+    /// Should writing the markers fail, the decision stands and the timer finishes it. With `v2`
+    /// (EndTxn v5+, transaction.version 2) the epoch is bumped by the end and the markers carry the
+    /// new one; a retry still carrying the epoch before the bump is answered as the end it repeats.
+    /// Returns the producer id and epoch to continue with.
     pub async fn end(
         &self,
         id: &str,
         producer_id: i64,
         epoch: i16,
         commit: bool,
-    ) -> Result<(), i16> {
+        v2: bool,
+    ) -> Result<(i64, i16), i16> {
+        // A new producer id is needed only when a version 2 end exhausts the epoch.
+        let exhausted = v2
+            && self
+                .get(id)
+                .is_some_and(|(m, _)| state::epoch_exhausted(m.epoch));
+        let new_id = if exhausted {
+            Some(
+                self.storage
+                    .allocate_producer_id()
+                    .await
+                    .map_err(|e| e.kafka_error_code())?,
+            )
+        } else {
+            None
+        };
         let now = now_ms();
         let prepared = self
             .update(id, |cur| {
                 let m = cur.ok_or(error::INVALID_PRODUCER_ID_MAPPING)?;
+                if v2 && m.prev_producer == Some((producer_id, epoch)) {
+                    // The retry of a version 2 end that already bumped the epoch.
+                    let repeated = matches!(
+                        (m.state, commit),
+                        (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false)
+                    );
+                    return if repeated {
+                        Ok(Step::Done((false, m.continues_as())))
+                    } else if m.state.is_preparing() {
+                        Err(error::CONCURRENT_TRANSACTIONS)
+                    } else {
+                        Err(error::INVALID_TXN_STATE)
+                    };
+                }
                 m.check_producer(producer_id, epoch)?;
-                Ok(match m.end(commit, now)? {
-                    Some(next) => Step::Write(next, true),
-                    None => Step::Done(false),
+                let bump = if v2 {
+                    Some(if state::epoch_exhausted(m.epoch) {
+                        Some(new_id.ok_or(error::CONCURRENT_TRANSACTIONS)?)
+                    } else {
+                        None
+                    })
+                } else {
+                    None
+                };
+                Ok(match m.end(commit, bump, now)? {
+                    Some(next) => {
+                        let ids = next.continues_as();
+                        Step::Write(next, (true, ids))
+                    }
+                    None => Step::Done((false, m.continues_as())),
                 })
             })
             .await?;
-        if prepared {
+        let (written, ids) = prepared;
+        if written {
             if let Err(code) = self.complete(id).await {
                 tracing::warn!(transactional_id = %id, code, "transaction markers not written yet; retried by the timer");
             }
         }
-        Ok(())
+        Ok(ids)
     }
 
     // ---- what other parts of the broker ask --------------------------------------------------------
@@ -616,6 +662,13 @@ impl TransactionCoordinator {
             e.busy = false;
             if let Ok(done) = &result {
                 e.meta = done.clone();
+            }
+        }
+        if let Ok(done) = &result {
+            // A version 2 end that exhausted the epoch moves the id to a new producer id.
+            if done.producer_id != meta.producer_id {
+                txns.by_producer.remove(&meta.producer_id);
+                txns.by_producer.insert(done.producer_id, id.to_string());
             }
         }
         result.map(|_| ())
@@ -956,7 +1009,7 @@ mod tests {
             Err(StorageError::InvalidProducerEpoch)
         ));
         assert_eq!(
-            b.txns.end("tx", pid, epoch, true).await,
+            b.txns.end("tx", pid, epoch, true, false).await,
             Err(error::PRODUCER_FENCED)
         );
     }

@@ -7,6 +7,12 @@
 //! markers are written and committed offsets applied) -> Ongoing (the next transaction) ... Kafka's
 //! PrepareEpochFence (the epoch bump before a fencing abort) is folded into PrepareAbort here: the
 //! bumped epoch is persisted with it, which is what a restart needs to resume the abort.
+//!
+//! transaction.version 2 (KIP-890 part 2, EndTxn v5+): every end bumps the epoch, and the markers
+//! carry the bumped epoch, so a late batch of the ended transaction is refused by its partition
+//! (older epoch) instead of joining the next one. When the epoch is exhausted the markers carry the
+//! last epoch and the producer continues under a new producer id at epoch 0 (Kafka's
+//! nextProducerId); the id and epoch before the bump are kept to recognise a retried EndTxn.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +89,14 @@ pub struct TxnMeta {
     /// When the current transaction started (-1: none).
     pub start_ms: i64,
     pub update_ms: i64,
+    /// The producer id and epoch the transaction continues with once complete, when the epoch is
+    /// exhausted by a transaction.version 2 end (Kafka's nextProducerId).
+    #[serde(default)]
+    pub next_producer: Option<(i64, i16)>,
+    /// The producer id and epoch before the last transaction.version 2 end bumped them (Kafka's
+    /// lastProducerId / lastProducerEpoch): a retried EndTxn still carries them.
+    #[serde(default)]
+    pub prev_producer: Option<(i64, i16)>,
 }
 
 /// Kafka stops bumping at Short.MaxValue - 1 and hands out a new producer id instead
@@ -103,7 +117,14 @@ impl TxnMeta {
             offsets: BTreeMap::new(),
             start_ms: -1,
             update_ms: now_ms,
+            next_producer: None,
+            prev_producer: None,
         }
+    }
+
+    /// The producer id and epoch the client continues with (EndTxn v5's answer).
+    pub fn continues_as(&self) -> (i64, i16) {
+        self.next_producer.unwrap_or((self.producer_id, self.epoch))
     }
 
     /// The producer's id and epoch against this transaction's (Kafka: INVALID_PRODUCER_ID_MAPPING
@@ -155,19 +176,38 @@ impl TxnMeta {
     }
 
     /// EndTxn: `Ok(Some)` the Prepare state to write (markers follow), `Ok(None)` a retry of an
-    /// end already complete (answered NONE), or the error Kafka answers.
-    pub fn end(&self, commit: bool, now_ms: i64) -> Result<Option<TxnMeta>, i16> {
-        match (self.state, commit) {
-            (TxnState::Ongoing, _) => {
-                let mut next = self.clone();
-                next.state = if commit {
-                    TxnState::PrepareCommit
-                } else {
-                    TxnState::PrepareAbort
-                };
-                next.update_ms = now_ms;
-                Ok(Some(next))
+    /// end already complete (answered NONE), or the error Kafka answers. `bump` is set for
+    /// transaction.version 2 (EndTxn v5+): the epoch is bumped, and `Some(id)` is the new producer
+    /// id to continue with when the epoch is exhausted; an abort with no transaction in progress is
+    /// then accepted too (it only bumps the epoch).
+    pub fn end(
+        &self,
+        commit: bool,
+        bump: Option<Option<i64>>,
+        now_ms: i64,
+    ) -> Result<Option<TxnMeta>, i16> {
+        let prepare = || {
+            let mut next = self.clone();
+            next.state = if commit {
+                TxnState::PrepareCommit
+            } else {
+                TxnState::PrepareAbort
+            };
+            if let Some(new_id) = bump {
+                next.prev_producer = Some((self.producer_id, self.epoch));
+                next.epoch = self.epoch.saturating_add(1);
+                next.next_producer = new_id.map(|id| (id, 0));
             }
+            next.update_ms = now_ms;
+            next
+        };
+        let idle = matches!(
+            self.state,
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+        );
+        match (self.state, commit) {
+            (TxnState::Ongoing, _) => Ok(Some(prepare())),
+            (_, false) if idle && bump.is_some() => Ok(Some(prepare())),
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(None),
             // The same end again while its markers are written: retry later.
             (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
@@ -203,6 +243,10 @@ impl TxnMeta {
         next.offsets.clear();
         next.start_ms = -1;
         next.update_ms = now_ms;
+        if let Some((id, epoch)) = next.next_producer.take() {
+            next.producer_id = id;
+            next.epoch = epoch;
+        }
         next
     }
 
@@ -218,6 +262,7 @@ impl TxnMeta {
             None => next.epoch += 1,
         }
         next.timeout_ms = timeout_ms;
+        next.prev_producer = None;
         next.state = TxnState::Empty;
         next.partitions.clear();
         next.groups.clear();
@@ -249,7 +294,7 @@ mod tests {
     fn a_transaction_goes_through_kafkas_states() {
         let m = TxnMeta::new(1000, 60_000, 0);
         assert_eq!(
-            m.end(true, 1),
+            m.end(true, None, 1),
             Err(error::INVALID_TXN_STATE),
             "nothing to end"
         );
@@ -258,27 +303,63 @@ mod tests {
         assert_eq!(m.add(&[p("t", 0)], None, 6).unwrap(), None, "already in");
         let m = m.add(&[p("t", 1)], Some("g"), 7).unwrap().unwrap();
         assert_eq!((m.partitions.len(), m.start_ms), (2, 5));
-        let prepared = m.end(true, 8).unwrap().unwrap();
+        let prepared = m.end(true, None, 8).unwrap().unwrap();
         assert_eq!(prepared.state, TxnState::PrepareCommit);
         assert_eq!(
             prepared.add(&[p("t", 2)], None, 9),
             Err(error::CONCURRENT_TRANSACTIONS)
         );
-        assert_eq!(prepared.end(true, 9), Err(error::CONCURRENT_TRANSACTIONS));
-        assert_eq!(prepared.end(false, 9), Err(error::INVALID_TXN_STATE));
+        assert_eq!(
+            prepared.end(true, None, 9),
+            Err(error::CONCURRENT_TRANSACTIONS)
+        );
+        assert_eq!(prepared.end(false, None, 9), Err(error::INVALID_TXN_STATE));
         let done = prepared.completed(10);
         assert_eq!(done.state, TxnState::CompleteCommit);
         assert!(done.partitions.is_empty() && done.groups.is_empty());
         assert_eq!(
-            done.end(true, 11),
+            done.end(true, None, 11),
             Ok(None),
             "a retried EndTxn is answered NONE"
         );
-        assert_eq!(done.end(false, 11), Err(error::INVALID_TXN_STATE));
+        assert_eq!(done.end(false, None, 11), Err(error::INVALID_TXN_STATE));
         // The next transaction starts afresh.
         let next = done.add(&[p("u", 0)], None, 12).unwrap().unwrap();
         assert_eq!(next.partitions.len(), 1);
         assert_eq!(next.start_ms, 12);
+    }
+
+    #[test]
+    fn a_version_2_end_bumps_the_epoch_and_may_move_to_a_new_producer_id() {
+        let m = TxnMeta::new(1000, 100, 0)
+            .add(&[p("t", 0)], None, 0)
+            .unwrap()
+            .unwrap();
+        let prepared = m.end(true, Some(None), 1).unwrap().unwrap();
+        assert_eq!(
+            (prepared.producer_id, prepared.epoch),
+            (1000, 1),
+            "markers carry the bump"
+        );
+        assert_eq!(prepared.prev_producer, Some((1000, 0)));
+        let done = prepared.completed(2);
+        assert_eq!(done.continues_as(), (1000, 1));
+        // An abort with nothing in progress only bumps the epoch (v2); v1 refuses it.
+        assert_eq!(done.end(false, None, 3), Err(error::INVALID_TXN_STATE));
+        let bumped = done.end(false, Some(None), 3).unwrap().unwrap();
+        assert!(bumped.partitions.is_empty());
+        assert_eq!(bumped.completed(4).continues_as(), (1000, 2));
+        // Exhausted: the markers carry the last epoch, the producer goes on as a new id.
+        let mut old = m.clone();
+        old.epoch = i16::MAX - 1;
+        let prepared = old.end(false, Some(Some(2000)), 5).unwrap().unwrap();
+        assert_eq!((prepared.producer_id, prepared.epoch), (1000, i16::MAX));
+        assert_eq!(prepared.continues_as(), (2000, 0));
+        let done = prepared.completed(6);
+        assert_eq!(
+            (done.producer_id, done.epoch, done.next_producer),
+            (2000, 0, None)
+        );
     }
 
     #[test]
