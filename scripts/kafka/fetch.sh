@@ -11,7 +11,14 @@ set -euo pipefail
 STAMP="$(cat "$KAFKA_TOOLKIT/pom.xml" | cksum | cut -d' ' -f1)-$KAFKA_VERSION"
 # An explicit KAFKA_LIBS (e.g. an unpacked official release) needs no download.
 if [ "$KAFKA_LIBS_FROM_ENV" = 1 ]; then kafka_cp >/dev/null; echo "$KAFKA_LIBS"; exit 0; fi
-if [ -f "$KAFKA_CACHE/.complete" ] && [ "$(cat "$KAFKA_CACHE/.complete")" = "$STAMP" ]; then
+# Jars the scenarios need besides the broker and tools (compat-tests compile against the clients
+# and Streams): a cache lacking one (filled before kafka-streams joined the pom, or pruned by
+# hand) is refetched, whatever its stamp says.
+has_jars() {
+  [ -f "$1/kafka-clients-$KAFKA_VERSION.jar" ] && [ -f "$1/kafka-streams-$KAFKA_VERSION.jar" ]
+}
+if [ -f "$KAFKA_CACHE/.complete" ] && [ "$(cat "$KAFKA_CACHE/.complete")" = "$STAMP" ] \
+    && has_jars "$KAFKA_CACHE/libs"; then
   echo "$KAFKA_CACHE/libs"; exit 0
 fi
 command -v mvn >/dev/null || die "mvn not found (Debian: apt-get install maven)"
@@ -29,6 +36,8 @@ if ! mvn -B -q -ntp -Dstyle.color=never -f "$KAFKA_TOOLKIT/pom.xml" -Dkafka.vers
   Maven Central (or a mirror in ~/.m2/settings.xml) must be reachable.
   Alternative: export KAFKA_LIBS=/path/to/kafka_2.13-X/libs (an unpacked official release)."
 fi
+has_jars "$KAFKA_CACHE/libs.partial" || { rm -rf "$KAFKA_CACHE/libs.partial"
+  die "Maven ran but kafka-clients/kafka-streams $KAFKA_VERSION jars are missing (log: $KAFKA_CACHE/fetch.log)"; }
 rm -rf "$KAFKA_CACHE/libs"; mv "$KAFKA_CACHE/libs.partial" "$KAFKA_CACHE/libs"
 echo "$STAMP" > "$KAFKA_CACHE/.complete"
 echo "$KAFKA_CACHE/libs"
