@@ -139,6 +139,12 @@ pub struct TxnListing {
     pub meta: TxnMeta,
 }
 
+/// Most groups one transaction may add (AddOffsetsToTxn, TxnOffsetCommit v5+); past it
+/// INVALID_REQUEST. Kafka has no such bound (a group adds one of its 50 __consumer_offsets
+/// partitions); every group costs a row of the transaction's document, rewritten at each change, and
+/// a consume-transform-produce loop needs one.
+pub const MAX_GROUPS_PER_TRANSACTION: usize = 1000;
+
 /// Async locks serializing the changes of transactional ids (an id always maps to the same one).
 /// 64: ids sharing a lock only wait on each other's store writes, a few milliseconds each.
 const STRIPES: usize = 64;
@@ -234,11 +240,16 @@ impl TransactionCoordinator {
         // An ongoing transaction of the previous producer is aborted first; one whose markers are
         // being written is finished first.
         for _ in 0..2 {
+            // Until the markers are written the client is told to retry (Kafka answers
+            // CONCURRENT_TRANSACTIONS while a transaction is being ended).
+            let retry_later = |_| error::CONCURRENT_TRANSACTIONS;
             match self.get(id) {
                 Some((m, _)) if m.state == TxnState::Ongoing => {
-                    self.fence_and_abort(id, &m).await?;
+                    self.fence_and_abort(id, &m).await.map_err(retry_later)?;
                 }
-                Some((m, _)) if m.state.is_preparing() => self.complete(id).await?,
+                Some((m, _)) if m.state.is_preparing() => {
+                    self.complete(id).await.map_err(retry_later)?
+                }
                 _ => break,
             }
         }
@@ -303,6 +314,10 @@ impl TransactionCoordinator {
         self.update(id, |cur| {
             let m = cur.ok_or(error::INVALID_PRODUCER_ID_MAPPING)?;
             m.check_producer(producer_id, epoch)?;
+            let new_group = group.as_ref().is_some_and(|g| !m.groups.contains(g));
+            if new_group && m.groups.len() >= MAX_GROUPS_PER_TRANSACTION {
+                return Err(error::INVALID_REQUEST);
+            }
             Ok(match m.add(&partitions, group.as_deref(), now)? {
                 Some(next) => Step::Write(next, ()),
                 None => Step::Done(()),
