@@ -53,6 +53,10 @@ RAW_FIELDS = [
     "cpu_produce_s", "cpu_consume_s", "cpu_total_s", "rss_end_mb", "rss_peak_mb",
     # StreamHouse only (its --metrics-listen endpoint): object-store requests and block-cache lookups.
     "obj_puts_produce", "obj_gets_consume", "obj_get_mb_consume", "cache_hits_consume", "cache_misses_consume",
+    # Transactional rows: --transaction-duration-ms, the row's target records per transaction, and what the
+    # run did: transactions committed (end offset minus records: each commit marker takes one offset) and
+    # records per transaction.
+    "txn_ms", "txn_target", "txn_count", "records_per_txn",
 ]
 
 SUMMARY_RE = re.compile(
@@ -79,14 +83,48 @@ class Config:
     rate: int            # records/s over all producers, -1 = unthrottled
     records: int         # over all producers
     consume: bool
+    txn: int = 0         # transactional rows: target records per transaction (0: not transactional)
+    txn_ms: int = 0      # transactional rows: kafka-producer-perf-test --transaction-duration-ms
 
     @property
     def label(self) -> str:
         size = "1KiB" if self.size == 1024 else f"{self.size}B"
+        if self.txn:
+            return f"{txn_name(self.txn)} {size}"
         s = f"{size} acks={self.acks} p={self.partitions} x{self.producers}"
         if self.rate > 0:
             s = f"@{self.rate // 1000}k/s " + s
         return s
+
+
+def txn_name(n: int) -> str:
+    return f"txn{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"txn{n}"
+
+
+# kafka-producer-perf-test commits on time, not per N records: it commits after the first send()
+# at least --transaction-duration-ms after beginTransaction (and once at the end). These durations
+# gave about the target number of records per transaction (records_per_txn in raw.csv, measured every
+# run) against both brokers on the 2-core reference machine; --txn-ms overrides them. At 100 B, 1 ms
+# (the tool's minimum) already holds about 200 records: txn100 100B is the smallest the tool does.
+TXN_MS = {"txn100-100": 1, "txn100-1024": 2, "txn10k-100": 100, "txn10k-1024": 250}
+
+
+def txn_config(a, target: int, size: int, n: int) -> Config:
+    cid = f"{txn_name(target)}-{size}"
+    # acks=all (a transactional producer is idempotent), one partition (the transaction count is then
+    # the end offset minus the records), one producer process.
+    return Config(cid, "transactional", size, "all", 1, 1, -1, n, True, txn=target,
+                  txn_ms=a.txn_ms.get(cid, TXN_MS[cid]))
+
+
+def parse_txn_ms(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        k, _, v = part.partition("=")
+        if k not in TXN_MS or not v.isdigit() or int(v) < 1:
+            raise argparse.ArgumentTypeError(f"--txn-ms: {part!r} is not <row>=<ms >= 1>, rows: {', '.join(TXN_MS)}")
+        out[k] = int(v)
+    return out
 
 
 def build_matrix(a: argparse.Namespace) -> list[Config]:
@@ -98,6 +136,7 @@ def build_matrix(a: argparse.Namespace) -> list[Config]:
             rows.append(Config(f"tput-{size}-a{acks}-p{parts}-x{prods}", "throughput", size, acks,
                                parts, prods, -1, n, True))
         lat = [(1000, "all")]
+        txn = [(100, 100, a.records_txn or 2_000)]
     else:
         for size in (100, 1024):
             for acks in ("1", "all"):
@@ -110,9 +149,13 @@ def build_matrix(a: argparse.Namespace) -> list[Config]:
                         rows.append(Config(f"tput-{size}-a{acks}-p{parts}-x{prods}", "throughput",
                                            size, acks, parts, prods, -1, n, True))
         lat = [(r, acks) for r in (1000, 10_000) for acks in ("1", "all")]
+        txn = [(target, size, a.records_txn or (a.records_100 if size == 100 else a.records_1k))
+               for target in (100, 10_000) for size in (100, 1024)]
     for rate, acks in lat:
         rows.append(Config(f"lat-{rate}-{a.latency_size}-a{acks}", "latency", a.latency_size, acks, 1, 1,
                            rate, rate * a.latency_seconds, False))
+    for target, size, n in txn:
+        rows.append(txn_config(a, target, size, n))
     if a.only:
         pat = re.compile(a.only)
         rows = [r for r in rows if pat.search(r.id) or pat.search(r.label)]
@@ -330,9 +373,23 @@ def create_topic(b: Broker, topic: str, partitions: int, logp: Path) -> str:
 def producer_cmd(a, b: Broker, topic: str, cfg: Config, n: int, rate: int, i: int) -> list[str]:
     props = [f"acks={cfg.acks}", f"enable.idempotence={'true' if cfg.acks == 'all' else 'false'}",
              f"client.id=bench-{cfg.id}-{i}"] + a.producer_props.split()
+    txn = ["--transactional-id", f"{topic}-{i}", "--transaction-duration-ms", str(cfg.txn_ms)] if cfg.txn else []
     return tool("kafka-producer-perf-test", "--bootstrap-server", b.bootstrap, "--topic", topic,
-                "--num-records", str(n), "--record-size", str(cfg.size), "--throughput", str(rate),
+                "--num-records", str(n), "--record-size", str(cfg.size), "--throughput", str(rate), *txn,
                 "--command-property", *props)
+
+
+def end_offsets(b: Broker, topic: str, logp: Path) -> int | None:
+    """Sum of the topic's end offsets (kafka-get-offsets --time latest: the high watermark, which counts
+    transaction markers), or None."""
+    rcs, _ = run_group([tool("kafka-get-offsets", "--bootstrap-server", b.bootstrap, "--topic", topic,
+                             "--time", "-1")], [logp], 120)
+    total, seen = 0, False
+    for ln in logp.read_text(errors="replace").splitlines():
+        m = re.fullmatch(rf"{re.escape(topic)}:\d+:(\d+)", ln.strip())
+        if m:
+            total, seen = total + int(m.group(1)), True
+    return total if rcs[0] == 0 and seen else None
 
 
 def fmt(v, nd=1) -> str:
@@ -397,6 +454,9 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
     cmds = [producer_cmd(a, b, topic, cfg, n, rate_each, i) for i, n in enumerate(n_each)]
     plogs = [logdir / f"{tag}-producer-{i}.log" for i in range(cfg.producers)]
     est = cfg.records / cfg.rate if cfg.rate > 0 else cfg.records * max(cfg.size, 200) / 2e6
+    if cfg.txn:   # each commit is a round trip or more (flush, EndTxn, markers): allow 50 ms per transaction
+        est = max(est, cfg.records / cfg.txn * 0.05)
+        row.update(txn_ms=cfg.txn_ms, txn_target=cfg.txn)
     timeout = a.run_timeout or (90 + 3 * est)
     cpu0 = cpu_seconds(b.pid)
     reset_peak(b.pid)
@@ -457,6 +517,10 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
         cmd = tool("kafka-consumer-perf-test", "--bootstrap-server", b.bootstrap, "--topic", topic,
                    "--num-records", str(cfg.records), "--timeout", str(a.consumer_timeout_ms),
                    "--group", f"bench-{cfg.id}-{b.name}", "--command-property", "auto.offset.reset=earliest")
+        if cfg.txn:   # transactional rows read committed records only (up to the last stable offset)
+            conf = logdir / "consumer-read-committed.properties"
+            conf.write_text("isolation.level=read_committed\n")
+            cmd += ["--command-config", str(conf)]
         rcs, cwall = run_group([cmd], [clog], (a.run_timeout or (90 + 3 * est)) + a.consumer_timeout_ms / 1000)
         cpu2 = cpu_seconds(b.pid)
         m2 = scrape(b)
@@ -504,6 +568,12 @@ def run_one(a, b: Broker, cfg: Config, order: int, logdir: Path) -> dict:
     rss, hwm = mem_mb(b.pid)
     row["rss_end_mb"] = fmt(rss)
     row["rss_peak_mb"] = fmt(hwm)
+    if cfg.txn and b.alive():   # after the CPU and memory samples: not part of the measured phases
+        end = end_offsets(b, topic, logdir / f"{tag}-offsets.log")
+        sent = sum(int(s[0]) for s in sums) if len(sums) == cfg.producers else None
+        if end is not None and sent is not None and end > sent:
+            row["txn_count"] = end - sent
+            row["records_per_txn"] = round(sent / (end - sent), 1)
     if not b.alive():
         row["status"] = "FAILED"
         row["error"] = (row["error"] + " | " if row["error"] else "") + \
@@ -519,6 +589,8 @@ def progress(i: int, n: int, cfg: Config, row: dict, t: float) -> None:
                   f"p50/p99/p99.9 {row['p50_ms']:.0f}/{row['p99_ms']:.0f}/{row['p999_ms']:.0f} ms")
         if row["status"] != "ok":
             detail += f"  [{row['status']}: {row['error'][:120]}]"
+        if row.get("records_per_txn"):
+            detail += f"  {float(row['records_per_txn']):,.0f} rec/txn"
         cs = row["consume_status"]
         if cs == "ok":
             detail += f" | consume {float(row['consume_mb_s']):.1f} MB/s"
@@ -586,6 +658,8 @@ def metadata(a, binary: Path, matrix: list[Config]) -> dict:
         "records_headline": a.records,
         "records_100B": a.records_100,
         "records_1KiB": a.records_1k,
+        "records_txn": a.records_txn,
+        "txn_ms": {c.id: c.txn_ms for c in matrix if c.txn},
         "latency_seconds": a.latency_seconds,
         "latency_record_size": a.latency_size,
         "warmup_records": a.warmup_records,
@@ -611,6 +685,11 @@ def main() -> int:
                    "default 1,000,000 (smoke: unused)")
     p.add_argument("--records-100", type=int, default=None, help="records in the other 100 B rows (default 500,000; smoke 20,000)")
     p.add_argument("--records-1k", type=int, default=None, help="records in the 1 KiB rows (default 200,000; smoke 5,000)")
+    p.add_argument("--records-txn", type=int, default=None,
+                   help="records in each transactional row (default: as the other rows of its record size; smoke 2,000)")
+    p.add_argument("--txn-ms", type=parse_txn_ms, default={},
+                   help="--transaction-duration-ms per transactional row, e.g. 'txn100-100=1,txn10k-1024=250' "
+                        f"(defaults: {', '.join(f'{k}={v}' for k, v in TXN_MS.items())})")
     p.add_argument("--latency-seconds", type=int, default=None, help="length of each fixed-rate latency run (default 30; smoke 3)")
     p.add_argument("--latency-size", type=int, default=1024, help="record size of the latency rows (default 1024)")
     p.add_argument("--warmup-records", type=int, default=None,
@@ -654,6 +733,7 @@ def main() -> int:
     if a.smoke:
         a.records_100 = a.records_100 or 20_000
         a.records_1k = a.records_1k or 5_000
+        a.records_txn = a.records_txn or 2_000
     if not matrix:
         log("bench: no configuration matches --only")
         return 2
@@ -720,7 +800,19 @@ def main() -> int:
                                         "--throughput", "-1", "--command-property", "acks=1",
                                         *a.producer_props.split())],
                                   [logdir / f"warmup-{b.name}.log"], 300)
-                    log(f"bench: warmed up {b.name} ({a.warmup_records} records){' FAILED: ' + err if err else ''}")
+                        if any(c.txn for c in matrix) and not a.smoke:
+                            # the transaction coordinator's first use (Kafka creates __transaction_state) and
+                            # its code paths, outside the measured rows
+                            run_group([tool("kafka-producer-perf-test", "--bootstrap-server", b.bootstrap,
+                                            "--topic", wt, "--num-records", str(max(1000, a.warmup_records // 4)),
+                                            "--record-size", "100", "--throughput", "-1",
+                                            "--transactional-id", f"{wt}-{b.name}", "--transaction-duration-ms",
+                                            "10", "--command-property", "acks=all", "enable.idempotence=true",
+                                            *a.producer_props.split())],
+                                      [logdir / f"warmup-{b.name}-txn.log"], 300)
+                    log(f"bench: warmed up {b.name} ({a.warmup_records} records"
+                        f"{', and transactional' if any(c.txn for c in matrix) and not a.smoke else ''})"
+                        f"{' FAILED: ' + err if err else ''}")
         with open(rawp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=RAW_FIELDS)
             w.writeheader()
@@ -785,8 +877,8 @@ def main() -> int:
                 pass
     log(f"bench: {total} runs in {time.monotonic() - t_start:.0f}s")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "report.py"), str(out)]
-    if a.smoke or a.storage != "local":
-        cmd.append("--no-latest")   # latest.md is the local-disk matrix
+    if a.smoke or a.storage != "local" or a.only:
+        cmd.append("--no-latest")   # latest.md is the full local-disk matrix
     return subprocess.call(cmd)
 
 

@@ -98,8 +98,9 @@ def consume_cell(r, field, nd=1):
 def write_results_csv(outdir, configs, by):
     metrics = ["produce_rec_s", "produce_mb_s", "lat_avg_ms", "lat_max_ms", "p50_ms", "p95_ms", "p99_ms",
                "p999_ms", "consume_mb_s", "consume_rec_s", "consume_fetch_mb_s", "cpu_produce_s",
-               "cpu_consume_s", "cpu_total_s", "rss_end_mb", "rss_peak_mb"]
-    head = ["config", "kind", "record_size", "acks", "partitions", "producers", "target_rate", "records"]
+               "cpu_consume_s", "cpu_total_s", "rss_end_mb", "rss_peak_mb", "txn_count", "records_per_txn"]
+    head = ["config", "kind", "record_size", "acks", "partitions", "producers", "target_rate", "records", "txn_ms",
+            "txn_target"]
     cols = head + [f"{b}_status" for b in (SH, KF)] + [f"{b}_consume_status" for b in (SH, KF)]
     for m in metrics:
         cols += [f"{SH}_{m}", f"{KF}_{m}", f"ratio_{m}"]
@@ -146,6 +147,12 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
              f"records; warm-up {meta.get('warmup_records', '?')} records per broker; consumer timeout "
              f"{meta.get('consumer_timeout_ms', '?')} ms; restart per configuration: "
              f"{meta.get('restart_each', '?')}")
+    if meta.get("txn_ms"):
+        L.append(f"- **Transactional rows:** {meta.get('records_txn') or 'as the other rows of the record size'} "
+                 "records, one producer, one partition, acks=all, `--transactional-id <unique> "
+                 "--transaction-duration-ms <ms>` ("
+                 + ", ".join(f"{k}: {v} ms" for k, v in meta["txn_ms"].items())
+                 + "); consumer `isolation.level=read_committed`")
     L.append("- Runs alternate StreamHouse-first / Kafka-first per configuration; each configuration uses a fresh "
              "topic on each broker. Ratio = StreamHouse / Kafka (throughput: >1 is StreamHouse faster; "
              "latency, CPU, RSS: <1 is StreamHouse better). `x4` = 4 producer processes at once, "
@@ -155,6 +162,7 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
 
     tput = [k for k in configs if by[k]["kind"] == "throughput"]
     lat = [k for k in configs if by[k]["kind"] == "latency"]
+    txn = [k for k in configs if by[k]["kind"] == "transactional"]
 
     if tput:
         L.append("## Producer throughput (kafka-producer-perf-test, unthrottled)\n")
@@ -197,6 +205,45 @@ def write_markdown(outdir, meta, configs, by, chart_ok):
             L.append(f"| {d['config']} | {mark(s, 'produce_rec_s')} | {mark(kf, 'produce_rec_s')} | {trip(s)} | "
                      f"{trip(kf)} | {fr(ratio((s or {}).get('p99_ms'), (kf or {}).get('p99_ms')))} | "
                      f"{fr(ratio((s or {}).get('p999_ms'), (kf or {}).get('p999_ms')))} |")
+        L.append("")
+
+    if txn:
+        L.append("## Transactional producer (kafka-producer-perf-test --transactional-id, unthrottled)\n")
+        L.append("`txn100` / `txn10k`: the tool commits on time (`--transaction-duration-ms`), not per N records; "
+                 "*rec/txn* is what each run did: records / transactions, the transactions counted as the end "
+                 "offset minus the records (each commit marker takes an offset). CPU: broker CPU seconds while "
+                 "producing.\n")
+        L.append("| Configuration | Records | txn ms | SH rec/txn | Kafka rec/txn | SH rec/s | Kafka rec/s | SH/Kafka | "
+                 "SH MB/s | Kafka MB/s | SH/Kafka | SH p99 ms | Kafka p99 ms | SH CPU s | Kafka CPU s | CPU SH/Kafka |")
+        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for k in txn:
+            d = by[k]; s, kf = d.get(SH), d.get(KF)
+            g = lambda r, m: (r or {}).get(m)  # noqa: E731
+            L.append(f"| {d['config']} | {f(d['row'].get('records'))} | {f(d['row'].get('txn_ms'))} | "
+                     f"{f(g(s, 'records_per_txn'))} | {f(g(kf, 'records_per_txn'))} | "
+                     f"{mark(s, 'produce_rec_s')} | {mark(kf, 'produce_rec_s')} | "
+                     f"{fr(ratio(g(s, 'produce_rec_s'), g(kf, 'produce_rec_s')))} | "
+                     f"{mark(s, 'produce_mb_s', 2)} | {mark(kf, 'produce_mb_s', 2)} | "
+                     f"{fr(ratio(g(s, 'produce_mb_s'), g(kf, 'produce_mb_s')))} | {mark(s, 'p99_ms')} | "
+                     f"{mark(kf, 'p99_ms')} | {f(g(s, 'cpu_produce_s'), 2)} | {f(g(kf, 'cpu_produce_s'), 2)} | "
+                     f"{fr(ratio(g(s, 'cpu_produce_s'), g(kf, 'cpu_produce_s')))} |")
+        L.append("")
+        L.append("## read_committed consumer (kafka-consumer-perf-test, isolation.level=read_committed, "
+                 "the transactional topic right after producing)\n")
+        L.append("| Configuration | SH MB/s | Kafka MB/s | SH/Kafka | SH rec/s | Kafka rec/s | SH/Kafka | "
+                 "SH CPU s | Kafka CPU s | CPU SH/Kafka |")
+        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        okr = lambda r: r is not None and r.get("consume_status") == "ok"  # noqa: E731
+        for k in txn:
+            d = by[k]; s, kf = d.get(SH), d.get(KF)
+            both = okr(s) and okr(kf)
+            rm = ratio(s.get("consume_mb_s"), kf.get("consume_mb_s")) if both else None
+            rn = ratio(s.get("consume_rec_s"), kf.get("consume_rec_s")) if both else None
+            rc = ratio((s or {}).get("cpu_consume_s"), (kf or {}).get("cpu_consume_s"))
+            L.append(f"| {d['config']} | {consume_cell(s, 'consume_mb_s', 2)} | {consume_cell(kf, 'consume_mb_s', 2)} | "
+                     f"{fr(rm)} | {consume_cell(s, 'consume_rec_s', 0)} | {consume_cell(kf, 'consume_rec_s', 0)} | "
+                     f"{fr(rn)} | {f((s or {}).get('cpu_consume_s'), 2)} | {f((kf or {}).get('cpu_consume_s'), 2)} | "
+                     f"{fr(rc)} |")
         L.append("")
 
     obj = [k for k in configs if num((by[k].get(SH) or {}).get("cache_hits_consume")) is not None
@@ -263,7 +310,7 @@ def chart(outdir, configs, by) -> bool:
         return False
     if not configs:
         return False
-    tput = [k for k in configs if by[k]["kind"] == "throughput"]
+    tput = [k for k in configs if by[k]["kind"] in ("throughput", "transactional")]
     colors = {SH: "#1f77b4", KF: "#ff7f0e"}
     names = {SH: "StreamHouse", KF: "Apache Kafka"}
     panels = []

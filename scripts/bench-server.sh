@@ -7,7 +7,7 @@
 # Usage: scripts/bench-server.sh [--smoke] [--records N] [--out DIR] [more: --help]
 #   --smoke      reduced matrix, tiny counts (about 90 s in all); results go to
 #                benchmarks/work/smoke-<time>/ and latest.md is left alone
-#   (default)    full matrix (estimated 20-30 min on 2 cores); results in
+#   (default)    full matrix (estimated 25-40 min on 2 cores); results in
 #                benchmarks/results/<UTC time>/ and benchmarks/results/latest.md
 # See benchmarks/README.md for the matrix and the meaning of every column.
 set -euo pipefail
