@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException
     TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from compat_util import consume_n, consumer, create_topic, produce_all, producer, wait_until
+from compat_util import consume_n, consumer, create_topic, kafka_tool, produce_all, producer, wait_until
 from raw_wire import _call, _Reader, _str
 
 HERE = Path(__file__).resolve().parent
@@ -459,3 +459,95 @@ def test_transaction_timeout_aborts(broker, topic):
     err = e.value.args[0]
     assert err.code() in FENCED and err.fatal(), err
     assert read(B, topic, 0, RC) == [(0, "before"), (4, "after"), (5, "after")]
+
+
+def transactions_tool(broker, *args):
+    """kafka-transactions' table: (header, rows as {column: value}); its columns are tab-separated
+    and padded with spaces."""
+    r = kafka_tool("kafka-transactions", "--bootstrap-server", broker.bootstrap, *args)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    lines = [[cell.strip() for cell in line.rstrip("\t\n").split("\t")]
+             for line in r.stdout.splitlines() if line.strip()]
+    assert lines, r.stdout + r.stderr[-3000:]
+    header = lines[0]
+    assert all(len(row) == len(header) for row in lines[1:]), r.stdout
+    return header, [dict(zip(header, row)) for row in lines[1:]]
+
+
+def test_kafka_transactions_tool(broker, topic):
+    """The Kafka CLI kafka-transactions against a transaction librdkafka leaves open on two partitions:
+    `list` (ListTransactions) and `describe` (DescribeTransactions) show it Ongoing with its producer
+    id, epoch, timeout and partitions; `describe-producers` (DescribeProducers) shows that producer on
+    the partition with its last sequence and the transaction's first offset; `find-hanging`
+    (DescribeProducers on every partition of the broker, checked against the coordinator) finds no
+    hanging transaction, also when every open one is a candidate (--max-transaction-timeout 0).
+    After the commit `list` and `describe` show CompleteCommit with no partitions, and the producer no
+    longer has an open transaction."""
+    B, tid = broker.bootstrap, f"tx-{topic}"
+    admin = create_topic(B, topic, partitions=2)
+    plain = producer(B)
+    assert produce_all(plain, topic, [dict(value=b"plain", partition=1)] * 2) == [(None, 1, 0), (None, 1, 1)]
+    p = tx_producer(B, tid, transaction_timeout_ms=300000)  # open for as long as the tools run
+    p.begin_transaction()
+    send(p, topic, [(1, "t0"), (0, "t1"), (1, "t2"), (1, "t3")])
+    p.flush(30)
+    assert end_offsets(admin, topic, (0, 1)) == {0: (0, 1), 1: (2, 5)}
+
+    header, rows = transactions_tool(broker, "list")
+    assert header == ["TransactionalId", "Coordinator", "ProducerId", "TransactionState"]
+    mine = [r for r in rows if r["TransactionalId"] == tid]
+    assert len(mine) == 1, rows
+    # Both brokers' node id is 1 (scripts/kafka/start-broker.sh's node.id, StreamHouse's default).
+    assert mine[0]["Coordinator"] == "1" and mine[0]["TransactionState"] == "Ongoing", mine
+    pid = mine[0]["ProducerId"]
+    assert int(pid) >= 0, mine
+
+    describe_header = ["CoordinatorId", "TransactionalId", "ProducerId", "ProducerEpoch", "TransactionState",
+                       "TransactionTimeoutMs", "CurrentTransactionStartTimeMs", "TransactionDurationMs",
+                       "TopicPartitions"]
+    header, rows = transactions_tool(broker, "describe", "--transactional-id", tid)
+    assert header == describe_header and len(rows) == 1, rows
+    d = rows[0]
+    assert {k: d[k] for k in ("CoordinatorId", "TransactionalId", "ProducerId", "ProducerEpoch",
+                              "TransactionState", "TransactionTimeoutMs")} == {
+        "CoordinatorId": "1", "TransactionalId": tid, "ProducerId": pid, "ProducerEpoch": "0",
+        "TransactionState": "Ongoing", "TransactionTimeoutMs": "300000"}, d
+    assert int(d["CurrentTransactionStartTimeMs"]) > 0 and int(d["TransactionDurationMs"]) >= 0, d
+    assert set(d["TopicPartitions"].split(",")) == {f"{topic}-0", f"{topic}-1"}, d
+
+    producers_header = ["ProducerId", "ProducerEpoch", "LatestCoordinatorEpoch", "LastSequence",
+                        "LastTimestamp", "CurrentTransactionStartOffset"]
+    header, rows = transactions_tool(broker, "describe-producers", "--topic", topic, "--partition", 1)
+    assert header == producers_header and len(rows) == 1, rows  # the plain producer is not idempotent
+    d = rows[0]
+    # Three records (sequences 0-2) from offset 2; no marker yet, so no coordinator epoch.
+    assert {k: v for k, v in d.items() if k != "LastTimestamp"} == {
+        "ProducerId": pid, "ProducerEpoch": "0", "LatestCoordinatorEpoch": "-1", "LastSequence": "2",
+        "CurrentTransactionStartOffset": "2"}, d
+    assert int(d["LastTimestamp"]) > 0, d
+
+    hanging_header = ["Topic", "Partition", "ProducerId", "ProducerEpoch", "CoordinatorEpoch", "StartOffset",
+                      "LastTimestamp", "Duration(min)"]
+    for extra in ((), ("--max-transaction-timeout", 0)):
+        header, rows = transactions_tool(broker, "find-hanging", "--broker-id", 1, *extra)
+        assert header == hanging_header, header
+        # Ongoing at the coordinator with this producer id, epoch and partition: not hanging.
+        assert [r for r in rows if r["Topic"] == topic] == [], (extra, rows)
+
+    p.commit_transaction(30)
+    assert wait_settled(admin, topic, (0, 1)) == {0: (2, 2), 1: (6, 6)}
+    header, rows = transactions_tool(broker, "list")
+    assert [(r["Coordinator"], r["ProducerId"], r["TransactionState"]) for r in rows
+            if r["TransactionalId"] == tid] == [("1", pid, "CompleteCommit")], rows
+    header, rows = transactions_tool(broker, "describe", "--transactional-id", tid)
+    assert header == describe_header and len(rows) == 1, rows
+    d = rows[0]
+    assert {k: d[k] for k in ("CoordinatorId", "TransactionalId", "ProducerId", "ProducerEpoch",
+                              "TransactionState", "TransactionTimeoutMs", "TopicPartitions")} == {
+        "CoordinatorId": "1", "TransactionalId": tid, "ProducerId": pid, "ProducerEpoch": "0",
+        "TransactionState": "CompleteCommit", "TransactionTimeoutMs": "300000", "TopicPartitions": ""}, d
+    header, rows = transactions_tool(broker, "describe-producers", "--topic", topic, "--partition", 1)
+    assert header == producers_header and len(rows) == 1, rows
+    assert {k: rows[0][k] for k in ("ProducerId", "ProducerEpoch", "LastSequence",
+                                    "CurrentTransactionStartOffset")} == {
+        "ProducerId": pid, "ProducerEpoch": "0", "LastSequence": "2", "CurrentTransactionStartOffset": "None"}, rows
