@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Install what compat-tests/ and scripts/kafka/ need on a fresh Debian/Ubuntu
 # machine (run as root, e.g. in CI). Idempotent: only installs what is missing.
-#   apt: kcat, a JRE 17+ and Maven (for the Kafka jars), unzip (kafka.sh), python3-pip, postgresql
+#   apt: kcat, a JRE 17+ and Maven (for the Kafka jars), unzip (kafka.sh), python3-pip, postgresql,
+#        golang-go where the machine has no Go
 #   pip: confluent-kafka, kafka-python, pytest, matplotlib (benchmark charts)
 #   Kafka 4.4 jars: scripts/kafka/fetch.sh (Maven Central -> ~/.cache/streamhouse-kafka)
+#   Go modules of compat-tests/go/txn (franz-go, for compat-tests/test_franz_go.py): the Go module
+#   proxy -> $STREAMHOUSE_GO_CACHE (default ~/.cache/streamhouse-go: GOMODCACHE mod/, GOCACHE build/,
+#   where the tests build the program once per session); Go itself from apt if there is none
 # Env: PYTHON (default python3), SKIP_KAFKA_FETCH=1 to skip the jar download.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,6 +26,9 @@ command -v "$PY" >/dev/null || apt_pkgs+=(python3)
 "$PY" -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
 # scripts/s3 (the loopback S3 server for the S3-mode tests) installs moto into a venv.
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
+# The franz-go scenarios: the machine's Go (/usr/local/go on this kind of machine, maybe off PATH).
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then export PATH="$PATH:/usr/local/go/bin"; fi
+command -v go >/dev/null || apt_pkgs+=(golang-go)
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || die "need root to apt-get install: ${apt_pkgs[*]}"
@@ -53,6 +60,16 @@ fi
 "$ROOT/scripts/s3/install.sh" || die "installing the loopback S3 server failed"
 # scripts/postgres (the PostgreSQL the storage suite and the S3 compat pass run on): Debian's postgresql.
 "$ROOT/scripts/postgres/install.sh" || die "installing PostgreSQL failed"
+
+# franz-go and its dependencies (go.sum pins them) into the cache compat-tests/test_franz_go.py
+# builds with (the same variables), and one build to warm its GOCACHE. go.mod asks for Go 1.26: a
+# go 1.21+ older than that fetches the toolchain module through the module proxy itself.
+GO_CACHE="${STREAMHOUSE_GO_CACHE:-$HOME/.cache/streamhouse-go}"
+GO_SRC="$ROOT/compat-tests/go/txn"
+(cd "$GO_SRC" && export GOMODCACHE="$GO_CACHE/mod" GOCACHE="$GO_CACHE/build" \
+   GOFLAGS="-modcacherw -buildvcs=false" && go mod download && go build -o /dev/null .) \
+  || die "downloading or building the franz-go program ($GO_SRC) failed"
+say "franz-go $(sed -n 's/^require github.com\/twmb\/franz-go //p' "$GO_SRC/go.mod") in $GO_CACHE ($(go version | awk '{print $3}'))"
 
 if [ "${SKIP_KAFKA_FETCH:-0}" != 1 ]; then
   libs=$("$ROOT/scripts/kafka/fetch.sh") || die "fetching the Kafka jars failed (see above)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): on a fresh Debian machine as root it installs what the tests need
-# (kcat, Python clients, Apache Kafka's jars from Maven Central), builds StreamHouse, and runs:
+# (kcat, Python clients, Apache Kafka's jars from Maven Central, franz-go's Go modules), builds StreamHouse, and runs:
 #   1. lint: cargo fmt --check, cargo clippy -D warnings
 #   2. cargo test: unit tests, wire-level tests (hostile input, every served API version), property tests
 #      of the request decoders, storage recovery, and the rdkafka crate round trip; the storage suite
