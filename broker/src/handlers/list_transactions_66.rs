@@ -1,5 +1,5 @@
 //! ListTransactions (key 66), versions 0-2.
-//! v1: duration filter (KIP-994: transactions running at least this long). v2: transactional id
+//! v1: duration filter (KIP-994: transactions started more than this long ago). v2: transactional id
 //! pattern (KIP-1152, a regular expression the whole id must match).
 //! Kafka's TransactionStateManager.listTransactionStates: Dead ids are left out; each filter given
 //! narrows the list; state filters that name no state are echoed back in unknown_state_filters.
@@ -82,7 +82,7 @@ pub fn handle(
                     .iter()
                     .any(|f| f.as_str() == t.meta.state.name())
         })
-        .filter(|t| duration < 0 || now - t.meta.start_ms >= duration)
+        .filter(|t| duration < 0 || now - t.meta.start_ms > duration)
         .filter(|t| {
             pattern
                 .as_ref()

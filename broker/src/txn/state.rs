@@ -86,7 +86,7 @@ pub struct TxnMeta {
     pub groups: BTreeSet<String>,
     /// Per group, per "topic" then partition, the offsets committed in the transaction.
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<i32, PendingOffset>>>,
-    /// When the current transaction started (-1: none).
+    /// When the current (or, once complete, the last) transaction started; -1 before the first.
     pub start_ms: i64,
     pub update_ms: i64,
     /// The producer id and epoch the transaction continues with once complete, when the epoch is
@@ -241,7 +241,8 @@ impl TxnMeta {
         next.partitions.clear();
         next.groups.clear();
         next.offsets.clear();
-        next.start_ms = -1;
+        // The start time stays until the next transaction begins (DescribeTransactions shows it, as
+        // Kafka's txnStartTimestamp).
         next.update_ms = now_ms;
         if let Some((id, epoch)) = next.next_producer.take() {
             next.producer_id = id;
