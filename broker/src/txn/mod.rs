@@ -257,16 +257,7 @@ impl TransactionCoordinator {
         let needs_id = current
             .as_ref()
             .is_none_or(|m| state::epoch_exhausted(m.epoch) || m.state == TxnState::Dead);
-        let new_id = if needs_id {
-            Some(
-                self.storage
-                    .allocate_producer_id()
-                    .await
-                    .map_err(|e| e.kafka_error_code())?,
-            )
-        } else {
-            None
-        };
+        let new_id = self.new_producer_id_if(needs_id).await?;
         let now = now_ms();
         self.update(id, |cur| match cur {
             None => {
@@ -446,16 +437,7 @@ impl TransactionCoordinator {
             && self
                 .get(id)
                 .is_some_and(|(m, _)| state::epoch_exhausted(m.epoch));
-        let new_id = if exhausted {
-            Some(
-                self.storage
-                    .allocate_producer_id()
-                    .await
-                    .map_err(|e| e.kafka_error_code())?,
-            )
-        } else {
-            None
-        };
+        let new_id = self.new_producer_id_if(exhausted).await?;
         let now = now_ms();
         let prepared = self
             .update(id, |cur| {
@@ -548,6 +530,19 @@ impl TransactionCoordinator {
             .by_id
             .get(id)
             .map(|e| (e.meta.clone(), e.busy))
+    }
+
+    /// A producer id never handed out before, when `needed`: allocated before the change is decided,
+    /// because the decision runs under the state lock and cannot wait for the store.
+    async fn new_producer_id_if(&self, needed: bool) -> Result<Option<i64>, i16> {
+        if !needed {
+            return Ok(None);
+        }
+        self.storage
+            .allocate_producer_id()
+            .await
+            .map(Some)
+            .map_err(|e| e.kafka_error_code())
     }
 
     /// The async lock serializing `id`'s changes.

@@ -224,6 +224,13 @@ pub enum GroupWrite {
     },
 }
 
+/// The tables of documents kept by id: the group coordinator's and the transaction coordinator's.
+#[derive(Debug, Clone, Copy)]
+enum DocTable {
+    Groups,
+    Transactions,
+}
+
 /// A committed offset of a consumer group (OffsetCommit), as Kafka keys it: by topic name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetRecord {

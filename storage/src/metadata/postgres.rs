@@ -34,8 +34,8 @@ use uuid::Uuid;
 
 use super::{
     configs_from_json, configs_json, now_ms, pending_steps, producer_entry, recent_json,
-    BlockSwitch, Commit, GroupWrite, MetadataStore, OffsetRecord, PartitionRecord, SegmentRecord,
-    Snapshot, TopicConfigs, TopicRecord,
+    BlockSwitch, Commit, DocTable, GroupWrite, MetadataStore, OffsetRecord, PartitionRecord,
+    SegmentRecord, Snapshot, TopicConfigs, TopicRecord,
 };
 use crate::producer::{AbortedTxn, ProducerEntry};
 use crate::segment::BlockMeta;
@@ -680,18 +680,28 @@ fn delete_offsets(
     Ok(())
 }
 
-/// Saves a group's document, or removes it with `None`.
-fn save_group(tx: &mut Tx<'_>, group_id: &str, state: Option<&str>) -> Result<(), StorageError> {
-    match state {
-        Some(doc) => tx.execute(
+/// Saves a group's or a transactional id's document, or removes it with `None`.
+fn save_doc(
+    tx: &mut Tx<'_>,
+    table: DocTable,
+    id: &str,
+    doc: Option<&str>,
+) -> Result<(), StorageError> {
+    let (upsert, delete) = match table {
+        DocTable::Groups => (
             "INSERT INTO groups (group_id, state) VALUES ($1, $2)
              ON CONFLICT (group_id) DO UPDATE SET state = EXCLUDED.state",
-            &[&group_id.as_bytes(), &doc.as_bytes()],
-        )?,
-        None => tx.execute(
             "DELETE FROM groups WHERE group_id = $1",
-            &[&group_id.as_bytes()],
-        )?,
+        ),
+        DocTable::Transactions => (
+            "INSERT INTO transactions (transactional_id, state) VALUES ($1, $2)
+             ON CONFLICT (transactional_id) DO UPDATE SET state = EXCLUDED.state",
+            "DELETE FROM transactions WHERE transactional_id = $1",
+        ),
+    };
+    match doc {
+        Some(doc) => tx.execute(upsert, &[&id.as_bytes(), &doc.as_bytes()])?,
+        None => tx.execute(delete, &[&id.as_bytes()])?,
     };
     Ok(())
 }
@@ -1188,17 +1198,7 @@ impl MetadataStore for PostgresMetadata {
     fn save_transactions(&self, docs: &[(String, Option<String>)]) -> Result<(), StorageError> {
         self.read_committed(|tx| {
             for (id, doc) in docs {
-                match doc {
-                    Some(doc) => tx.execute(
-                        "INSERT INTO transactions (transactional_id, state) VALUES ($1, $2)
-                         ON CONFLICT (transactional_id) DO UPDATE SET state = EXCLUDED.state",
-                        &[&id.as_bytes(), &doc.as_bytes()],
-                    )?,
-                    None => tx.execute(
-                        "DELETE FROM transactions WHERE transactional_id = $1",
-                        &[&id.as_bytes()],
-                    )?,
-                };
+                save_doc(tx, DocTable::Transactions, id, doc.as_deref())?;
             }
             Ok(())
         })
@@ -1245,7 +1245,7 @@ impl MetadataStore for PostgresMetadata {
                         )?;
                     }
                     GroupWrite::SaveGroup { group_id, state } => {
-                        save_group(tx, group_id, state.as_deref())?
+                        save_doc(tx, DocTable::Groups, group_id, state.as_deref())?
                     }
                 }
             }

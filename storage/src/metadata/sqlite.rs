@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{
     configs_from_json, configs_json, now_ms, pending_steps, producer_entry, recent_json,
-    BlockSwitch, Commit, GroupWrite, MetadataStore, OffsetRecord, PartitionRecord, SegmentRecord,
-    Snapshot, TopicConfigs, TopicRecord,
+    BlockSwitch, Commit, DocTable, GroupWrite, MetadataStore, OffsetRecord, PartitionRecord,
+    SegmentRecord, Snapshot, TopicConfigs, TopicRecord,
 };
 use crate::producer::AbortedTxn;
 use crate::segment::BlockMeta;
@@ -295,18 +295,26 @@ fn delete_offsets(
 }
 
 /// Saves a group's document, or removes it with `None`.
-fn save_group(
+/// Saves a group's or a transactional id's document, or removes it with `None`.
+fn save_doc(
     tx: &rusqlite::Transaction,
-    group_id: &str,
-    state: Option<&str>,
+    table: DocTable,
+    id: &str,
+    doc: Option<&str>,
 ) -> Result<(), StorageError> {
-    match state {
-        Some(doc) => tx
-            .prepare_cached("INSERT OR REPLACE INTO groups (group_id, state) VALUES (?1, ?2)")?
-            .execute(params![group_id, doc])?,
-        None => tx
-            .prepare_cached("DELETE FROM groups WHERE group_id = ?1")?
-            .execute([group_id])?,
+    let (upsert, delete) = match table {
+        DocTable::Groups => (
+            "INSERT OR REPLACE INTO groups (group_id, state) VALUES (?1, ?2)",
+            "DELETE FROM groups WHERE group_id = ?1",
+        ),
+        DocTable::Transactions => (
+            "INSERT OR REPLACE INTO transactions (transactional_id, state) VALUES (?1, ?2)",
+            "DELETE FROM transactions WHERE transactional_id = ?1",
+        ),
+    };
+    match doc {
+        Some(doc) => tx.prepare_cached(upsert)?.execute(params![id, doc])?,
+        None => tx.prepare_cached(delete)?.execute([id])?,
     };
     Ok(())
 }
@@ -798,16 +806,7 @@ impl MetadataStore for SqliteMetadata {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         for (id, doc) in docs {
-            match doc {
-                Some(doc) => tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO transactions (transactional_id, state) VALUES (?1, ?2)",
-                    )?
-                    .execute(params![id, doc])?,
-                None => tx
-                    .prepare_cached("DELETE FROM transactions WHERE transactional_id = ?1")?
-                    .execute([id])?,
-            };
+            save_doc(&tx, DocTable::Transactions, id, doc.as_deref())?;
         }
         tx.commit()?;
         Ok(())
@@ -846,7 +845,7 @@ impl MetadataStore for SqliteMetadata {
                         .execute([topic])?;
                 }
                 GroupWrite::SaveGroup { group_id, state } => {
-                    save_group(&tx, group_id, state.as_deref())?
+                    save_doc(&tx, DocTable::Groups, group_id, state.as_deref())?
                 }
             }
         }
