@@ -5,7 +5,7 @@
 # come from scripts/kafka/fetch.sh (Maven Central, cached in ~/.cache/streamhouse-kafka).
 #
 # Usage: scripts/bench-server.sh [--smoke] [--records N] [--out DIR] [more: --help]
-#   --smoke      reduced matrix, tiny counts (about 90 s in all); results go to
+#   --smoke      reduced matrix, tiny counts (about 2 min in all); results go to
 #                benchmarks/work/smoke-<time>/ and latest.md is left alone
 #   (default)    full matrix (estimated 25-40 min on 2 cores); results in
 #                benchmarks/results/<UTC time>/ and benchmarks/results/latest.md
