@@ -138,3 +138,32 @@ def reference_batches(broker, topic, partition=0):
             batches.append({toks[i].rstrip(":"): toks[i + 1] for i in range(0, len(toks) - 1, 2)
                             if toks[i].endswith(":")})
     return batches
+
+
+def end_offsets(admin, topic, partitions):
+    """{partition: (last stable offset, high watermark)} from ListOffsets with both isolation levels."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+    out = {}
+    for iso in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+        fs = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
+                                isolation_level=iso, request_timeout=15)
+        for tp, f in fs.items():
+            out.setdefault(tp.partition, []).append(f.result().offset)
+    return {p: tuple(v) for p, v in out.items()}
+
+
+def wait_settled(admin, topic, partitions, timeout=60):
+    """Until no transaction is open on the partitions (LSO == high watermark); returns the ends. A
+    broker not answering yet (just restarted) is asked again."""
+    from confluent_kafka import KafkaException
+    ends, deadline = {}, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ends = end_offsets(admin, topic, partitions)
+        except KafkaException:
+            ends = {}
+        if ends and all(lso == hw for lso, hw in ends.values()):
+            return ends
+        time.sleep(0.2)
+    raise AssertionError(f"the LSO of {topic} did not reach the high watermark in {timeout}s: {ends}")

@@ -21,7 +21,8 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException
     TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
-from compat_util import consume_n, consumer, create_topic, kafka_tool, produce_all, producer, wait_until
+from compat_util import (consume_n, consumer, create_topic, end_offsets, kafka_tool, produce_all,
+                         producer, wait_settled, wait_until)
 from raw_wire import _call, _Reader, _str
 
 HERE = Path(__file__).resolve().parent
@@ -59,29 +60,6 @@ def read(bootstrap, topic, partition, isolation, timeout=30):
         return [(m.offset(), m.value().decode()) for m in consume_n(c, 10 ** 6, timeout, True)]
     finally:
         c.close()
-
-
-def end_offsets(admin, topic, partitions):
-    """{partition: (last stable offset, high watermark)} from ListOffsets with both isolation levels."""
-    out = {}
-    for iso in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
-        fs = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
-                                isolation_level=iso, request_timeout=15)
-        for tp, f in fs.items():
-            out.setdefault(tp.partition, []).append(f.result().offset)
-    return {p: tuple(v) for p, v in out.items()}
-
-
-def wait_settled(admin, topic, partitions, timeout=30):
-    """Until no transaction is open on the partitions (LSO == high watermark); returns the ends."""
-    ends = {}
-
-    def settled():
-        ends.update(end_offsets(admin, topic, partitions))
-        return all(lso == hw for lso, hw in ends.values())
-
-    wait_until(settled, timeout, f"the LSO of {topic} to reach the high watermark ({ends})")
-    return ends
 
 
 def fetch_v4(broker, topic, partition, isolation):

@@ -16,6 +16,7 @@ before them: every read_committed check first waits (bounded) until the LSO equa
 Needs STREAMHOUSE_BIN (the built `streamhouse` binary). Run by scripts/test.sh.
 """
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +27,9 @@ from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from broker_process import BIN, BrokerProcess, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # compat-tests/: the shared helpers
+from compat_util import end_offsets, wait_settled  # noqa: E402
 from test_s3 import s3, s3_broker  # noqa: F401  (the loopback S3 server fixture)
 
 RC, RU = "read_committed", "read_uncommitted"
@@ -104,31 +108,6 @@ def read(bootstrap, topic, partition, isolation, timeout=60):
 
 def values(bootstrap, topic, partition, isolation):
     return [v for _, v in read(bootstrap, topic, partition, isolation)]
-
-
-def end_offsets(admin, topic, partitions):
-    """{partition: (last stable offset, high watermark)} from ListOffsets with both isolation levels."""
-    out = {}
-    for iso in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
-        fs = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest() for p in partitions},
-                                isolation_level=iso, request_timeout=15)
-        for tp, f in fs.items():
-            out.setdefault(tp.partition, []).append(f.result().offset)
-    return {p: tuple(v) for p, v in out.items()}
-
-
-def wait_settled(admin, topic, partitions, timeout=60):
-    """Until no transaction is open on the partitions (LSO == high watermark); returns the ends."""
-    ends, deadline = {}, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            ends = end_offsets(admin, topic, partitions)
-        except KafkaException:  # just restarted: not answering yet
-            ends = {}
-        if ends and all(lso == hw for lso, hw in ends.values()):
-            return ends
-        time.sleep(0.2)
-    raise AssertionError(f"the LSO of {topic} did not reach the high watermark in {timeout}s: {ends}")
 
 
 def committed(bootstrap, group, topic, partitions):
