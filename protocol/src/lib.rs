@@ -9,6 +9,7 @@
 //! LogValidator) and stored verbatim unless the topic asks for a rewrite.
 
 pub mod batch;
+pub mod cleaner;
 pub mod codec;
 pub mod compression;
 pub mod control;

@@ -281,7 +281,12 @@ fn record_error(
 }
 
 /// A record with the given timestamp and offset deltas, its other fields verbatim, length-prefixed.
-fn encode_record(out: &mut Vec<u8>, r: &RecordView<'_>, timestamp_delta: i64, offset_delta: i32) {
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    r: &RecordView<'_>,
+    timestamp_delta: i64,
+    offset_delta: i32,
+) {
     let mut body = [0u8; 1 + 10 + 5];
     body[0] = r.attributes as u8;
     let mut n = 1;
