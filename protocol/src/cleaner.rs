@@ -243,9 +243,15 @@ mod tests {
                 panic!("{c:?}: {out:?}")
             };
             let h = BatchHeader::parse(&out).unwrap();
-            assert_eq!(h.compression(), BatchHeader::parse(&b).unwrap().compression());
+            assert_eq!(
+                h.compression(),
+                BatchHeader::parse(&b).unwrap().compression()
+            );
             assert_eq!((h.base_offset, h.last_offset_delta), (100, 3));
-            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 3, 40));
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (7, 3, 40)
+            );
             assert_eq!(h.record_count, 2);
             assert_eq!(h.max_timestamp, 1_020);
             let recs = decode(&out);
@@ -263,7 +269,10 @@ mod tests {
 
     #[test]
     fn whole_batches_stay_verbatim_or_go() {
-        let b = batch(&[(Some("a"), Some("1")), (Some("b"), Some("2"))], Compression::None);
+        let b = batch(
+            &[(Some("a"), Some("1")), (Some("b"), Some("2"))],
+            Compression::None,
+        );
         assert_eq!(
             filter_batch(&b, LIMIT, at(NOW), false, |_, _| true).unwrap(),
             Filtered::Kept
@@ -276,7 +285,10 @@ mod tests {
 
     #[test]
     fn keyless_records_are_dropped() {
-        let b = batch(&[(None, Some("1")), (Some("b"), Some("2"))], Compression::None);
+        let b = batch(
+            &[(None, Some("1")), (Some("b"), Some("2"))],
+            Compression::None,
+        );
         let Filtered::Rebuilt(out) = filter_batch(&b, LIMIT, at(NOW), false, |_, _| true).unwrap()
         else {
             panic!()
@@ -286,7 +298,10 @@ mod tests {
 
     #[test]
     fn tombstones_get_a_delete_horizon_then_go_after_it() {
-        let b = batch(&[(Some("a"), None), (Some("b"), Some("2"))], Compression::Lz4);
+        let b = batch(
+            &[(Some("a"), None), (Some("b"), Some("2"))],
+            Compression::Lz4,
+        );
         let Filtered::Rebuilt(first) =
             filter_batch(&b, LIMIT, at(NOW), false, |_, _| true).unwrap()
         else {
@@ -332,7 +347,10 @@ mod tests {
 
     #[test]
     fn for_each_key_lists_offsets_and_keys() {
-        let b = batch(&[(Some("a"), Some("1")), (None, Some("2"))], Compression::Gzip);
+        let b = batch(
+            &[(Some("a"), Some("1")), (None, Some("2"))],
+            Compression::Gzip,
+        );
         let mut seen = Vec::new();
         for_each_key(&b, LIMIT, |o, k| seen.push((o, k.to_vec()))).unwrap();
         assert_eq!(seen, vec![(100, b"a".to_vec())]);

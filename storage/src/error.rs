@@ -48,6 +48,9 @@ pub enum StorageError {
     /// together (see `engine::identity`).
     #[error("refusing to start: {0}")]
     Refused(String),
+    /// The log cleaner met a stored batch it cannot read (background work; never sent).
+    #[error("log cleaner: {0}")]
+    Cleaner(String),
 }
 
 impl StorageError {
@@ -72,7 +75,7 @@ impl StorageError {
             // Retry elsewhere or later.
             StorageError::ShuttingDown => E::NotLeaderOrFollower,
             // A start-up error, never sent.
-            StorageError::Refused(_) => E::UnknownServerError,
+            StorageError::Refused(_) | StorageError::Cleaner(_) => E::UnknownServerError,
         };
         e.code()
     }

@@ -232,6 +232,21 @@ impl ActiveSegment {
     }
 }
 
+/// Writes a whole sealed segment (compaction's output on local disk) and makes it durable, directory
+/// entry included.
+pub fn write_sealed(dir: &Path, id: u64, bytes: &[u8]) -> Result<(), StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(segment_path(dir, id))?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 /// The 32-byte segment header (docs/segment-format.md).
 pub fn file_header(id: u64, created_ms: i64) -> Vec<u8> {
     let mut header = Vec::with_capacity(FILE_HEADER_LEN as usize);

@@ -60,6 +60,22 @@ pub struct StorageConfig {
     pub producer_id_expiration_check_interval: Duration,
     /// Most (producer, partition) states kept; past it the longest idle are dropped early.
     pub max_producer_states: usize,
+    /// Most bytes a stored compressed batch is inflated to where the engine reads records (the log
+    /// cleaner); the broker's message.max.decompressed.bytes.
+    pub max_decompressed_bytes: u64,
+    /// Key compaction of compacted topics runs (Kafka's log.cleaner.enable)...
+    pub log_cleaner_enable: bool,
+    /// ...a pass this often (log.cleaner.backoff.ms).
+    pub cleaner_backoff: Duration,
+    /// Memory the cleaner's offset map may take (log.cleaner.dedupe.buffer.size), at 32 bytes a key:
+    /// a pass takes at most this many / 32 distinct keys, the rest waits for the next pass.
+    pub dedupe_buffer_bytes: u64,
+    /// Defaults of the topic settings min.cleanable.dirty.ratio, min.compaction.lag.ms,
+    /// max.compaction.lag.ms and delete.retention.ms (log.cleaner.min.cleanable.ratio, ...).
+    pub min_cleanable_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
+    pub delete_retention_ms: i64,
 }
 
 impl StorageConfig {
@@ -88,6 +104,14 @@ impl StorageConfig {
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval: Duration::from_secs(600),
             max_producer_states: 500_000,
+            max_decompressed_bytes: 64 << 20,
+            log_cleaner_enable: true,
+            cleaner_backoff: Duration::from_secs(15),
+            dedupe_buffer_bytes: 128 << 20,
+            min_cleanable_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 86_400_000,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - A segment left without blocks (retention, DeleteRecords, deleted topics, compaction) is retired in
 //!   the same metadata transaction; its file or object is deleted file.delete.delay.ms later, so reads
 //!   that had already looked up its blocks can finish.
+//! - Key compaction of compacted topics (every log.cleaner.backoff.ms): see `cleaner`.
 //! - Compaction (object stores): flush objects hold the blocks of many partitions, each small. Once older
 //!   than compaction_min_age, a run of them is rewritten as one object per partition, adjacent blocks
 //!   merged into blocks of up to 1 MiB (batches unchanged, only the block framing is rebuilt); the index
@@ -26,7 +27,7 @@ use crate::segment::{self, BlockMeta};
 use crate::StorageError;
 
 /// Raw bytes a merged block grows to at most.
-const MERGED_BLOCK_BYTES: usize = 1 << 20;
+pub(super) const MERGED_BLOCK_BYTES: usize = 1 << 20;
 /// Flush objects one compaction pass reads at most.
 const MAX_OBJECTS_PER_PASS: usize = 2048;
 
@@ -55,6 +56,11 @@ pub(super) fn spawn(storage: &Arc<Storage>) {
     every(storage, sweep, |s| {
         Box::pin(async move { s.delete_retired_segments(now_ms()).await.map(|_| ()) })
     });
+    if cfg.log_cleaner_enable {
+        every(storage, cfg.cleaner_backoff, |s| {
+            Box::pin(async move { s.clean(now_ms()).await.map(|_| ()) })
+        });
+    }
     if storage.segments.remote() && !cfg.compaction_interval.is_zero() {
         every(storage, cfg.compaction_interval, |s| {
             Box::pin(async move {
@@ -151,6 +157,8 @@ impl Storage {
         if !self.segments.remote() {
             return Ok(CompactionReport::default());
         }
+        // One rewrite of the index at a time (the log cleaner takes the same lock).
+        let _rewrite = self.rewrites.lock().await;
         let segments = self.with_meta(|meta| meta.segments()).await?;
         // Live blocks by segment, from the index.
         let mut by_segment: HashMap<u64, Vec<BlockMeta>> = HashMap::new();

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 mod catalog;
+mod cleaner;
 mod config;
 mod identity;
 pub mod index;
@@ -32,6 +33,7 @@ pub use catalog::{Partition, Topic};
 pub use config::StorageConfig;
 use segments::{LocalSegments, ObjectStoreSegments, SegmentIds, SegmentStore};
 
+pub use cleaner::{CleanReport, CleanableRange};
 pub use maintenance::CompactionReport;
 
 use crate::cache::BlockCache;
@@ -156,6 +158,9 @@ pub struct Storage {
     /// The transaction coordinator, once the broker has started it: until then (and without one)
     /// transactional batches are refused.
     verifier: OnceLock<Arc<dyn TransactionVerifier>>,
+    /// Held by object compaction and the log cleaner for a whole pass: both replace blocks in the
+    /// index, and must never switch the same ones at once.
+    rewrites: tokio::sync::Mutex<()>,
 }
 
 impl Storage {
@@ -212,6 +217,7 @@ impl Storage {
             prefetch_permits: Arc::new(tokio::sync::Semaphore::new(32)),
             cluster_id,
             verifier: OnceLock::new(),
+            rewrites: tokio::sync::Mutex::new(()),
         });
         let st = storage.clone();
         let writer = tokio::task::spawn_blocking(move || st.recover())

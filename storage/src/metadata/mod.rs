@@ -61,7 +61,8 @@ pub struct SegmentRecord {
     pub id: u64,
     pub created_ms: i64,
     pub sealed: bool,
-    /// 0: written by a flush (blocks of many partitions); 1: written by compaction (one partition).
+    /// 0: written by a flush (blocks of many partitions); 1: written by compaction (one partition);
+    /// 2: written by the log cleaner (one partition's key-compacted log).
     pub level: u8,
 }
 
