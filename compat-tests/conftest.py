@@ -1,9 +1,19 @@
 """Kafka-compatibility scenario suite: the same scenarios against every broker in
 COMPAT_BROKERS ("name=host:port,name=host:port"), with real clients only.
 
+COMPAT_TARGETS ("streamhouse", "kafka" or "kafka,streamhouse"; default: every broker of
+COMPAT_BROKERS) keeps only those brokers: the others' parametrizations are not even collected.
+No scenario compares two brokers inside one test (each asserts Kafka's documented behaviour against
+the one broker it is given), so a StreamHouse-only run tests StreamHouse exactly as a run beside
+Kafka does; run.sh then does not start Kafka at all (scripts/test.sh's S3 + PostgreSQL pass).
+
 This conftest also acts as the report plugin: after the run it prints a
 scenario x broker table and decides the exit status (see pytest_sessionfinish).
+With COMPAT_REFERENCE_RESULTS=<file.json>, a run that includes the reference broker writes its
+outcome per scenario there, and a run without it reads them back: the table shows them (marked
+as from an earlier run) and the exit policy is the same as if the reference had run alongside.
 """
+import json
 import os
 import socket
 import uuid
@@ -39,6 +49,13 @@ def parse_brokers():
         brokers.append(Broker(name.strip(), addr.strip()))
     if not brokers:
         raise pytest.UsageError("COMPAT_BROKERS is empty")
+    targets = [t.strip() for t in os.environ.get("COMPAT_TARGETS", "").split(",") if t.strip()]
+    if targets:
+        unknown = set(targets) - {b.name for b in brokers}
+        if unknown:
+            raise pytest.UsageError(f"COMPAT_TARGETS names {sorted(unknown)}, not in COMPAT_BROKERS "
+                                    f"{spec!r}")
+        brokers = [b for b in brokers if b.name in targets]
     return brokers
 
 
@@ -86,6 +103,25 @@ def topic(request):
 # ---------------------------------------------------------------- report plugin
 
 _results = OrderedDict()  # scenario -> {broker name -> outcome}
+_RESULTS_FILE = os.environ.get("COMPAT_REFERENCE_RESULTS")
+_TESTED = [b.name for b in BROKERS]
+
+
+def _load_reference():
+    """The reference broker's outcomes from an earlier run, when it is not tested in this one."""
+    if REFERENCE in _TESTED or not _RESULTS_FILE:
+        return None
+    try:
+        with open(_RESULTS_FILE) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise pytest.UsageError(f"COMPAT_REFERENCE_RESULTS={_RESULTS_FILE}: no such file (write it "
+                                f"with a run that includes {REFERENCE})")
+
+
+_STORED_REF = _load_reference()
+# Table columns: the tested brokers, preceded by the stored reference when there is one.
+_COLUMNS = ([REFERENCE] if _STORED_REF is not None else []) + _TESTED
 
 
 def _scenario_of(item):
@@ -104,7 +140,7 @@ def pytest_runtest_makereport(item, call):
     scenario, bname = _scenario_of(item)
     if scenario is None:
         return
-    cell = _results.setdefault(scenario, OrderedDict((b.name, "-") for b in BROKERS))
+    cell = _results.setdefault(scenario, _new_row(scenario))
     if rep.failed:
         cell[bname] = "FAIL" if rep.when == "call" else "ERROR"
     elif rep.skipped and cell[bname] == "-":
@@ -113,12 +149,22 @@ def pytest_runtest_makereport(item, call):
         cell[bname] = "pass"
 
 
+def _new_row(scenario):
+    row = OrderedDict((n, "-") for n in _TESTED)
+    if _STORED_REF is not None:
+        # "?": this scenario has no outcome in the stored file (it was filtered out of that run).
+        row = OrderedDict([(REFERENCE, _STORED_REF.get(scenario, "?"))] + list(row.items()))
+    return row
+
+
 def _classify(cells):
     ref = cells.get(REFERENCE)
     others = {k: v for k, v in cells.items() if k != REFERENCE}
     bad = lambda v: v in ("FAIL", "ERROR")
     if ref == "pass" and any(bad(v) for v in others.values()):
         return "REGRESSION"  # works on the reference broker, not here
+    if ref == "?" and any(bad(v) for v in others.values()):
+        return "NO REFERENCE RESULT"  # cannot tell a regression from a scenario failing everywhere
     if bad(ref) and others and all(bad(v) for v in others.values()):
         return "fails on all"
     if bad(ref) and any(v == "pass" for v in others.values()):
@@ -132,26 +178,36 @@ def pytest_terminal_summary(terminalreporter):
     if not _results:
         return
     tr = terminalreporter
-    names = [b.name for b in BROKERS]
+    names = _COLUMNS
     w = max(len(s) for s in _results) + 2
     tr.section(f"compat matrix (reference broker: {REFERENCE})")
+    if _STORED_REF is not None:
+        tr.write_line(f"({REFERENCE} column: outcomes of an earlier run, from {_RESULTS_FILE})")
     tr.write_line("scenario".ljust(w) + "".join(n.ljust(12) for n in names) + "note")
     for scenario, cells in _results.items():
         note = _classify(cells)
         line = scenario.ljust(w) + "".join(cells[n].ljust(12) for n in names) + note
-        tr.write_line(line, red=note == "REGRESSION", yellow=note.startswith("fails"))
-    regress = [s for s, c in _results.items() if _classify(c) == "REGRESSION"]
+        tr.write_line(line, red=note in _FAILING, yellow=note.startswith("fails"))
+    regress = [s for s, c in _results.items() if _classify(c) in _FAILING]
     tr.write_line(f"{len(regress)} scenario(s) pass on {REFERENCE} but fail elsewhere"
                   + (": " + ", ".join(regress) if regress else ""))
 
 
+_FAILING = ("REGRESSION", "NO REFERENCE RESULT")
+
+
 def pytest_sessionfinish(session, exitstatus):
-    # Exit status policy, only when comparing several brokers: non-zero iff some
-    # scenario passes on the reference broker and fails on another one; failing
+    # Exit status policy, only when comparing several brokers (the reference's column may come
+    # from COMPAT_REFERENCE_RESULTS): non-zero iff some scenario passes on the reference broker and
+    # fails on another one, or fails where the reference has no stored outcome; failing
     # everywhere is reported but tolerated. With a single broker (or no reference
     # among them) pytest's own status stands.
-    names = [b.name for b in BROKERS]
+    if REFERENCE in _TESTED and _RESULTS_FILE and exitstatus in (0, 1):
+        stored = {s: c[REFERENCE] for s, c in _results.items()}
+        with open(_RESULTS_FILE, "w") as f:
+            json.dump(stored, f, indent=0, sort_keys=True)
+    names = _COLUMNS
     if len(names) < 2 or REFERENCE not in names or exitstatus not in (0, 1):
         return
-    regress = any(_classify(c) == "REGRESSION" for c in _results.values())
+    regress = any(_classify(c) in _FAILING for c in _results.values())
     session.exitstatus = 1 if regress else 0

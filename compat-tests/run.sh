@@ -9,6 +9,18 @@
 #   STREAMHOUSE_PORT  port for StreamHouse (default 9092)
 #   COMPAT_BROKERS    if set, test these already-running brokers and start nothing
 #                     ("kafka=127.0.0.1:19092,streamhouse=127.0.0.1:9092")
+#   COMPAT_TARGETS    which brokers to start and run the scenarios on: "kafka", "streamhouse" or
+#                     "kafka,streamhouse" (the default). A broker left out is not started and its
+#                     parametrizations are not collected (conftest.py filters COMPAT_BROKERS by it
+#                     too). No scenario needs both brokers at once (each runs against one broker and
+#                     asserts Kafka's documented behaviour), so COMPAT_TARGETS=streamhouse is a full
+#                     StreamHouse pass with no Kafka broker (its CLI jars are still fetched: the
+#                     scenarios run kafka-topics & co. against StreamHouse).
+#   COMPAT_REFERENCE_RESULTS  a JSON file: a run that includes kafka writes kafka's outcome per
+#                     scenario there; a run without kafka reads it back, prints it as the kafka
+#                     column and keeps the exit policy below (scripts/test.sh: the S3 pass reuses
+#                     the first pass's Kafka results). Without it, a StreamHouse-only run fails on
+#                     any failing scenario (pytest's own status).
 #   PYTHON            interpreter with pytest + clients (default python3)
 # Exit status: non-zero if a scenario passes on kafka and fails on another broker
 # (or pytest itself errs); a scenario failing on every broker is only reported.
@@ -20,6 +32,11 @@ PY="${PYTHON:-python3}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 SH_PORT="${STREAMHOUSE_PORT:-9092}"
 SH_BIN="${STREAMHOUSE_BIN:-$ROOT/target/release/streamhouse}"
+TARGETS="${COMPAT_TARGETS:-kafka,streamhouse}"
+target() { case ",$TARGETS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+for t in ${TARGETS//,/ }; do
+  case "$t" in kafka|streamhouse) ;; *) echo "run.sh: unknown COMPAT_TARGETS entry '$t' (kafka, streamhouse)" >&2; exit 2 ;; esac
+done
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/compat-tests.XXXXXX")"
 SH_PID=""
@@ -58,15 +75,23 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
   || { echo "run.sh: python deps missing; run scripts/install-deps.sh" >&2; exit 2; }
 
 if [ -z "${COMPAT_BROKERS:-}" ]; then
-  echo "== starting Apache Kafka on 127.0.0.1:$KAFKA_PORT ($WORK/kafka)"
+  # The jars also serve the CLI tools and Java clients the scenarios run against StreamHouse.
   "$ROOT/scripts/kafka/fetch.sh" >/dev/null
-  KAFKA_STARTED=1
-  "$ROOT/scripts/kafka/start-broker.sh" --port "$KAFKA_PORT" --dir "$WORK/kafka" >/dev/null
-  BROKERS="kafka=127.0.0.1:$KAFKA_PORT"
-  # Lets scenarios check their own premises on real Kafka with kafka-dump-log.
-  export COMPAT_KAFKA_LOG_DIR="$WORK/kafka/data"
+  BROKERS=""
+  if target kafka; then
+    echo "== starting Apache Kafka on 127.0.0.1:$KAFKA_PORT ($WORK/kafka)"
+    KAFKA_STARTED=1
+    "$ROOT/scripts/kafka/start-broker.sh" --port "$KAFKA_PORT" --dir "$WORK/kafka" >/dev/null
+    BROKERS="kafka=127.0.0.1:$KAFKA_PORT"
+    # Lets scenarios check their own premises on real Kafka with kafka-dump-log.
+    export COMPAT_KAFKA_LOG_DIR="$WORK/kafka/data"
+  else
+    echo "== COMPAT_TARGETS=$TARGETS: no Kafka broker started"
+  fi
 
-  if [ -x "$SH_BIN" ]; then
+  if ! target streamhouse; then
+    echo "== COMPAT_TARGETS=$TARGETS: StreamHouse not started"
+  elif [ -x "$SH_BIN" ]; then
     port_busy "$SH_PORT" && { echo "run.sh: port $SH_PORT already in use" >&2; exit 2; }
     echo "== starting StreamHouse $SH_BIN on 127.0.0.1:$SH_PORT ($WORK/streamhouse)"
     mkdir -p "$WORK/streamhouse/data"
@@ -78,15 +103,17 @@ if [ -z "${COMPAT_BROKERS:-}" ]; then
       tail -n 30 "$WORK/streamhouse/streamhouse.log" >&2
       echo "run.sh: StreamHouse did not start listening on $SH_PORT" >&2; exit 2
     fi
-    BROKERS="$BROKERS,streamhouse=127.0.0.1:$SH_PORT"
-  else
+    BROKERS="${BROKERS:+$BROKERS,}streamhouse=127.0.0.1:$SH_PORT"
+  elif target kafka; then
     echo "== no StreamHouse binary at $SH_BIN: Kafka only"
+  else
+    echo "run.sh: COMPAT_TARGETS=$TARGETS but no StreamHouse binary at $SH_BIN" >&2; exit 2
   fi
   export COMPAT_BROKERS="$BROKERS"
 fi
 
 echo "== COMPAT_BROKERS=$COMPAT_BROKERS"
-[ "$KAFKA_STARTED" = 1 ] && echo "== broker logs in $WORK (kept if the run fails)"
+{ [ "$KAFKA_STARTED" = 1 ] || [ -n "$SH_PID" ]; } && echo "== broker logs in $WORK (kept if the run fails)"
 cd "$ROOT/compat-tests"
 # Not exec: the EXIT trap must still stop the brokers. pytest's own summary line
 # comes last (the matrix is printed just before it).

@@ -9,7 +9,9 @@
 #      restart, store faults, PUT count, compaction and retention)
 #   4. compat-tests: the same scenarios against StreamHouse and a real Kafka 4.x, with a table; then
 #      again with StreamHouse keeping segments in the loopback S3 server (scripts/s3) and metadata in
-#      PostgreSQL (S3 with SQLite is covered by compat-tests/streamhouse/test_s3.py)
+#      PostgreSQL (S3 with SQLite is covered by compat-tests/streamhouse/test_s3.py): that pass runs
+#      StreamHouse only (COMPAT_TARGETS=streamhouse, no Kafka started: Kafka's side would not change)
+#      and judges it against the first pass's Kafka outcomes (COMPAT_REFERENCE_RESULTS)
 #   5. smoke runs of the criterion micro-benchmarks and of the benchmark harness, so they do not rot
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +32,9 @@ export STREAMHOUSE_BIN="$PWD/target/release/streamhouse"
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # Servers started below, stopped at exit whatever happens.
-PG_DIR="" S3_DIR=""
+PG_DIR="" S3_DIR="" KAFKA_RESULTS=""
 cleanup() {
+  [ -z "$KAFKA_RESULTS" ] || rm -f "$KAFKA_RESULTS"
   [ -z "$S3_DIR" ] || scripts/s3/stop.sh --port "$S3_PORT" --dir "$S3_DIR" --purge >/dev/null 2>&1 || true
   [ -z "$PG_DIR" ] || scripts/postgres/stop.sh --dir "$PG_DIR" --purge >/dev/null 2>&1 || true
 }
@@ -56,7 +59,8 @@ if [ "${SKIP_BENCH_SMOKE:-0}" != 1 ]; then
 fi
 
 step "compat-tests: StreamHouse beside a real Apache Kafka"
-compat-tests/run.sh
+KAFKA_RESULTS="$(mktemp "${TMPDIR:-/tmp}/compat-kafka-results.XXXXXX.json")"
+COMPAT_REFERENCE_RESULTS="$KAFKA_RESULTS" compat-tests/run.sh
 
 step "compat-tests again, StreamHouse on S3 + PostgreSQL (segments in a loopback S3 server, metadata in PostgreSQL)"
 S3_PORT="$(free_port)"
@@ -66,4 +70,6 @@ eval "$(scripts/s3/start.sh --port "$S3_PORT" --dir "$S3_DIR")"
 COMPAT_METADATA="$(scripts/postgres/start.sh --port "$PG_PORT" --dir "$PG_DIR" --db compat_s3 \
   | sed -n 's/^export STREAMHOUSE_TEST_POSTGRES=//p')"
 [ -n "$COMPAT_METADATA" ] || { echo "test.sh: no database for the S3 + PostgreSQL pass" >&2; exit 1; }
-STREAMHOUSE_STORAGE="s3://$S3_BUCKET/compat" STREAMHOUSE_METADATA="$COMPAT_METADATA" compat-tests/run.sh
+# StreamHouse only: Kafka's outcomes are the first pass's (same scenarios, same Kafka).
+COMPAT_TARGETS=streamhouse COMPAT_REFERENCE_RESULTS="$KAFKA_RESULTS" \
+  STREAMHOUSE_STORAGE="s3://$S3_BUCKET/compat" STREAMHOUSE_METADATA="$COMPAT_METADATA" compat-tests/run.sh

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::topic_config::{TYPE_BOOLEAN, TYPE_INT, TYPE_LONG, TYPE_STRING};
+use crate::topic_config::{TYPE_BOOLEAN, TYPE_DOUBLE, TYPE_INT, TYPE_LONG, TYPE_STRING};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,7 +54,7 @@ macro_rules! from_str_setting {
     )*};
 }
 from_str_setting!(bool => TYPE_BOOLEAN, i32 => TYPE_INT, i64 => TYPE_LONG, u64 => TYPE_LONG,
-    usize => TYPE_LONG, String => TYPE_STRING, SocketAddr => TYPE_STRING);
+    usize => TYPE_LONG, f64 => TYPE_DOUBLE, String => TYPE_STRING, SocketAddr => TYPE_STRING);
 
 impl SettingValue for PathBuf {
     const KIND: i8 = TYPE_STRING;
@@ -309,9 +309,28 @@ settings! {
     log_retention_hours: i64 = "168", key "log.retention.hours";
     /// Retained bytes per partition of topics without their own `retention.bytes` (`-1`: no limit).
     log_retention_bytes: i64 = "-1", key "log.retention.bytes";
-    /// cleanup.policy of topics without their own: `delete` (retention applies), `compact` (kept until
-    /// key compaction exists: everything), or `compact,delete`.
+    /// cleanup.policy of topics without their own: `delete` (retention applies), `compact` (key
+    /// compaction keeps the latest record per key), or `compact,delete` (both).
     log_cleanup_policy: String = "delete", key "log.cleanup.policy";
+    /// Key compaction of compacted topics runs. Off, a compacted topic keeps every record.
+    log_cleaner_enable: bool = "true", key "log.cleaner.enable";
+    /// How often the log cleaner looks for partitions to clean. A pass over a partition reads its log
+    /// from the start once and writes it again (one object per 64 MiB in S3 mode).
+    log_cleaner_backoff_ms: u64 = "15000", key "log.cleaner.backoff.ms";
+    /// Memory of the cleaner's offset map, at 32 bytes a distinct key: 128 MiB takes about 4 million
+    /// keys per pass; a partition with more is cleaned over several passes.
+    log_cleaner_dedupe_buffer_size: u64 = "134217728", key "log.cleaner.dedupe.buffer.size";
+    /// min.cleanable.dirty.ratio of topics without their own: the dirty share of a partition's
+    /// cleanable bytes that starts a cleaning. Lower cleans more often (each pass rewrites the log).
+    log_cleaner_min_cleanable_ratio: f64 = "0.5", key "log.cleaner.min.cleanable.ratio";
+    /// min.compaction.lag.ms of topics without their own: records younger than this stay uncleaned.
+    log_cleaner_min_compaction_lag_ms: i64 = "0", key "log.cleaner.min.compaction.lag.ms";
+    /// max.compaction.lag.ms of topics without their own: a partition dirty for longer is cleaned
+    /// whatever its dirty ratio.
+    log_cleaner_max_compaction_lag_ms: i64 = "9223372036854775807", key "log.cleaner.max.compaction.lag.ms";
+    /// delete.retention.ms of topics without their own: tombstones (and transaction markers whose data
+    /// is gone) stay this long after the first cleaning that kept them, for consumers to see them.
+    log_cleaner_delete_retention_ms: i64 = "86400000", key "log.cleaner.delete.retention.ms";
     /// How long a new classic group waits for more members before its first rebalance, as in Kafka.
     group_initial_rebalance_delay_ms: u64 = "3000", key "group.initial.rebalance.delay.ms";
     /// Heartbeat interval given to KIP-848 consumers.
@@ -507,6 +526,22 @@ impl BrokerConfig {
             crate::topic_config::validate("cleanup.policy", Some(&s.log_cleanup_policy)).is_ok(),
             "log.cleanup.policy must be delete, compact or both"
         );
+        // Kafka's bounds for the log cleaner's settings.
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&s.log_cleaner_min_cleanable_ratio),
+            "log.cleaner.min.cleanable.ratio must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            s.log_cleaner_min_compaction_lag_ms >= 0
+                && s.log_cleaner_max_compaction_lag_ms >= 1
+                && s.log_cleaner_delete_retention_ms >= 0,
+            "log.cleaner.min.compaction.lag.ms and .delete.retention.ms must be at least 0, \
+             log.cleaner.max.compaction.lag.ms at least 1"
+        );
+        anyhow::ensure!(
+            s.log_cleaner_dedupe_buffer_size >= 32,
+            "log.cleaner.dedupe.buffer.size must hold at least one key (32 bytes)"
+        );
         anyhow::ensure!(
             s.fetch_max_bytes >= 0,
             "fetch.max.bytes must not be negative"
@@ -630,6 +665,15 @@ impl BrokerConfig {
         s.retention_ms = self.log_retention_ms;
         s.retention_bytes = self.log_retention_bytes;
         s.cleanup_policy = self.log_cleanup_policy.clone();
+        s.max_decompressed_bytes = self.message_max_decompressed_bytes;
+        s.log_cleaner_enable = self.log_cleaner_enable;
+        // At least 100 ms: a smaller value would only spin.
+        s.cleaner_backoff = Self::ms(self.log_cleaner_backoff_ms.max(100));
+        s.dedupe_buffer_bytes = self.log_cleaner_dedupe_buffer_size;
+        s.min_cleanable_ratio = self.log_cleaner_min_cleanable_ratio;
+        s.min_compaction_lag_ms = self.log_cleaner_min_compaction_lag_ms;
+        s.max_compaction_lag_ms = self.log_cleaner_max_compaction_lag_ms;
+        s.delete_retention_ms = self.log_cleaner_delete_retention_ms;
         s.producer_id_expiration_ms = self.producer_id_expiration_ms;
         s.producer_id_expiration_check_interval =
             Self::ms(self.producer_id_expiration_check_interval_ms.max(10));

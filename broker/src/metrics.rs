@@ -86,6 +86,43 @@ pub fn render(broker: &Broker) -> String {
         "Bytes held by the block cache.",
         cache.weight,
     );
+    let cleaner = storage.cleaner_stats();
+    metric(
+        "streamhouse_cleaner_passes_total",
+        "counter",
+        "Log cleaner passes (key compaction of compacted topics).",
+        cleaner.passes,
+    );
+    metric(
+        "streamhouse_cleaner_partitions_cleaned_total",
+        "counter",
+        "Partition cleanings done by the log cleaner.",
+        cleaner.totals.partitions as u64,
+    );
+    metric(
+        "streamhouse_cleaner_read_bytes_total",
+        "counter",
+        "Raw bytes the log cleaner read.",
+        cleaner.totals.bytes_in,
+    );
+    metric(
+        "streamhouse_cleaner_written_bytes_total",
+        "counter",
+        "Raw bytes the log cleaner wrote (what it kept).",
+        cleaner.totals.bytes_out,
+    );
+    metric(
+        "streamhouse_cleaner_reads_total",
+        "counter",
+        "Ranged reads (S3: GETs) of the log cleaner.",
+        cleaner.totals.reads as u64,
+    );
+    metric(
+        "streamhouse_cleaner_segments_written_total",
+        "counter",
+        "Segments (S3: objects PUT) the log cleaner wrote.",
+        cleaner.totals.segments_out as u64,
+    );
     let topics = storage.topics();
     let partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
     metric(
@@ -100,7 +137,41 @@ pub fn render(broker: &Broker) -> String {
         "Partitions.",
         partitions as u64,
     );
+    let _ = writeln!(
+        out,
+        "# HELP streamhouse_cleaner_dirty_bytes Cleanable bytes not yet cleaned, per compacted partition, \
+         at the last cleaner pass.\n# TYPE streamhouse_cleaner_dirty_bytes gauge"
+    );
+    for (topic, partition, r) in &cleaner.partitions {
+        let _ = writeln!(
+            out,
+            "streamhouse_cleaner_dirty_bytes{{topic=\"{}\",partition=\"{partition}\"}} {}",
+            label(topic),
+            r.dirty_bytes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP streamhouse_cleaner_clean_bytes Bytes already cleaned, per compacted partition, at the \
+         last cleaner pass.\n# TYPE streamhouse_cleaner_clean_bytes gauge"
+    );
+    for (topic, partition, r) in &cleaner.partitions {
+        let _ = writeln!(
+            out,
+            "streamhouse_cleaner_clean_bytes{{topic=\"{}\",partition=\"{partition}\"}} {}",
+            label(topic),
+            r.clean_bytes
+        );
+    }
     out
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped (topic names cannot hold them, but
+/// the text format must not depend on that).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ pub fn topic_config(name: &str) -> Option<&'static ConfigDef> {
 /// DescribeConfigs says so in each one's documentation.
 pub fn not_applied(name: &str) -> Option<&'static str> {
     Some(match name {
-        "segment.bytes" | "segment.ms" | "segment.jitter.ms" => {
+        "segment.jitter.ms" => {
             "segments hold all partitions' data and roll on the broker's segment.bytes and segment.ms"
         }
         "segment.index.bytes" | "index.interval.bytes" => {
@@ -194,12 +194,6 @@ pub fn not_applied(name: &str) -> Option<&'static str> {
         "file.delete.delay.ms" => "the broker's file.delete.delay.ms applies to all segments",
         "min.insync.replicas" | "unclean.leader.election.enable" => {
             "one broker holds the only replica"
-        }
-        "delete.retention.ms"
-        | "min.compaction.lag.ms"
-        | "max.compaction.lag.ms"
-        | "min.cleanable.dirty.ratio" => {
-            "key compaction is not implemented yet: a compact topic keeps every record"
         }
         _ => return None,
     })
@@ -240,9 +234,26 @@ pub fn topic_default(def: &ConfigDef, broker: &BrokerConfig) -> (String, i8) {
         "cleanup.policy" if broker.log_cleanup_policy != "delete" => {
             (broker.log_cleanup_policy.clone(), SOURCE_STATIC_BROKER)
         }
-        // What the broker actually rolls at (a topic's own value is not applied, see not_applied).
+        // What the broker rolls local segments at. A topic's own value bounds its head for the log
+        // cleaner (segments hold all partitions' data, so they do not roll per topic).
         "segment.bytes" => (broker.segment_bytes.to_string(), SOURCE_STATIC_BROKER),
         "segment.ms" => (broker.segment_ms.to_string(), SOURCE_STATIC_BROKER),
+        "delete.retention.ms" if broker.log_cleaner_delete_retention_ms != 86_400_000 => (
+            broker.log_cleaner_delete_retention_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        "min.compaction.lag.ms" if broker.log_cleaner_min_compaction_lag_ms != 0 => (
+            broker.log_cleaner_min_compaction_lag_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        "max.compaction.lag.ms" if broker.log_cleaner_max_compaction_lag_ms != i64::MAX => (
+            broker.log_cleaner_max_compaction_lag_ms.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
+        "min.cleanable.dirty.ratio" if broker.log_cleaner_min_cleanable_ratio != 0.5 => (
+            broker.log_cleaner_min_cleanable_ratio.to_string(),
+            SOURCE_STATIC_BROKER,
+        ),
         "file.delete.delay.ms" if broker.file_delete_delay_ms != 60_000 => (
             broker.file_delete_delay_ms.to_string(),
             SOURCE_STATIC_BROKER,
@@ -326,7 +337,18 @@ pub fn validate(name: &str, value: Option<&str>) -> Result<(), String> {
         TYPE_LONG if name.starts_with("message.timestamp.") => {
             value.parse::<i64>().is_ok_and(|v| v >= 0)
         }
+        // Kafka's LogConfig: min.compaction.lag.ms and delete.retention.ms atLeast(0),
+        // max.compaction.lag.ms and segment.ms atLeast(1), min.cleanable.dirty.ratio between(0, 1).
+        TYPE_LONG if name == "min.compaction.lag.ms" || name == "delete.retention.ms" => {
+            value.parse::<i64>().is_ok_and(|v| v >= 0)
+        }
+        TYPE_LONG if name == "max.compaction.lag.ms" || name == "segment.ms" => {
+            value.parse::<i64>().is_ok_and(|v| v >= 1)
+        }
         TYPE_LONG => value.parse::<i64>().is_ok(),
+        TYPE_DOUBLE if name == "min.cleanable.dirty.ratio" => {
+            value.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v))
+        }
         TYPE_DOUBLE => value.parse::<f64>().is_ok(),
         _ => match name {
             "cleanup.policy" => value
@@ -466,7 +488,12 @@ mod tests {
             topic_default(seg, &c),
             (c.segment_bytes.to_string(), SOURCE_STATIC_BROKER)
         );
-        assert!(not_applied("segment.bytes").is_some());
+        assert!(not_applied("segment.jitter.ms").is_some());
+        assert!(
+            not_applied("segment.bytes").is_none(),
+            "bounds a compacted topic's head"
+        );
+        assert!(not_applied("min.cleanable.dirty.ratio").is_none());
         assert!(not_applied("retention.ms").is_none());
         assert!(not_applied("cleanup.policy").is_none());
     }
@@ -482,5 +509,9 @@ mod tests {
         assert!(validate("max.message.bytes", Some("-1")).is_err());
         assert!(validate("max.message.bytes", Some("0")).is_ok());
         assert!(validate("segment.bytes", Some("0")).is_err());
+        assert!(validate("min.cleanable.dirty.ratio", Some("0.01")).is_ok());
+        assert!(validate("min.cleanable.dirty.ratio", Some("1.5")).is_err());
+        assert!(validate("max.compaction.lag.ms", Some("0")).is_err());
+        assert!(validate("delete.retention.ms", Some("-1")).is_err());
     }
 }

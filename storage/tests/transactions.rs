@@ -18,7 +18,10 @@ use uuid::Uuid;
 mod common;
 use common::{append_batch, values, TestStore};
 
-on_each_store!(transactions_hold_the_last_stable_offset_and_survive_restart);
+on_each_store!(
+    transactions_hold_the_last_stable_offset_and_survive_restart,
+    key_compaction_drops_aborted_transactions_and_markers_left_without_data,
+);
 
 /// The coordinator's answer: which (producer, epoch, partition) are in an ongoing transaction.
 #[derive(Default)]
@@ -209,4 +212,84 @@ async fn transactions_hold_the_last_stable_offset_and_survive_restart(meta: Test
         1,
         "only 8's second one is left"
     );
+}
+
+/// One keyed record per (key, value), transactional or not.
+fn keyed_batch(pid: i64, epoch: i16, seq: i32, transactional: bool, kv: &[(&str, &str)]) -> Bytes {
+    BatchBuilder::new()
+        .transactional(transactional)
+        .producer(pid, epoch, seq)
+        .records(
+            kv.iter()
+                .map(|(k, v)| Record::at(10_000).key(k.to_string()).value(v.to_string())),
+        )
+        .build()
+}
+
+/// Every batch's (base offset, is control) from `offset` to the high watermark, uncommitted.
+async fn batches(s: &Arc<Storage>, p: &streamhouse_storage::Partition) -> Vec<(i64, bool)> {
+    let r = s
+        .read(p, 0, 1 << 20, true, Isolation::ReadUncommitted)
+        .await
+        .unwrap();
+    streamhouse_protocol::batch::batches(&r.records)
+        .map(|(_, h)| (h.base_offset, h.is_control()))
+        .collect()
+}
+
+/// Kafka's cleaner with transactions: an aborted transaction's batches go; its marker, left without
+/// data, stays until its delete horizon; a committed transaction's data and marker stay.
+async fn key_compaction_drops_aborted_transactions_and_markers_left_without_data(meta: TestStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = meta.config(dir.path());
+    config.log_cleaner_enable = false;
+    let holds = Arc::new(Holds::default());
+    let s = Storage::open(config).await.unwrap();
+    s.set_transaction_verifier(holds.clone());
+    let configs = [
+        ("cleanup.policy", "compact"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("segment.ms", "1"),
+        ("delete.retention.ms", "1000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    s.create_topic("t", 1, configs).await.unwrap();
+    let p = s.topic("t").unwrap().partitions[0].clone();
+    holds.0.lock().insert((7, 0, 0));
+    holds.0.lock().insert((8, 0, 0));
+    let b = keyed_batch(7, 0, 0, true, &[("a", "aborted"), ("b", "aborted")]);
+    assert_eq!(append_one(&s, append_batch(&s, "t", b)).await.unwrap(), 0);
+    assert_eq!(append_one(&s, marker(&s, 7, 0, false)).await.unwrap(), 2);
+    let b = keyed_batch(8, 0, 0, true, &[("a", "committed")]);
+    assert_eq!(append_one(&s, append_batch(&s, "t", b)).await.unwrap(), 3);
+    assert_eq!(append_one(&s, marker(&s, 8, 0, true)).await.unwrap(), 4);
+    let b = keyed_batch(-1, -1, -1, false, &[("c", "c0")]);
+    assert_eq!(append_one(&s, append_batch(&s, "t", b)).await.unwrap(), 5);
+    assert_eq!(p.last_stable_offset(), 6);
+
+    let now = streamhouse_storage::engine::now_ms();
+    assert_eq!(s.clean(now).await.unwrap().partitions, 1);
+    assert_eq!(
+        batches(&s, &p).await,
+        vec![(2, true), (3, false), (4, true), (5, false)],
+        "the aborted batch goes, both markers stay"
+    );
+    // After the horizon (and with new dirty data), the ABORT marker goes; the COMMIT one, whose
+    // transaction kept its data, stays.
+    let b = keyed_batch(-1, -1, -1, false, &[("d", "d0")]);
+    assert_eq!(append_one(&s, append_batch(&s, "t", b)).await.unwrap(), 6);
+    assert_eq!(s.clean(now + 1_001).await.unwrap().partitions, 1);
+    assert_eq!(
+        batches(&s, &p).await,
+        vec![(3, false), (4, true), (5, false), (6, false)]
+    );
+    let r = s
+        .read(&p, 0, 1 << 20, true, Isolation::ReadCommitted)
+        .await
+        .unwrap();
+    let v: Vec<String> = values(&r.records).into_iter().map(|(_, v)| v).collect();
+    assert!(v.contains(&"committed".to_string()), "{v:?}");
+    assert!(!v.contains(&"aborted".to_string()), "{v:?}");
 }

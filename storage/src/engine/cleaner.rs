@@ -64,6 +64,30 @@ pub struct CleanReport {
     pub batches_out: u64,
 }
 
+/// What the cleaner has done since start, and each compacted partition as the last pass found it
+/// (the metrics endpoint).
+#[derive(Debug, Default, Clone)]
+pub struct CleanerStats {
+    pub passes: u64,
+    pub totals: CleanReport,
+    /// (topic, partition, range) at the start of the last pass.
+    pub partitions: Vec<(String, i32, CleanableRange)>,
+}
+
+impl CleanReport {
+    fn add(&mut self, o: &CleanReport) {
+        self.partitions += o.partitions;
+        self.reads += o.reads;
+        self.segments_out += o.segments_out;
+        self.blocks_in += o.blocks_in;
+        self.blocks_out += o.blocks_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.batches_in += o.batches_in;
+        self.batches_out += o.batches_out;
+    }
+}
+
 /// A topic's compaction settings: its own value, else the broker's (Kafka's LogConfig).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CleanerSettings {
@@ -217,32 +241,9 @@ impl Aborted {
 }
 
 impl Storage {
-    /// The cleanable range of each compacted partition and its dirty ratio, for the metrics endpoint
-    /// and the cleaner: (topic, partition, range, dirty bytes).
-    pub async fn cleanable(
-        &self,
-        now_ms: i64,
-    ) -> Result<Vec<(String, i32, CleanableRange)>, StorageError> {
-        let levels = self.segment_levels().await?;
-        let mut out = Vec::new();
-        for topic in self.topics() {
-            if !is_compacted(&topic, &self.config.cleanup_policy) {
-                continue;
-            }
-            let s = CleanerSettings::of(&topic, self);
-            for p in &topic.partitions {
-                let blocks = p.all_blocks();
-                let range = cleanable_range(
-                    &blocks,
-                    |b| levels.get(&b.segment_id) == Some(&CLEANED_LEVEL),
-                    p.last_stable_offset(),
-                    now_ms,
-                    &s,
-                );
-                out.push((topic.name.clone(), p.index, range));
-            }
-        }
-        Ok(out)
+    /// The cleaner's totals and the partitions' cleanable ranges as of its last pass.
+    pub fn cleaner_stats(&self) -> CleanerStats {
+        self.cleaner_stats.lock().clone()
     }
 
     async fn segment_levels(&self) -> Result<HashMap<u64, u8>, StorageError> {
@@ -261,6 +262,7 @@ impl Storage {
         let _rewrite = self.rewrites.lock().await;
         let levels = self.segment_levels().await?;
         let mut due_list = Vec::new();
+        let mut seen = Vec::new();
         for topic in self.topics() {
             if !is_compacted(&topic, &self.config.cleanup_policy) {
                 continue;
@@ -275,6 +277,7 @@ impl Storage {
                     now_ms,
                     &s,
                 );
+                seen.push((topic.name.clone(), p.index, range));
                 if due(&range, &blocks, now_ms, &s) {
                     due_list.push((
                         range.dirty_ratio(),
@@ -296,6 +299,11 @@ impl Storage {
         if report.partitions > 0 {
             tracing::info!(?report, "log cleaner pass");
         }
+        let mut stats = self.cleaner_stats.lock();
+        stats.passes += 1;
+        stats.totals.add(&report);
+        stats.partitions = seen;
+        drop(stats);
         Ok(report)
     }
 

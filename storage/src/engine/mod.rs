@@ -33,7 +33,7 @@ pub use catalog::{Partition, Topic};
 pub use config::StorageConfig;
 use segments::{LocalSegments, ObjectStoreSegments, SegmentIds, SegmentStore};
 
-pub use cleaner::{CleanReport, CleanableRange};
+pub use cleaner::{CleanReport, CleanableRange, CleanerStats};
 pub use maintenance::CompactionReport;
 
 use crate::cache::BlockCache;
@@ -161,6 +161,8 @@ pub struct Storage {
     /// Held by object compaction and the log cleaner for a whole pass: both replace blocks in the
     /// index, and must never switch the same ones at once.
     rewrites: tokio::sync::Mutex<()>,
+    /// Written by the cleaner at the end of each pass, read by the metrics endpoint (held for a copy).
+    cleaner_stats: parking_lot::Mutex<cleaner::CleanerStats>,
 }
 
 impl Storage {
@@ -218,6 +220,7 @@ impl Storage {
             cluster_id,
             verifier: OnceLock::new(),
             rewrites: tokio::sync::Mutex::new(()),
+            cleaner_stats: Default::default(),
         });
         let st = storage.clone();
         let writer = tokio::task::spawn_blocking(move || st.recover())
