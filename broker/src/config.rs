@@ -346,6 +346,16 @@ settings! {
     group_max_size: i32 = "2147483647", key "group.max.size";
     /// Most members of a KIP-848 group; more get GROUP_MAX_SIZE_REACHED.
     group_consumer_max_size: i32 = "2147483647", key "group.consumer.max.size";
+    /// Partitions of `__consumer_offsets`, created at the first group lookup. Each is a partition
+    /// like any other (no file handles); a group's commits go to one of them.
+    offsets_topic_num_partitions: i32 = "50", key "offsets.topic.num.partitions";
+    /// segment.bytes of `__consumer_offsets` (bounds its uncleaned head).
+    offsets_topic_segment_bytes: i32 = "104857600", key "offsets.topic.segment.bytes";
+    /// Partitions of `__transaction_state`, created at the first transactional id (it stays empty:
+    /// the transaction state is in the metadata store).
+    transaction_state_log_num_partitions: i32 = "50", key "transaction.state.log.num.partitions";
+    /// segment.bytes of `__transaction_state`.
+    transaction_state_log_segment_bytes: i32 = "104857600", key "transaction.state.log.segment.bytes";
 }
 
 /// The layers a value can come from, lowest first: default < file < environment < flag.
@@ -569,6 +579,14 @@ impl BrokerConfig {
         anyhow::ensure!(
             s.offsets_retention_check_interval_ms >= 1,
             "offsets.retention.check.interval.ms must be at least 1"
+        );
+        anyhow::ensure!(
+            s.offsets_topic_num_partitions >= 1
+                && s.transaction_state_log_num_partitions >= 1
+                && s.offsets_topic_segment_bytes >= 1
+                && s.transaction_state_log_segment_bytes >= 1,
+            "offsets.topic.* and transaction.state.log.* partition counts and segment bytes must be \
+             at least 1"
         );
         anyhow::ensure!(
             s.group_max_size >= 1 && s.group_consumer_max_size >= 1,

@@ -5,6 +5,7 @@ pub mod connection;
 pub mod error;
 pub mod group;
 pub mod handlers;
+pub mod internal_topics;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -26,36 +26,68 @@ pub fn marker_batch(
     let mut value = Vec::with_capacity(6);
     value.extend_from_slice(&0i16.to_be_bytes());
     value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    batch_of(
+        MARKER_ATTRIBUTES,
+        producer_id,
+        producer_epoch,
+        &[(Some(&key), Some(&value))],
+        timestamp_ms,
+    )
+}
 
-    let mut body = Vec::with_capacity(16);
-    body.push(0u8); // record attributes
-    put_varint(&mut body, 0); // timestamp delta
-    put_varint(&mut body, 0); // offset delta
-    put_varint(&mut body, key.len() as i64);
-    body.extend_from_slice(&key);
-    put_varint(&mut body, value.len() as i64);
-    body.extend_from_slice(&value);
-    put_varint(&mut body, 0); // headers
-    let mut record = Vec::with_capacity(body.len() + 1);
-    put_varint(&mut record, body.len() as i64);
-    record.extend_from_slice(&body);
+/// A record's key and value (None: null).
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-    let total = BATCH_HEADER_LEN + record.len();
+/// An uncompressed batch of (key, value) records without a producer (offsets from 0, one
+/// timestamp): the records the broker writes itself into its internal topics.
+pub fn plain_batch(records: &[KeyValue<'_>], timestamp_ms: i64) -> Vec<u8> {
+    batch_of(0, -1, -1, records, timestamp_ms)
+}
+
+fn batch_of(
+    attributes: i16,
+    producer_id: i64,
+    producer_epoch: i16,
+    records: &[KeyValue<'_>],
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let mut body = Vec::new();
+    for (delta, (key, value)) in records.iter().enumerate() {
+        body.clear();
+        body.push(0u8); // record attributes
+        put_varint(&mut body, 0); // timestamp delta
+        put_varint(&mut body, delta as i64); // offset delta
+        for field in [key, value] {
+            match field {
+                Some(b) => {
+                    put_varint(&mut body, b.len() as i64);
+                    body.extend_from_slice(b);
+                }
+                None => put_varint(&mut body, -1),
+            }
+        }
+        put_varint(&mut body, 0); // headers
+        put_varint(&mut payload, body.len() as i64);
+        payload.extend_from_slice(&body);
+    }
+    let total = BATCH_HEADER_LEN + payload.len();
     let mut b = Vec::with_capacity(total);
     b.extend_from_slice(&0i64.to_be_bytes()); // base offset
     b.extend_from_slice(&((total - 12) as i32).to_be_bytes()); // batch length
     b.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
     b.push(2); // magic
     b.extend_from_slice(&0u32.to_be_bytes()); // crc, below
-    b.extend_from_slice(&MARKER_ATTRIBUTES.to_be_bytes());
-    b.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    b.extend_from_slice(&attributes.to_be_bytes());
+    let last_delta = records.len().saturating_sub(1) as i32;
+    b.extend_from_slice(&last_delta.to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&timestamp_ms.to_be_bytes());
     b.extend_from_slice(&producer_id.to_be_bytes());
     b.extend_from_slice(&producer_epoch.to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
-    b.extend_from_slice(&1i32.to_be_bytes()); // record count
-    b.extend_from_slice(&record);
+    b.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    b.extend_from_slice(&payload);
     let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
     b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     b
@@ -99,6 +131,35 @@ mod tests {
     use super::*;
     use crate::batch::check_batch_header;
     use kafka_protocol::records::RecordBatchDecoder;
+
+    #[test]
+    fn plain_batches_decode_with_null_values_and_pass_validation() {
+        let b = plain_batch(&[(Some(b"k1"), Some(b"v1")), (Some(b"k2"), None)], 1_000);
+        let h = check_batch_header(&b).unwrap();
+        assert_eq!(
+            (h.record_count, h.last_offset_delta, h.producer_id),
+            (2, 1, -1)
+        );
+        let mut buf = bytes::Bytes::from(b);
+        let set = RecordBatchDecoder::decode(&mut buf).unwrap();
+        let got: Vec<_> = set
+            .records
+            .iter()
+            .map(|r| (r.offset, r.key.clone(), r.value.clone(), r.timestamp))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    0,
+                    Some(bytes::Bytes::from_static(b"k1")),
+                    Some(bytes::Bytes::from_static(b"v1")),
+                    1_000
+                ),
+                (1, Some(bytes::Bytes::from_static(b"k2")), None, 1_000),
+            ]
+        );
+    }
 
     #[test]
     fn markers_decode_as_kafka_control_records() {

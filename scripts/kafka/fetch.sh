@@ -12,10 +12,14 @@ STAMP="$(cat "$KAFKA_TOOLKIT/pom.xml" | cksum | cut -d' ' -f1)-$KAFKA_VERSION"
 # An explicit KAFKA_LIBS (e.g. an unpacked official release) needs no download.
 if [ "$KAFKA_LIBS_FROM_ENV" = 1 ]; then kafka_cp >/dev/null; echo "$KAFKA_LIBS"; exit 0; fi
 # Jars the scenarios need besides the broker and tools (compat-tests compile against the clients
-# and Streams): a cache lacking one (filled before kafka-streams joined the pom, or pruned by
-# hand) is refetched, whatever its stamp says.
+# and Streams, and run a Connect worker with the FileStream connectors): a cache lacking one
+# (filled before kafka-streams or connect-file joined the pom, or pruned by hand) is refetched,
+# whatever its stamp says. (connect-file: any version, see pom.xml.)
+NEEDED_JARS="kafka-clients kafka-streams rocksdbjni connect-runtime connect-json connect-file"
 has_jars() {
-  [ -f "$1/kafka-clients-$KAFKA_VERSION.jar" ] && [ -f "$1/kafka-streams-$KAFKA_VERSION.jar" ]
+  [ -f "$1/kafka-clients-$KAFKA_VERSION.jar" ] && [ -f "$1/kafka-streams-$KAFKA_VERSION.jar" ] \
+    && [ -f "$1/connect-runtime-$KAFKA_VERSION.jar" ] && [ -f "$1/connect-json-$KAFKA_VERSION.jar" ] \
+    && compgen -G "$1/connect-file-*.jar" >/dev/null && compgen -G "$1/rocksdbjni-*.jar" >/dev/null
 }
 if [ -f "$KAFKA_CACHE/.complete" ] && [ "$(cat "$KAFKA_CACHE/.complete")" = "$STAMP" ] \
     && has_jars "$KAFKA_CACHE/libs"; then
@@ -37,7 +41,7 @@ if ! mvn -B -q -ntp -Dstyle.color=never -f "$KAFKA_TOOLKIT/pom.xml" -Dkafka.vers
   Alternative: export KAFKA_LIBS=/path/to/kafka_2.13-X/libs (an unpacked official release)."
 fi
 has_jars "$KAFKA_CACHE/libs.partial" || { rm -rf "$KAFKA_CACHE/libs.partial"
-  die "Maven ran but kafka-clients/kafka-streams $KAFKA_VERSION jars are missing (log: $KAFKA_CACHE/fetch.log)"; }
+  die "Maven ran but some of $NEEDED_JARS ($KAFKA_VERSION) are missing (log: $KAFKA_CACHE/fetch.log)"; }
 rm -rf "$KAFKA_CACHE/libs"; mv "$KAFKA_CACHE/libs.partial" "$KAFKA_CACHE/libs"
 echo "$STAMP" > "$KAFKA_CACHE/.complete"
 echo "$KAFKA_CACHE/libs"

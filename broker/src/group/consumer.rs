@@ -395,7 +395,9 @@ impl ConsumerGroup {
                     .subscribed
                     .binary_search_by(|s| s.as_str().cmp(name))
                     .is_ok()
-                    || pattern.as_ref().is_some_and(|p| p.is_match(name));
+                    // Kafka's GroupMetadataManager leaves internal topics out of regexes.
+                    || (pattern.as_ref().is_some_and(|p| p.is_match(name))
+                        && !crate::internal_topics::is_internal(name));
                 if wanted {
                     all.insert(t.id, t.partitions);
                     mine.insert(t.id);

@@ -37,6 +37,7 @@ mod assignor;
 mod classic;
 mod consumer;
 mod offsets;
+pub mod offsets_log;
 mod view;
 mod writer;
 
@@ -238,7 +239,7 @@ impl GroupCoordinator {
         config: GroupConfig,
     ) -> Result<Arc<GroupCoordinator>, StorageError> {
         let dir: Arc<Directory> = Arc::new(Mutex::new(HashMap::new()));
-        let (writer, restored) = Writer::start(dir.clone(), storage.metadata())?;
+        let (writer, restored) = Writer::start(dir.clone(), storage.clone())?;
         let groups = restored.await.map_err(|_| {
             StorageError::Io(std::io::Error::other(
                 "the group writer thread ended before restoring the groups",

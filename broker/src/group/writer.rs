@@ -9,20 +9,23 @@
 //! time, so the last of several asynchronous commits wins there too. A batch of queued ops is one
 //! SQLite transaction (one fsync for many commits); only after it is durable are the in-memory
 //! offsets updated and the requests answered, so OffsetFetch never shows a commit that a crash could
-//! still lose, and a failed write changes nothing.
+//! still lose, and a failed write changes nothing. Then the batch's offset changes are appended to
+//! `__consumer_offsets` (`offsets_log`), in the same order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use streamhouse_storage::{GroupWrite, MetadataStore, StorageError};
+use streamhouse_storage::{GroupWrite, MetadataStore, Storage, StorageError};
 use tokio::sync::oneshot;
 
 use super::offsets::ExpiredOffset;
+use super::offsets_log::{self, LogRecord};
 use super::{
-    persisted, remove_if, restore, with_group, with_new_group, CommittedOffset, Directory,
+    persisted, remove_if, restore, with_group, with_new_group, CommittedOffset, Directory, Group,
     TopicPartition,
 };
+use parking_lot::Mutex;
 
 /// Ops taken into one transaction at most. Large enough that a burst of commits from many
 /// consumers shares one fsync, small enough that a batch's transaction stays short.
@@ -76,8 +79,9 @@ impl Writer {
     /// receiver) and then applies queued ops. Ops queued before the restore is answered wait for it.
     pub(crate) fn start(
         dir: Arc<Directory>,
-        meta: Arc<dyn MetadataStore>,
+        storage: Arc<Storage>,
     ) -> Result<(Writer, Restored), StorageError> {
+        let meta = storage.metadata();
         let (tx, rx) = mpsc::channel::<Queued>();
         let (restored_tx, restored) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -89,7 +93,7 @@ impl Writer {
                 let ok = r.is_ok();
                 let _ = restored_tx.send(r);
                 if ok {
-                    run(rx, &dir, meta.as_ref(), &q);
+                    run(rx, &dir, meta.as_ref(), &storage, &q);
                 }
             })?;
         Ok((Writer { tx, queued }, restored))
@@ -125,6 +129,7 @@ fn run(
     rx: mpsc::Receiver<Queued>,
     dir: &Directory,
     meta: &dyn MetadataStore,
+    storage: &Arc<Storage>,
     queued: &AtomicUsize,
 ) {
     debug_assert!(
@@ -155,6 +160,10 @@ fn run(
                 false
             }
         };
+        if ok {
+            // Before `apply`: deletions list the offsets the group still has.
+            offsets_log::append(storage, log_records(&batch, dir), super::now_ms());
+        }
         for q in batch {
             if ok {
                 if let Some(resave) = apply(&q.op, dir) {
@@ -248,6 +257,69 @@ fn durable_writes(batch: &[Queued], dir: &Directory) -> Vec<GroupWrite> {
     writes
 }
 
+/// The `__consumer_offsets` records of a durable batch, in queue order: each commit, and a tombstone
+/// for each offset an op removes (as it is in memory before the batch is applied).
+fn log_records(batch: &[Queued], dir: &Directory) -> Vec<LogRecord> {
+    let tombstone = |group: &str, at: &TopicPartition| {
+        (group.to_string(), offsets_log::commit_key(group, at), None)
+    };
+    let mut out = Vec::new();
+    for q in batch {
+        match &q.op {
+            Op::Commit { group, offsets } => out.extend(offsets.iter().map(|(at, o)| {
+                (
+                    group.clone(),
+                    offsets_log::commit_key(group, at),
+                    Some(offsets_log::commit_value(o)),
+                )
+            })),
+            Op::DeleteOffsets { group, partitions } => {
+                out.extend(partitions.iter().map(|at| tombstone(group, at)))
+            }
+            Op::Expire { group, offsets, .. } => {
+                let current = with_group(dir, group, |g| {
+                    offsets
+                        .iter()
+                        .filter(|e| {
+                            g.offsets
+                                .get(&e.at)
+                                .is_some_and(|o| o.commit_ms == e.commit_ms)
+                        })
+                        .map(|e| e.at.clone())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+                out.extend(current.iter().map(|at| tombstone(group, at)));
+            }
+            Op::DeleteGroup { group } => {
+                let all = with_group(dir, group, |g| {
+                    g.offsets.keys().cloned().collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+                out.extend(all.iter().map(|at| tombstone(group, at)));
+            }
+            Op::DeleteTopic { topic } => {
+                let groups: Vec<(String, Arc<Mutex<Group>>)> = dir
+                    .lock()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (name, g) in groups {
+                    let g = g.lock();
+                    out.extend(
+                        g.offsets
+                            .keys()
+                            .filter(|at| at.topic == *topic)
+                            .map(|at| tombstone(&name, at)),
+                    );
+                }
+            }
+            Op::SaveGroup { .. } | Op::Barrier => {}
+        }
+    }
+    out
+}
+
 /// Makes a durable op visible in memory. Returns an op to queue next, if any.
 fn apply(op: &Op, dir: &Directory) -> Option<Op> {
     match op {
@@ -320,7 +392,7 @@ mod tests {
         let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         let meta = storage.metadata();
         let groups: Arc<Directory> = Arc::new(Mutex::new(HashMap::new()));
-        let (writer, restored) = Writer::start(groups.clone(), meta.clone()).unwrap();
+        let (writer, restored) = Writer::start(groups.clone(), storage.clone()).unwrap();
         assert_eq!(restored.await.unwrap().unwrap(), 0, "nothing stored yet");
         Fixture {
             _dir: dir,

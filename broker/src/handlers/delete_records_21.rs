@@ -68,6 +68,10 @@ async fn run(broker: &Arc<Broker>, req: DeleteRecordsRequest) -> DeleteRecordsRe
                 .and_then(|t| t.partitions.get(index as usize))
                 .filter(|_| index >= 0);
             partitions.push(match part {
+                // Kafka's ReplicaManager.deleteRecordsOnLocalLog: not on an internal topic.
+                _ if crate::internal_topics::is_internal(&name) => {
+                    r.with_error_code(error::INVALID_TOPIC_EXCEPTION)
+                }
                 None => r.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION),
                 Some(part) => match broker.storage.delete_records(part, offset).await {
                     Ok(low) => r.with_low_watermark(low),

@@ -1,7 +1,9 @@
 //! FindCoordinator (key 10), versions 0-6.
 //! v1: key type (group or transaction), throttle time, error message. v3: flexible.
 //! v4: batched coordinator keys (KIP-699). v5/v6: no change for groups (new error codes, share groups).
-//! Every group and transactional id is coordinated by this broker.
+//! Every group and transactional id is coordinated by this broker. The first lookup of a key type
+//! creates its internal topic (`__consumer_offsets`, `__transaction_state`) before answering, as
+//! Kafka does.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{
@@ -10,7 +12,7 @@ use kafka_protocol::messages::{
 use std::sync::Arc;
 
 use super::{str_bytes, ApiSpec, Reply};
-use crate::{error, Broker};
+use crate::{error, internal_topics, Broker};
 
 pub const API: ApiSpec = ApiSpec {
     key: ApiKey::FindCoordinator,
@@ -38,6 +40,20 @@ pub fn handle(
             error::NONE
         }
     };
+    let internal = match req.key_type {
+        0 => internal_topics::CONSUMER_OFFSETS,
+        _ => internal_topics::TRANSACTION_STATE,
+    };
+    let reply = |resp: FindCoordinatorResponse| -> Reply<FindCoordinatorResponse> {
+        if broker.storage.topic(internal).is_some() || !(0..=1).contains(&req.key_type) {
+            return Reply::Now(resp);
+        }
+        let broker = broker.clone();
+        Reply::later(async move {
+            internal_topics::ensure(&broker, internal).await;
+            resp
+        })
+    };
     if header.request_api_version >= 4 {
         let coordinators = req
             .coordinator_keys
@@ -54,11 +70,11 @@ pub fn handle(
                 }
             })
             .collect();
-        return Reply::Now(FindCoordinatorResponse::default().with_coordinators(coordinators));
+        return reply(FindCoordinatorResponse::default().with_coordinators(coordinators));
     }
     let code = code_for(&req.key);
     let resp = FindCoordinatorResponse::default().with_error_code(code);
-    Reply::Now(if code == error::NONE {
+    reply(if code == error::NONE {
         resp.with_node_id(node).with_host(host).with_port(port)
     } else {
         resp.with_node_id(BrokerId(-1)).with_port(-1)

@@ -34,6 +34,8 @@ pub fn handle(
     if let Some(id) = req.transactional_id {
         let version = header.request_api_version;
         return Reply::later(async move {
+            crate::internal_topics::ensure(&broker, crate::internal_topics::TRANSACTION_STATE)
+                .await;
             let expected = (req.producer_id.0, req.producer_epoch);
             match broker
                 .txns

@@ -19,7 +19,7 @@ use super::{
     authorized_operations, str_bytes, valid_topic_name, ApiSpec, Reply,
     AUTHORIZED_OPERATIONS_OMITTED, CLUSTER_AUTHORIZED_OPERATIONS, TOPIC_AUTHORIZED_OPERATIONS,
 };
-use crate::{error, Broker};
+use crate::{error, internal_topics, Broker};
 
 pub const API: ApiSpec = ApiSpec {
     key: ApiKey::Metadata,
@@ -139,7 +139,15 @@ fn response(
 /// A topic named in a Metadata request that may auto-create it, created with the broker's
 /// num.partitions (unless that would pass a partition limit: then answered as if auto-creation were
 /// off).
-async fn auto_create(broker: &Broker, name: &str, include_ops: bool) -> MetadataResponseTopic {
+async fn auto_create(broker: &Arc<Broker>, name: &str, include_ops: bool) -> MetadataResponseTopic {
+    // An internal topic is created as its coordinator creates it (Kafka's AutoTopicCreationManager).
+    if internal_topics::is_internal(name) {
+        internal_topics::ensure(broker, name).await;
+        return match broker.storage.topic(name) {
+            Some(t) => topic_metadata(broker, &t, include_ops),
+            None => error_topic(Some(name), Uuid::nil(), error::LEADER_NOT_AVAILABLE),
+        };
+    }
     let partitions = broker.config.num_partitions;
     if super::check_new_partitions(broker, 0, partitions as i64).is_err() {
         return error_topic(Some(name), Uuid::nil(), error::UNKNOWN_TOPIC_OR_PARTITION);
@@ -179,6 +187,7 @@ fn topic_metadata(broker: &Broker, t: &Topic, include_ops: bool) -> MetadataResp
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&t.name))))
         .with_topic_id(t.id)
+        .with_is_internal(internal_topics::is_internal(&t.name))
         .with_partitions(partitions)
         // No authorizer: what Kafka answers without one.
         .with_topic_authorized_operations(authorized_operations(

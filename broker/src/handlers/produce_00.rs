@@ -93,6 +93,11 @@ pub fn handle(
             let slot = match (&refuse_all, &topic) {
                 (Some(code), _) => Validation::Done(Slot::Error(*code, None)),
                 (None, None) => Validation::Done(Slot::Error(unknown, None)),
+                // Kafka's ReplicaManager.appendToLocalLog: clients never append to an internal
+                // topic, whatever the partition.
+                (None, Some(t)) if crate::internal_topics::is_internal(&t.name) => {
+                    Validation::Done(Slot::Error(error::INVALID_TOPIC_EXCEPTION, None))
+                }
                 (None, Some(t)) if pd.index < 0 || pd.index as usize >= t.partitions.len() => {
                     Validation::Done(Slot::Error(error::UNKNOWN_TOPIC_OR_PARTITION, None))
                 }

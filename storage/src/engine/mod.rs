@@ -482,6 +482,20 @@ impl Storage {
         AppendTicket { rx, n }
     }
 
+    /// [`submit`](Self::submit) from a thread outside the async runtime (a coordinator's writer
+    /// thread): blocks while the writer's queue is full. Never call it on a runtime thread.
+    pub fn submit_blocking(&self, batches: Vec<AppendBatch>) -> AppendTicket {
+        let n = batches.len();
+        let (reply, rx) = oneshot::channel();
+        let request = AppendRequest {
+            batches,
+            reply,
+            queued_at: tokio::time::Instant::now(),
+        };
+        let rx = self.writer.blocking_send(request).ok().map(|()| rx);
+        AppendTicket { rx, n }
+    }
+
     /// [`submit`](Self::submit) and wait.
     pub async fn append(&self, batches: Vec<AppendBatch>) -> Vec<AppendResult> {
         self.submit(batches).await.wait().await
