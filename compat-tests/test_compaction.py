@@ -176,6 +176,21 @@ def check_log(who, records, expected, end, hw, gone=()):
     assert end == hw, f"{who}: the reader ended at {end}, the high watermark is {hw}"
 
 
+def describe(records):
+    """For messages: how many records remain, and how many of them are the gapless run at the end
+    (the uncleaned head, and the cleaned records just below it when they happen to be gapless too)
+    versus below it."""
+    if not records:
+        return "no records"
+    i = len(records) - 1
+    while i > 0 and records[i - 1][0] == records[i][0] - 1:
+        i -= 1
+    below = records[:i]
+    return (f"{len(records)} records at offsets {records[0][0]}..{records[-1][0]}: a gapless run of "
+            f"{len(records) - i} from offset {records[i][0]}, below it {len(below)} records of "
+            f"{len({k for _, k, _ in below})} keys")
+
+
 def wait_compacted(broker, topic, done, timeout=COMPACTION_TIMEOUT, between=None):
     """Reads the partition (librdkafka) until done(records); `between` runs before every read after
     the first (new dirty data). Returns (records, end, seconds waited)."""
@@ -214,11 +229,12 @@ def compacted_topic(broker, topic):
     records, end, waited = wait_compacted(broker, topic, lambda recs: len(recs) <= len(KEYS) + HEAD)
     if records is None:
         recs, end = end
-        _compacted[broker.name] = f"test (a) saw no compaction within {COMPACTION_TIMEOUT}s " \
-                                  f"({len(recs)} of {RECORDS} records still there)"
-        raise AssertionError(f"no compaction within {COMPACTION_TIMEOUT}s: a reader from the "
-                             f"beginning still sees {len(recs)} of {RECORDS} records "
-                             f"(at most {len(KEYS)} + {HEAD} expected)")
+        _compacted[broker.name] = f"test (a) found the log not compacted to at most {len(KEYS)} + " \
+                                  f"{HEAD} records within {COMPACTION_TIMEOUT}s ({len(recs)} of " \
+                                  f"{RECORDS} still there)"
+        raise AssertionError(f"not compacted within {COMPACTION_TIMEOUT}s: a reader from the "
+                             f"beginning still sees {len(recs)} of {RECORDS} records (at most "
+                             f"{len(KEYS)} + {HEAD} expected): {describe(recs)}")
     state.update(records=records, end=end, waited=waited)
     return admin, state
 
@@ -226,8 +242,7 @@ def compacted_topic(broker, topic):
 def test_compaction_keeps_the_last_value_of_every_key(broker, topic):
     admin, st = compacted_topic(broker, topic)
     records, hw = st["records"], high_watermark(admin, topic)
-    print(f"{broker.name}: compacted after {st['waited']:.1f}s: {len(records)} of {RECORDS} records "
-          f"remain (offsets {records[0][0]}..{records[-1][0]})")
+    print(f"{broker.name}: compacted after {st['waited']:.1f}s: {describe(records)}")
     # Compaction removes records, it never renumbers or truncates the log: same high watermark,
     # same earliest offset.
     assert hw == RECORDS
@@ -278,9 +293,9 @@ def test_compaction_removes_tombstones_after_delete_retention(broker, topic):
         recs, _ = end
         left = sorted({(k, v is None) for _, k, v in recs if k in TOMBSTONED})
         raise AssertionError(f"deleted keys still there after {COMPACTION_TIMEOUT}s "
-                             f"(key, is tombstone): {left}")
+                             f"(key, is tombstone): {left}; {describe(recs)}")
     print(f"{broker.name}: tombstoned keys gone {waited:.1f}s after the first new records; "
-          f"{len(records)} records remain")
+          f"{describe(records)}")
     hw = high_watermark(admin, topic)
     assert hw == st["next"] + len(TOMBSTONED)
     assert earliest_offset(admin, topic) == 0

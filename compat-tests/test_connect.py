@@ -35,6 +35,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 
 from compat_util import consumer, create_topic, end_offsets
 
+HERE = Path(__file__).resolve().parent
 # Where scripts/kafka/fetch.sh puts the Kafka jars (scripts/kafka/common.sh's defaults).
 KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS") or Path(
     os.environ.get("KAFKA_HOME_CACHE")
@@ -56,6 +57,26 @@ logger.reflections.level = error
 """
 
 
+_SHIM_CLASSES = None
+
+
+def shim_classes():
+    """Compiles java/connect-file-shim/ once per session: the one 4.3 client class the connect-file
+    4.3.1 connectors call that Kafka 4.4 moved (see the file; scripts/kafka/pom.xml says why
+    4.3.1)."""
+    global _SHIM_CLASSES
+    if _SHIM_CLASSES is None:
+        if not shutil.which("javac") or not list(KAFKA_LIBS.glob("kafka-clients-*.jar")):
+            pytest.fail(f"javac or the Kafka client jars in {KAFKA_LIBS} missing")
+        out = tempfile.mkdtemp(prefix="connect-file-shim-")
+        r = subprocess.run(["javac", "-J-Xmx256m", "-d", out, "-cp", f"{KAFKA_LIBS}/*",
+                            *map(str, (HERE / "java" / "connect-file-shim").rglob("*.java"))],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        _SHIM_CLASSES = out
+    return _SHIM_CLASSES
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,7 +95,7 @@ class Worker:
         self.log = open(self.path, "w")
         self.p = subprocess.Popen(
             ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={work / 'log4j2.properties'}",
-             "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(cfg)],
+             "-cp", f"{shim_classes()}:{KAFKA_LIBS}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(cfg)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def alive(self):

@@ -8,7 +8,7 @@
 //! transactional id), as Kafka creates them, with Kafka's partition count
 //! (`offsets.topic.num.partitions`, `transaction.state.log.num.partitions`: 50) and topic configs.
 //! Metadata lists them with is_internal = true, so clients leave them out of pattern subscriptions
-//! unless asked (and the KIP-848 coordinator out of regex subscriptions, as Kafka's does). They read
+//! unless asked (a KIP-848 server-side regex does match them, as on Kafka 4.4). They read
 //! like any topic (Fetch, ListOffsets, DescribeConfigs). Produce and DeleteRecords are refused with
 //! INVALID_TOPIC_EXCEPTION, as Kafka's ReplicaManager refuses them for clients. DeleteTopics and
 //! CreateTopics are allowed, as on Kafka 4.4 (checked against a real broker); a deleted one comes back

@@ -395,9 +395,9 @@ impl ConsumerGroup {
                     .subscribed
                     .binary_search_by(|s| s.as_str().cmp(name))
                     .is_ok()
-                    // Kafka's GroupMetadataManager leaves internal topics out of regexes.
-                    || (pattern.as_ref().is_some_and(|p| p.is_match(name))
-                        && !crate::internal_topics::is_internal(name));
+                    // Internal topics included, as Kafka 4.4's coordinator does (seen with a real
+                    // broker: a regex matching __consumer_offsets gets it assigned).
+                    || pattern.as_ref().is_some_and(|p| p.is_match(name));
                 if wanted {
                     all.insert(t.id, t.partitions);
                     mine.insert(t.id);
