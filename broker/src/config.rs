@@ -317,8 +317,9 @@ settings! {
     /// How often the log cleaner looks for partitions to clean. A pass over a partition reads its log
     /// from the start once and writes it again (one object per 64 MiB in S3 mode).
     log_cleaner_backoff_ms: u64 = "15000", key "log.cleaner.backoff.ms";
-    /// Memory of the cleaner's offset map, at 32 bytes a distinct key: 128 MiB takes about 4 million
-    /// keys per pass; a partition with more is cleaned over several passes.
+    /// Memory of the cleaner's offset map (25-byte buckets, 7/8 full, a power of two of them): 128 MiB
+    /// takes 3.67 million distinct keys per pass; a partition with more is cleaned over several
+    /// passes.
     log_cleaner_dedupe_buffer_size: u64 = "134217728", key "log.cleaner.dedupe.buffer.size";
     /// min.cleanable.dirty.ratio of topics without their own: the dirty share of a partition's
     /// cleanable bytes that starts a cleaning. Lower cleans more often (each pass rewrites the log).

@@ -100,6 +100,12 @@ pub fn render(broker: &Broker) -> String {
         cleaner.totals.partitions as u64,
     );
     metric(
+        "streamhouse_cleaner_busy_milliseconds_total",
+        "counter",
+        "Wall-clock milliseconds the log cleaner spent cleaning partitions.",
+        cleaner.totals.millis,
+    );
+    metric(
         "streamhouse_cleaner_read_bytes_total",
         "counter",
         "Raw bytes the log cleaner read.",

@@ -230,8 +230,8 @@ async fn tombstones_go_after_delete_retention_ms(meta: TestStore) {
 async fn a_small_offset_map_takes_several_passes_to_the_same_log(meta: TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&meta, dir.path(), false);
-    // Room for 15 keys: one block of 10 records per pass.
-    c.dedupe_buffer_bytes = 32 * 15;
+    // Room for 14 keys (16 buckets of 25 bytes): one block of 10 records per pass.
+    c.dedupe_buffer_bytes = 25 * 16;
     let s = Storage::open(c).await.unwrap();
     let t = s.create_topic("c", 1, compact_configs(&[])).await.unwrap();
     let p = t.partitions[0].clone();

@@ -11,9 +11,9 @@
 //! - **When.** The dirty share of the cleanable bytes reaches `min.cleanable.dirty.ratio`, or the
 //!   oldest dirty block is older than `max.compaction.lag.ms`.
 //! - **Offset map.** The dirty blocks' keys, as 128-bit hashes, to their latest offset (Kafka's
-//!   SkimpyOffsetMap uses MD5). Bounded by `log.cleaner.dedupe.buffer.size` at 32 bytes an entry
-//!   (hash, offset and the table's slack); when a block would not fit the map ends before it and the
-//!   rest waits for the next pass (at least one block is always taken, so a pass makes progress).
+//!   SkimpyOffsetMap uses MD5), in a table sized once within `log.cleaner.dedupe.buffer.size`
+//!   (`map_capacity`); when a block could overfill it the map ends before that block and the rest
+//!   waits for the next pass (at least one block is always taken, so a pass makes progress).
 //! - **Rewrite.** The log from its start to the map's end is rewritten (protocol's `cleaner`, Kafka's
 //!   filterTo rules: latest per key, tombstones until the delete horizon, transaction markers too),
 //!   batches of aborted transactions dropped (the aborted index, as Kafka's cleaner uses it), into new
@@ -42,8 +42,19 @@ use crate::StorageError;
 
 /// Segment level of the cleaner's output.
 pub(super) const CLEANED_LEVEL: u8 = 2;
-/// Bytes one offset-map entry is counted at against log.cleaner.dedupe.buffer.size.
-const MAP_ENTRY_BYTES: u64 = 32;
+/// Bytes of one bucket of the offset map's table: a 16-byte key hash, an 8-byte offset and
+/// hashbrown's control byte.
+const MAP_BUCKET_BYTES: u64 = 25;
+
+/// Most keys the offset map may hold in `bytes`: hashbrown's table is a power of two of buckets,
+/// at most 7/8 full, so the largest table that fits is allocated once and never grows (the
+/// default 128 MiB: 2^22 buckets, 105 MB, 3.67 million keys; Kafka's SkimpyOffsetMap fits 5
+/// million in the same buffer).
+fn map_capacity(bytes: u64) -> usize {
+    let buckets = (bytes / MAP_BUCKET_BYTES).max(1);
+    let pow2 = 1u64 << (63 - buckets.leading_zeros());
+    (pow2 / 8 * 7).max(1) as usize
+}
 /// Most bytes one ranged read of consecutive input blocks takes.
 const READ_RUN_BYTES: u64 = 8 << 20;
 
@@ -62,6 +73,8 @@ pub struct CleanReport {
     pub bytes_out: u64,
     pub batches_in: u64,
     pub batches_out: u64,
+    /// Wall-clock milliseconds spent cleaning partitions (reads, rewrites, metadata switches).
+    pub millis: u64,
 }
 
 /// What the cleaner has done since start, and each compacted partition as the last pass found it
@@ -85,6 +98,7 @@ impl CleanReport {
         self.bytes_out += o.bytes_out;
         self.batches_in += o.batches_in;
         self.batches_out += o.batches_out;
+        self.millis += o.millis;
     }
 }
 
@@ -293,8 +307,12 @@ impl Storage {
         due_list.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut report = CleanReport::default();
         for (_, topic, p, blocks, range, s) in due_list {
-            self.clean_partition(&topic, &p, &blocks, range, s, now_ms, &mut report)
-                .await?;
+            let started = std::time::Instant::now();
+            let r = self
+                .clean_partition(&topic, &p, &blocks, range, s, now_ms, &mut report)
+                .await;
+            report.millis += started.elapsed().as_millis() as u64;
+            r?;
         }
         if report.partitions > 0 {
             tracing::info!(?report, "log cleaner pass");
@@ -323,8 +341,14 @@ impl Storage {
             p.aborted_between(p.log_start_offset(), blocks[range.end - 1].last_offset + 1),
         ));
         // 1. The offset map over the dirty blocks, as many as fit.
-        let capacity = (self.config.dedupe_buffer_bytes / MAP_ENTRY_BYTES).max(1) as usize;
-        let mut map: HashMap<u128, i64> = HashMap::new();
+        let capacity = map_capacity(self.config.dedupe_buffer_bytes);
+        let dirty_offsets: i64 = blocks[range.first_dirty..range.end]
+            .iter()
+            .map(|b| b.last_offset - b.base_offset + 1)
+            .sum();
+        // Sized once: reserving up front keeps the table from doubling past the bound.
+        let mut map: HashMap<u128, i64> =
+            HashMap::with_capacity(capacity.min(dirty_offsets.max(0) as usize));
         let mut map_end = range.first_dirty;
         let dirty = &blocks[range.first_dirty..range.end];
         for run in plan_runs(dirty) {
@@ -351,7 +375,6 @@ impl Storage {
                 })
                 .await
                 .map_err(|_| StorageError::TaskFailed("the cleaner's key scan"))??;
-                map.reserve(keys.len().min(capacity.saturating_sub(map.len())));
                 for (k, o) in keys {
                     map.insert(k, o);
                 }
@@ -725,6 +748,21 @@ mod tests {
         // Nothing dirty: never due.
         let r = cleanable_range(&blocks[..1], cleaned, 30, now, &settings());
         assert!(!due(&r, &blocks, now, &s));
+    }
+
+    #[test]
+    fn the_offset_map_fits_the_dedupe_buffer() {
+        // 128 MiB: 2^22 buckets of 25 bytes (105 MB), 7/8 of them usable.
+        assert_eq!(map_capacity(128 << 20), (1 << 22) / 8 * 7);
+        for bytes in [1u64 << 10, 1 << 20, 100 << 20, 128 << 20, 1 << 30] {
+            let keys = map_capacity(bytes);
+            let m: HashMap<u128, i64> = HashMap::with_capacity(keys);
+            // hashbrown gives at least what was asked without a larger table than the bound.
+            assert!(m.capacity() >= keys);
+            let buckets = m.capacity() as u64 * 8 / 7;
+            assert!(buckets * MAP_BUCKET_BYTES <= bytes, "{bytes}");
+        }
+        assert_eq!(map_capacity(0), 1);
     }
 
     #[test]

@@ -67,8 +67,9 @@ pub struct StorageConfig {
     pub log_cleaner_enable: bool,
     /// ...a pass this often (log.cleaner.backoff.ms).
     pub cleaner_backoff: Duration,
-    /// Memory the cleaner's offset map may take (log.cleaner.dedupe.buffer.size), at 32 bytes a key:
-    /// a pass takes at most this many / 32 distinct keys, the rest waits for the next pass.
+    /// Memory the cleaner's offset map may take (log.cleaner.dedupe.buffer.size): a table of 25-byte
+    /// buckets, at most 7/8 full, in the largest power of two that fits (128 MiB: 3.67 million
+    /// distinct keys per pass); the rest waits for the next pass.
     pub dedupe_buffer_bytes: u64,
     /// Defaults of the topic settings min.cleanable.dirty.ratio, min.compaction.lag.ms,
     /// max.compaction.lag.ms and delete.retention.ms (log.cleaner.min.cleanable.ratio, ...).
