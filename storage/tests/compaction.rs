@@ -20,6 +20,7 @@ on_each_store!(
     object_store_compaction_keeps_the_latest_value_per_key_at_its_offset,
     tombstones_go_after_delete_retention_ms,
     a_small_offset_map_takes_several_passes_to_the_same_log,
+    a_flush_larger_than_segment_bytes_is_split_at_the_head,
 );
 
 const KEYS: usize = 10;
@@ -249,4 +250,49 @@ async fn a_small_offset_map_takes_several_passes_to_the_same_log(meta: TestStore
     let mut want: Vec<i64> = (40..50).collect();
     want.extend(50..60);
     assert_eq!(offsets, want);
+}
+
+/// One flush holding more than segment.bytes of a partition (six batches in one block): the head is
+/// its newest batches under segment.bytes, the rest is cleaned; the head stays dirty for the next
+/// pass, so nothing more happens without new data.
+async fn a_flush_larger_than_segment_bytes_is_split_at_the_head(meta: TestStore) {
+    for object_store in [false, true] {
+        // A store of its own for each backend.
+        let meta = TestStore::new(meta.backend());
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(config(&meta, dir.path(), object_store))
+            .await
+            .unwrap();
+        let one = keyed(0, 10, false, Compression::None).len();
+        // Room for two batches in the head, not three.
+        let segment_bytes = (2 * one + one / 2).to_string();
+        let t = s
+            .create_topic(
+                "c",
+                1,
+                compact_configs(&[("segment.bytes", &segment_bytes)]),
+            )
+            .await
+            .unwrap();
+        let p = t.partitions[0].clone();
+        let flush: Vec<_> = (0..6)
+            .map(|i| append_to(&t, 0, keyed(i * 10, 10, false, Compression::None)))
+            .collect();
+        assert!(s.append(flush).await.iter().all(|r| r.is_ok()));
+        assert_eq!(s.segments_of(&p).len(), 1, "one flush, one block");
+        let report = s.clean(now_ms()).await.unwrap();
+        assert_eq!(report.partitions, 1, "{report:?}");
+        let offsets: Vec<i64> = read_all(&s, &p).await.iter().map(|r| r.0).collect();
+        assert_eq!(
+            offsets,
+            (30..60).collect::<Vec<_>>(),
+            "object store: {object_store}"
+        );
+        assert_eq!(s.clean(now_ms()).await.unwrap().partitions, 0);
+        // New data makes the old head cleanable.
+        append(&s, &t, keyed(60, 10, false, Compression::None)).await;
+        s.clean(now_ms()).await.unwrap();
+        let offsets: Vec<i64> = read_all(&s, &p).await.iter().map(|r| r.0).collect();
+        assert_eq!(offsets, (50..70).collect::<Vec<_>>());
+    }
 }

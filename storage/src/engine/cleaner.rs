@@ -7,7 +7,9 @@
 //!   nothing more is stored). The cleanable range ends at the first block that is in the head, at or
 //!   past the last stable offset, or newer than `min.compaction.lag.ms` (its largest timestamp).
 //!   Kafka never cleans the active segment; here the head is the newest block, and the blocks before
-//!   it while together under the topic's `segment.bytes` and younger than its `segment.ms`.
+//!   it while together under the topic's `segment.bytes` and younger than its `segment.ms`; a newest
+//!   block larger than `segment.bytes` is split at a batch (`split_head`), its older batches cleaned,
+//!   its head part copied into a level-1 segment (dirty).
 //! - **When.** The dirty share of the cleanable bytes reaches `min.cleanable.dirty.ratio`, or the
 //!   oldest dirty block is older than `max.compaction.lag.ms`.
 //! - **Offset map.** The dirty blocks' keys, as 128-bit hashes, to their latest offset (Kafka's
@@ -212,12 +214,69 @@ fn cleanable_range(
 }
 
 /// Kafka's "log cleaner must clean" rule: dirty enough, or dirty for longer than max.compaction.lag.ms.
+/// The part of an oversized newest block that could be split off the head (see [`split_head`])
+/// counts as dirty, by its size beyond segment.bytes.
 fn due(range: &CleanableRange, blocks: &[BlockMeta], now_ms: i64, s: &CleanerSettings) -> bool {
-    if range.first_dirty >= range.end {
+    let splittable = splittable_head(range, blocks, s);
+    let extra = splittable.map_or(0, |b| {
+        b.raw_len as u64 - s.segment_bytes.min(b.raw_len as u64)
+    });
+    if range.first_dirty >= range.end && extra == 0 {
         return false;
     }
-    let overdue = blocks[range.first_dirty].max_timestamp < now_ms.saturating_sub(s.max_lag_ms);
-    range.dirty_ratio() >= s.min_cleanable_ratio || overdue
+    let first_dirty_ts = blocks
+        .get(range.first_dirty)
+        .map_or(i64::MAX, |b| b.max_timestamp);
+    let overdue = first_dirty_ts < now_ms.saturating_sub(s.max_lag_ms);
+    let total = range.clean_bytes + range.dirty_bytes + extra;
+    let ratio = (range.dirty_bytes + extra) as f64 / total.max(1) as f64;
+    ratio >= s.min_cleanable_ratio || overdue
+}
+
+/// The newest block, when the head is that block alone, nothing else stops the cleanable range
+/// before it, and it holds more than segment.bytes: Kafka's active segment would have rolled
+/// inside it, so its older batches are cleanable (one flush can gather up to flush.max.bytes of a
+/// partition).
+fn splittable_head<'a>(
+    range: &CleanableRange,
+    blocks: &'a [BlockMeta],
+    s: &CleanerSettings,
+) -> Option<&'a BlockMeta> {
+    let newest = blocks.last()?;
+    (range.end + 1 == blocks.len() && newest.raw_len as u64 > s.segment_bytes).then_some(newest)
+}
+
+/// Where the head starts inside the newest block `raw`: the newest batches under segment.bytes
+/// (the last one always), and any batch at or past the last stable offset or younger than
+/// min.compaction.lag.ms. Returns (split offset, batches before it, batches from it), or None when
+/// nothing is before it.
+fn split_head(
+    raw: &Bytes,
+    last_stable_offset: i64,
+    now_ms: i64,
+    s: &CleanerSettings,
+) -> Option<(i64, Bytes, Bytes)> {
+    let batches: Vec<(usize, BatchHeader)> = batch::batches(raw).collect();
+    let lag_cutoff = now_ms.saturating_sub(s.min_lag_ms.max(0));
+    let mut head = batches.len().checked_sub(1)?;
+    let mut bytes = batches[head].1.total_size() as u64;
+    while head > 0 && bytes + (batches[head - 1].1.total_size() as u64) < s.segment_bytes {
+        head -= 1;
+        bytes += batches[head].1.total_size() as u64;
+    }
+    let stop = batches[..head]
+        .iter()
+        .position(|(_, h)| h.last_offset() >= last_stable_offset || h.max_timestamp > lag_cutoff)
+        .unwrap_or(head);
+    if stop == 0 {
+        return None;
+    }
+    let at = batches[stop].0;
+    Some((
+        batches[stop].1.base_offset,
+        raw.slice(..at),
+        raw.slice(at..),
+    ))
 }
 
 /// A key's 128-bit hash (two SipHash runs with different prefixes; keys are never stored).
@@ -337,9 +396,21 @@ impl Storage {
         report: &mut CleanReport,
     ) -> Result<(), StorageError> {
         let limit = self.config.max_decompressed_bytes;
-        let aborted = Arc::new(Aborted::new(
-            p.aborted_between(p.log_start_offset(), blocks[range.end - 1].last_offset + 1),
-        ));
+        // An oversized newest block: its batches before the head are cleaned too, the head part
+        // is rewritten verbatim into a segment of its own that stays dirty (level 1).
+        let mut split = None;
+        if let Some(newest) = splittable_head(&range, blocks, &s) {
+            let raw = self.read_run(std::slice::from_ref(newest), report).await?;
+            if let Some(raw) = raw.into_iter().next() {
+                split = split_head(&raw, p.last_stable_offset(), now_ms, &s).map(|x| (*newest, x));
+            }
+        }
+        let upto = match (&split, range.end) {
+            (Some((newest, _)), _) => newest.last_offset + 1,
+            (None, 0) => return Ok(()),
+            (None, end) => blocks[end - 1].last_offset + 1,
+        };
+        let aborted = Arc::new(Aborted::new(p.aborted_between(p.log_start_offset(), upto)));
         // 1. The offset map over the dirty blocks, as many as fit.
         let capacity = map_capacity(self.config.dedupe_buffer_bytes);
         let dirty_offsets: i64 = blocks[range.first_dirty..range.end]
@@ -384,6 +455,36 @@ impl Storage {
                 break;
             }
         }
+        // The split block's cleanable batches, if the map took every dirty block and has room.
+        let split = match split {
+            Some((newest, (at, prefix, head)))
+                if map_end == range.end
+                    && (map_end == range.first_dirty
+                        || map.len() + (at - newest.base_offset) as usize <= capacity) =>
+            {
+                let aborted = aborted.clone();
+                let scan = prefix.clone();
+                let keys = tokio::task::spawn_blocking(move || {
+                    let mut keys = Vec::new();
+                    for (pos, h) in batch::batches(&scan) {
+                        if h.is_control() || aborted.contains(&h) {
+                            continue;
+                        }
+                        let one = &scan[pos..pos + h.total_size()];
+                        cleaner::for_each_key(one, limit, |o, k| keys.push((key_hash(k), o)))
+                            .map_err(|e| StorageError::Cleaner(e.to_string()))?;
+                    }
+                    Ok::<_, StorageError>(keys)
+                })
+                .await
+                .map_err(|_| StorageError::TaskFailed("the cleaner's key scan"))??;
+                for (k, o) in keys {
+                    map.insert(k, o);
+                }
+                Some((newest, prefix, head))
+            }
+            _ => None,
+        };
         let map = Arc::new(map);
         tracing::debug!(topic = %topic.name, partition = p.index, keys = map.len(), "offset map built");
 
@@ -417,6 +518,23 @@ impl Storage {
                     self.switch_cleaned(p, &mut out, now_ms, report).await?;
                 }
             }
+        }
+        if let Some((newest, prefix, head)) = split {
+            report.blocks_in += 1;
+            report.bytes_in += (prefix.len() + head.len()) as u64;
+            let (map, aborted) = (map.clone(), aborted.clone());
+            let state = std::mem::take(&mut txn_data);
+            let (batches, _) = tokio::task::spawn_blocking(move || {
+                filter_block(&prefix, &map, &aborted, horizon, limit, state)
+            })
+            .await
+            .map_err(|_| StorageError::TaskFailed("the cleaner's rewrite"))??;
+            report.batches_in += batches.in_count;
+            report.batches_out += batches.kept.len() as u64;
+            out.add(newest, batches.kept);
+            out.head = batch::batches(&head)
+                .map(|(pos, h)| (h, head.slice(pos..pos + h.total_size())))
+                .collect();
         }
         self.switch_cleaned(p, &mut out, now_ms, report).await?;
         report.partitions += 1;
@@ -463,7 +581,10 @@ impl Storage {
         report: &mut CleanReport,
     ) -> Result<(), StorageError> {
         let Output {
-            inputs, batches, ..
+            inputs,
+            batches,
+            head,
+            ..
         } = std::mem::take(out);
         if inputs.is_empty() {
             return Ok(());
@@ -474,10 +595,14 @@ impl Storage {
                 .removed
                 .push((b.topic_id, b.partition, b.base_offset, b.segment_id));
         }
-        let mut upload = None;
-        if !batches.is_empty() {
+        let mut uploads = Vec::new();
+        // The cleaned batches (level 2: clean), then a split block's head (level 1: still dirty).
+        for (level, batches) in [(CLEANED_LEVEL, &batches), (1, &head)] {
+            if batches.is_empty() {
+                continue;
+            }
             let id = self.ids.next();
-            let (bytes, metas) = encode_cleaned(p, id, &batches);
+            let (bytes, metas) = encode_cleaned(p, id, batches);
             report.blocks_out += metas.len();
             report.bytes_out += batches.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
             report.segments_out += 1;
@@ -486,14 +611,14 @@ impl Storage {
                 id,
                 created_ms: now_ms,
                 sealed: true,
-                level: CLEANED_LEVEL,
+                level,
             });
-            switch.added = metas;
-            upload = Some((id, object));
+            switch.added.extend(metas);
+            uploads.push((id, object));
         }
-        let ids: Vec<u64> = upload.iter().map(|(id, _)| *id).collect();
-        if let Some(u) = upload {
-            self.segments.write_segments(vec![u]).await?;
+        let ids: Vec<u64> = uploads.iter().map(|(id, _)| *id).collect();
+        if !uploads.is_empty() {
+            self.segments.write_segments(uploads).await?;
         }
         let switched = self
             .with_meta(move |meta| meta.switch_blocks(&switch).map(|a| (a, switch)))
@@ -537,6 +662,8 @@ struct Output {
     inputs: Vec<BlockMeta>,
     /// (header, batch bytes) in offset order.
     batches: Vec<(BatchHeader, Bytes)>,
+    /// The head part of a split newest block, copied as it is (always the last input).
+    head: Vec<(BatchHeader, Bytes)>,
     bytes: u64,
 }
 
