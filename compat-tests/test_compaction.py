@@ -247,16 +247,16 @@ def test_compaction_keeps_the_last_value_of_every_key(broker, topic):
     # same earliest offset.
     assert hw == RECORDS
     assert earliest_offset(admin, topic) == 0
-    assert len(records) <= len(KEYS) + HEAD and len(records) < RECORDS // 10, len(records)
+    assert len(records) <= len(KEYS) + HEAD and len(records) < RECORDS // 10, describe(records)
     check_log("librdkafka", records, st["last"], st["end"], hw)
     java, j_earliest, j_end, j_pos = read_java(broker.bootstrap, topic)
     assert (j_earliest, j_end) == (0, hw)
     check_log("java", java, st["last"], j_pos, hw)
-    assert len(java) <= len(KEYS) + HEAD
+    assert len(java) <= len(KEYS) + HEAD, describe(java)
     kp, k_earliest, k_end, k_pos = read_kafka_python(broker.bootstrap, topic)
     assert (k_earliest, k_end) == (0, hw)
     check_log("kafka-python", kp, st["last"], k_pos, hw)
-    assert len(kp) <= len(KEYS) + HEAD
+    assert len(kp) <= len(KEYS) + HEAD, describe(kp)
     _compacted[broker.name] = (admin, st)
 
 

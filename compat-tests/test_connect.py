@@ -14,8 +14,8 @@ output ends with exactly the N+M input lines, none twice, and the data topic hol
 Exercises on the broker: CreateTopics with a cleanup.policy=compact override (and DescribeConfigs
 of it), Connect's group protocol ("connect" protocol type, the sessioned assignor) for the worker
 group, the KafkaBasedLog readers of the three compacted topics (read to the end on start: the
-connectors' configs, the source offsets), the transactional-free producer of the source task, and
-the sink task's consumer group with its commits."""
+connectors' configs, the source offsets), the source task's (non-transactional) producer, and the
+sink task's consumer group with its commits."""
 import json
 import os
 import shutil
@@ -95,7 +95,8 @@ class Worker:
         self.log = open(self.path, "w")
         self.p = subprocess.Popen(
             ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={work / 'log4j2.properties'}",
-             "-cp", f"{shim_classes()}:{KAFKA_LIBS}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(cfg)],
+             "-cp", f"{shim_classes()}:{KAFKA_LIBS}/*",
+             "org.apache.kafka.connect.cli.ConnectDistributed", str(cfg)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def alive(self):
@@ -190,14 +191,19 @@ def wait_output(worker, out, expected, timeout=90):
 
 
 def check_output(got, expected):
-    assert len(got) == len(expected) and got == expected, (
-        f"output has {len(got)} lines ({len(set(got))} distinct), expected {len(expected)}; "
-        f"first difference at line {next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))}; "
-        f"lines delivered more than once: {len(got) - len(set(got))}")
+    if got == expected:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
+                 min(len(got), len(expected)))
+    raise AssertionError(
+        f"output has {len(got)} lines ({len(set(got))} distinct), expected {len(expected)}; first "
+        f"difference at line {first}: {got[first:first + 1]} instead of "
+        f"{expected[first:first + 1]}; lines delivered more than once: {len(got) - len(set(got))}; "
+        f"missing: {len(set(expected) - set(got))}")
 
 
 def read_all(bootstrap, topic, timeout=30):
-    """Every record of every partition of topic, up to its high watermark: [(partition, key, value)]."""
+    """Every record of every partition of topic, to its high watermark: [(partition, key, value)]."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     md = admin.list_topics(topic, timeout=10).topics[topic]
     ends = end_offsets(admin, topic, list(md.partitions))
@@ -257,8 +263,10 @@ def test_connect_distributed_file_source_and_sink_resume(broker, topic):
         "rest.advertised.port": port,
         "offset.flush.interval.ms": 1000,
         "scheduled.rebalance.max.delay.ms": 0,
-        # The FileStream connectors are on the worker's classpath (scripts/kafka/fetch.sh's jars).
-        "plugin.discovery": "hybrid_warn",
+        # The FileStream connectors are on the worker's classpath (scripts/kafka/fetch.sh's jars)
+        # with ServiceLoader manifests, like every plugin there: found at once, where the default
+        # (hybrid_warn) also reflection-scans the whole classpath, ~11 s per worker start here.
+        "plugin.discovery": "service_load",
         "task.shutdown.graceful.timeout.ms": 10000,
     }
     src_name, sink_name = f"file-source-{run}", f"file-sink-{run}"
@@ -269,6 +277,7 @@ def test_connect_distributed_file_source_and_sink_resume(broker, topic):
     workers = []
     try:
         # 1. First worker: the connectors deliver the N lines.
+        t0 = time.monotonic()
         workers.append(Worker(work, 1, props))
         w = workers[-1]
         w.wait(lambda: w.request("GET", "/")[0] == 200, 90, "the worker's REST API")
@@ -305,8 +314,9 @@ def test_connect_distributed_file_source_and_sink_resume(broker, topic):
         workers.append(Worker(work, 2, props))
         w = workers[-1]
         w.wait(lambda: w.request("GET", "/")[0] == 200, 90, "the restarted worker's REST API")
-        w.wait(lambda: sorted(w.request("GET", "/connectors")[1] or []) == sorted([src_name, sink_name]),
-               90, "both connectors read back from the config topic")
+        names = sorted([src_name, sink_name])
+        w.wait(lambda: sorted(w.request("GET", "/connectors")[1] or []) == names, 90,
+               "both connectors read back from the config topic")
         w.wait_running(src_name)
         w.wait_running(sink_name)
         check_output(wait_output(w, out_file, lines), lines)
@@ -314,12 +324,15 @@ def test_connect_distributed_file_source_and_sink_resume(broker, topic):
         assert end_offsets(admin, data, [0])[0][1] == N + M, end_offsets(admin, data, [0])
         # The sink's consumer group ("connect-<connector name>") committed up to the end.
         grp = f"connect-{sink_name}"
+
         def sink_committed():
             f = admin.list_consumer_group_offsets(
                 [ConsumerGroupTopicPartitions(grp, [TopicPartition(data, 0)])])[grp]
             return f.result(15).topic_partitions[0].offset == N + M
 
         w.wait(sink_committed, 30, f"group {grp} to commit offset {N + M} on {data}")
+        print(f"{broker.name}: {N} + {M} lines through source and sink across a worker restart "
+              f"in {time.monotonic() - t0:.1f}s; source position committed {committed[-1]}")
         assert w.stop() in (0, 130, 143), w.excerpt()
     finally:
         for w in workers:

@@ -227,6 +227,8 @@ def test_kafka_streams_restores_rocksdb_store_from_compacted_changelog(broker, t
         n = sum(map(len, recs.values()))
         assert n < FIRST, f"no compaction of {changelog} within {COMPACTION_TIMEOUT}s ({n} records)"
         assert {k for r in recs.values() for _, k in r} == set(KEYS)
+        print(f"{broker.name}: changelog compacted to {n} of {FIRST} records "
+              f"({COMPACTION_TIMEOUT - (deadline - time.monotonic()):.1f}s after the first stop)")
 
         # 3. Local state wiped; the second batch; a new run restores the store from the changelog.
         shutil.rmtree(state)
@@ -238,6 +240,8 @@ def test_kafka_streams_restores_rocksdb_store_from_compacted_changelog(broker, t
         restored = {ln.split()[1]: int(ln.split()[2]) for ln in ended}
         assert set(restored) == {f"{changelog}-{q}" for q in range(PARTITIONS)}, apps[-1].excerpt()
         assert sum(restored.values()) >= len(KEYS), (restored, apps[-1].excerpt())
+        print(f"{broker.name}: restored {restored}; final counts of {len(KEYS)} keys, "
+              f"{FIRST + SECOND} records, exact")
         assert apps[-1].stop() in (0, 143), apps[-1].excerpt()
     finally:
         for a in apps:
