@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use streamhouse_storage::engine::CleanableRange;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -143,31 +144,29 @@ pub fn render(broker: &Broker) -> String {
         "Partitions.",
         partitions as u64,
     );
-    let _ = writeln!(
-        out,
-        "# HELP streamhouse_cleaner_dirty_bytes Cleanable bytes not yet cleaned, per compacted partition, \
-         at the last cleaner pass.\n# TYPE streamhouse_cleaner_dirty_bytes gauge"
-    );
-    for (topic, partition, r) in &cleaner.partitions {
-        let _ = writeln!(
-            out,
-            "streamhouse_cleaner_dirty_bytes{{topic=\"{}\",partition=\"{partition}\"}} {}",
-            label(topic),
-            r.dirty_bytes
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP streamhouse_cleaner_clean_bytes Bytes already cleaned, per compacted partition, at the \
-         last cleaner pass.\n# TYPE streamhouse_cleaner_clean_bytes gauge"
-    );
-    for (topic, partition, r) in &cleaner.partitions {
-        let _ = writeln!(
-            out,
-            "streamhouse_cleaner_clean_bytes{{topic=\"{}\",partition=\"{partition}\"}} {}",
-            label(topic),
-            r.clean_bytes
-        );
+    type Gauge = (&'static str, &'static str, fn(&CleanableRange) -> u64);
+    let gauges: [Gauge; 2] = [
+        (
+            "streamhouse_cleaner_dirty_bytes",
+            "Cleanable bytes not yet cleaned, per compacted partition, at the last cleaner pass.",
+            |r| r.dirty_bytes,
+        ),
+        (
+            "streamhouse_cleaner_clean_bytes",
+            "Bytes already cleaned, per compacted partition, at the last cleaner pass.",
+            |r| r.clean_bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (topic, partition, r) in &cleaner.partitions {
+            let _ = writeln!(
+                out,
+                "{name}{{topic=\"{}\",partition=\"{partition}\"}} {}",
+                label(topic),
+                value(r)
+            );
+        }
     }
     out
 }
@@ -206,6 +205,10 @@ mod tests {
         );
         assert!(
             text.contains("\nstreamhouse_cache_misses_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE streamhouse_cleaner_busy_milliseconds_total counter\n"),
             "{text}"
         );
     }

@@ -46,6 +46,51 @@ impl BlockMeta {
     }
 }
 
+/// One block to encode into a segment of one partition: the offsets and largest timestamp it
+/// covers, and its batches back to back.
+pub struct NewBlock {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub raw: Vec<u8>,
+}
+
+/// Encodes blocks of one partition back to back from [`FILE_HEADER_LEN`] for segment `segment_id`
+/// (compaction's and the cleaner's output), each LZ4'd when all its batches are uncompressed.
+/// Returns the bytes and the blocks' metadata.
+pub fn encode_blocks(
+    topic_id: Uuid,
+    partition: i32,
+    segment_id: u64,
+    blocks: impl IntoIterator<Item = NewBlock>,
+) -> (Vec<u8>, Vec<BlockMeta>) {
+    let mut bytes = Vec::new();
+    let mut metas = Vec::new();
+    let mut position = FILE_HEADER_LEN;
+    for b in blocks {
+        let compressible =
+            streamhouse_protocol::batch::batches(&b.raw).all(|(_, h)| h.compression() == 0);
+        let meta = BlockMeta {
+            topic_id,
+            partition,
+            base_offset: b.base_offset,
+            last_offset: b.last_offset,
+            max_timestamp: b.max_timestamp,
+            segment_id,
+            position,
+            stored_len: 0,
+            raw_len: 0,
+            codec: 0,
+            crc: 0,
+        };
+        let (encoded, meta) = encode_block(meta, &b.raw, compressible);
+        position += encoded.len() as u64;
+        bytes.extend_from_slice(&encoded);
+        metas.push(meta);
+    }
+    (bytes, metas)
+}
+
 /// Encodes a block: `raw` is the concatenation of a partition's batches. Compresses with LZ4 when
 /// `compressible` (every batch arrived uncompressed) and that makes it smaller.
 /// Returns the bytes to write and the metadata (position and segment id left to the caller).

@@ -431,24 +431,7 @@ impl Storage {
                     stop = true;
                     break;
                 }
-                let aborted = aborted.clone();
-                let keys = tokio::task::spawn_blocking(move || {
-                    let mut keys = Vec::new();
-                    for (pos, h) in batch::batches(&raw) {
-                        if h.is_control() || aborted.contains(&h) {
-                            continue;
-                        }
-                        let one = &raw[pos..pos + h.total_size()];
-                        cleaner::for_each_key(one, limit, |o, k| keys.push((key_hash(k), o)))
-                            .map_err(|e| StorageError::Cleaner(e.to_string()))?;
-                    }
-                    Ok::<_, StorageError>(keys)
-                })
-                .await
-                .map_err(|_| StorageError::TaskFailed("the cleaner's key scan"))??;
-                for (k, o) in keys {
-                    map.insert(k, o);
-                }
+                map.extend(scan_keys(raw, aborted.clone(), limit).await?);
                 map_end += 1;
             }
             if stop {
@@ -462,25 +445,7 @@ impl Storage {
                     && (map_end == range.first_dirty
                         || map.len() + (at - newest.base_offset) as usize <= capacity) =>
             {
-                let aborted = aborted.clone();
-                let scan = prefix.clone();
-                let keys = tokio::task::spawn_blocking(move || {
-                    let mut keys = Vec::new();
-                    for (pos, h) in batch::batches(&scan) {
-                        if h.is_control() || aborted.contains(&h) {
-                            continue;
-                        }
-                        let one = &scan[pos..pos + h.total_size()];
-                        cleaner::for_each_key(one, limit, |o, k| keys.push((key_hash(k), o)))
-                            .map_err(|e| StorageError::Cleaner(e.to_string()))?;
-                    }
-                    Ok::<_, StorageError>(keys)
-                })
-                .await
-                .map_err(|_| StorageError::TaskFailed("the cleaner's key scan"))??;
-                for (k, o) in keys {
-                    map.insert(k, o);
-                }
+                map.extend(scan_keys(prefix.clone(), aborted.clone(), limit).await?);
                 Some((newest, prefix, head))
             }
             _ => None,
@@ -503,13 +468,9 @@ impl Storage {
             for (b, raw) in run.into_iter().zip(raws) {
                 report.blocks_in += 1;
                 report.bytes_in += raw.len() as u64;
-                let (map, aborted) = (map.clone(), aborted.clone());
                 let state = std::mem::take(&mut txn_data);
-                let (batches, state) = tokio::task::spawn_blocking(move || {
-                    filter_block(&raw, &map, &aborted, horizon, limit, state)
-                })
-                .await
-                .map_err(|_| StorageError::TaskFailed("the cleaner's rewrite"))??;
+                let (batches, state) =
+                    filter_off_runtime(raw, &map, &aborted, horizon, limit, state).await?;
                 txn_data = state;
                 report.batches_in += batches.in_count;
                 report.batches_out += batches.kept.len() as u64;
@@ -522,13 +483,9 @@ impl Storage {
         if let Some((newest, prefix, head)) = split {
             report.blocks_in += 1;
             report.bytes_in += (prefix.len() + head.len()) as u64;
-            let (map, aborted) = (map.clone(), aborted.clone());
             let state = std::mem::take(&mut txn_data);
-            let (batches, _) = tokio::task::spawn_blocking(move || {
-                filter_block(&prefix, &map, &aborted, horizon, limit, state)
-            })
-            .await
-            .map_err(|_| StorageError::TaskFailed("the cleaner's rewrite"))??;
+            let (batches, _) =
+                filter_off_runtime(prefix, &map, &aborted, horizon, limit, state).await?;
             report.batches_in += batches.in_count;
             report.batches_out += batches.kept.len() as u64;
             out.add(newest, batches.kept);
@@ -682,9 +639,7 @@ fn encode_cleaned(
     id: u64,
     batches: &[(BatchHeader, Bytes)],
 ) -> (Vec<u8>, Vec<BlockMeta>) {
-    let mut bytes = Vec::new();
-    let mut metas = Vec::new();
-    let mut position = segment::FILE_HEADER_LEN;
+    let mut groups = Vec::new();
     let mut start = 0;
     while start < batches.len() {
         let mut end = start + 1;
@@ -698,10 +653,7 @@ fn encode_cleaned(
         for (_, b) in group {
             raw.extend_from_slice(b);
         }
-        let compressible = group.iter().all(|(h, _)| h.compression() == 0);
-        let meta = BlockMeta {
-            topic_id: p.topic_id,
-            partition: p.index,
+        groups.push(segment::NewBlock {
             base_offset: group[0].0.base_offset,
             last_offset: group[group.len() - 1].0.last_offset(),
             max_timestamp: group
@@ -709,20 +661,51 @@ fn encode_cleaned(
                 .map(|(h, _)| h.max_timestamp)
                 .max()
                 .unwrap_or(-1),
-            segment_id: id,
-            position,
-            stored_len: 0,
-            raw_len: 0,
-            codec: 0,
-            crc: 0,
-        };
-        let (encoded, meta) = segment::encode_block(meta, &raw, compressible);
-        position += encoded.len() as u64;
-        bytes.extend_from_slice(&encoded);
-        metas.push(meta);
+            raw,
+        });
         start = end;
     }
-    (bytes, metas)
+    segment::encode_blocks(p.topic_id, p.index, id, groups)
+}
+
+/// The key hashes and offsets of a block's batches for the offset map (control batches and
+/// aborted transactions' batches left out, as Kafka's buildOffsetMap), on a blocking thread.
+async fn scan_keys(
+    raw: Bytes,
+    aborted: Arc<Aborted>,
+    limit: u64,
+) -> Result<Vec<(u128, i64)>, StorageError> {
+    tokio::task::spawn_blocking(move || {
+        let mut keys = Vec::new();
+        for (pos, h) in batch::batches(&raw) {
+            if h.is_control() || aborted.contains(&h) {
+                continue;
+            }
+            let one = &raw[pos..pos + h.total_size()];
+            cleaner::for_each_key(one, limit, |o, k| keys.push((key_hash(k), o)))
+                .map_err(|e| StorageError::Cleaner(e.to_string()))?;
+        }
+        Ok(keys)
+    })
+    .await
+    .map_err(|_| StorageError::TaskFailed("the cleaner's key scan"))?
+}
+
+/// [`filter_block`] on a blocking thread.
+async fn filter_off_runtime(
+    raw: Bytes,
+    map: &Arc<HashMap<u128, i64>>,
+    aborted: &Arc<Aborted>,
+    horizon: Horizon,
+    limit: u64,
+    txn_data: HashMap<i64, bool>,
+) -> Result<(FilteredBlock, HashMap<i64, bool>), StorageError> {
+    let (map, aborted) = (map.clone(), aborted.clone());
+    tokio::task::spawn_blocking(move || {
+        filter_block(&raw, &map, &aborted, horizon, limit, txn_data)
+    })
+    .await
+    .map_err(|_| StorageError::TaskFailed("the cleaner's rewrite"))?
 }
 
 struct FilteredBlock {

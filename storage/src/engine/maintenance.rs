@@ -18,7 +18,6 @@ use futures_util::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use streamhouse_protocol::batch;
 use uuid::Uuid;
 
 use super::{now_ms, Storage};
@@ -306,40 +305,24 @@ impl Storage {
             blocks.sort_by_key(|(b, _)| b.base_offset);
             report.blocks_in += blocks.len();
             let id = self.ids.next();
-            let mut bytes = Vec::new();
-            let mut metas = Vec::new();
-            let mut position = segment::FILE_HEADER_LEN;
-            for group in merge_groups(&blocks) {
-                let first = group[0].0;
-                let last = group[group.len() - 1].0;
+            let groups = merge_groups(&blocks).into_iter().map(|group| {
                 let mut raw = Vec::with_capacity(group.iter().map(|(_, r)| r.len()).sum());
                 for (_, r) in group {
                     raw.extend_from_slice(r);
                 }
-                // Kept as sent when any batch is compressed by its producer (as at write time).
-                let compressible = batch::batches(&raw).all(|(_, h)| h.compression() == 0);
-                let meta = BlockMeta {
-                    topic_id,
-                    partition,
-                    base_offset: first.base_offset,
-                    last_offset: last.last_offset,
+                // LZ4'd only when every batch arrived uncompressed (as at write time).
+                segment::NewBlock {
+                    base_offset: group[0].0.base_offset,
+                    last_offset: group[group.len() - 1].0.last_offset,
                     max_timestamp: group
                         .iter()
                         .map(|(b, _)| b.max_timestamp)
                         .max()
                         .unwrap_or(-1),
-                    segment_id: id,
-                    position,
-                    stored_len: 0,
-                    raw_len: 0,
-                    codec: 0,
-                    crc: 0,
-                };
-                let (encoded, meta) = segment::encode_block(meta, &raw, compressible);
-                position += encoded.len() as u64;
-                bytes.extend_from_slice(&encoded);
-                metas.push(meta);
-            }
+                    raw,
+                }
+            });
+            let (bytes, metas) = segment::encode_blocks(topic_id, partition, id, groups);
             for (b, _) in &blocks {
                 switch
                     .removed
