@@ -5,6 +5,8 @@ earliest offset (log start) stays where it was; a tombstone (null value) hides i
 removed in a later cleaning after delete.retention.ms; a record without a key is refused; the
 topic's cleaner settings are topic overrides in DescribeConfigs.
 
+Scale: the issue's, 1,000,000 records over 1,000 keys (100-byte values).
+
 Readers: librdkafka (confluent-kafka), the Java consumer (java/CompactedRead.java) and kafka-python,
 each reading the whole partition from its earliest offset up to the end.
 
@@ -37,12 +39,15 @@ KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS") or Path(
 # little stays in the active segment, which the cleaner never touches.
 COMPACT = {"cleanup.policy": "compact", "segment.bytes": "1048576", "segment.ms": "100",
            "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "1000"}
-KEYS = [f"key-{i:03d}" for i in range(100)]
-RECORDS = 20_000  # over the 100 keys in turn: record n has key n % 100 and sequence number n
-VALUE_BYTES = 1024
-# What may remain besides one record per key: the uncleaned head (the active segment, at most about
-# one 1 MiB segment of 1 KiB records, and whatever was appended since the cleaner's last look).
-HEAD = 1500
+KEYS = [f"key-{i:04d}" for i in range(1000)]
+# The scale: 1,000,000 records over the 1,000 keys in turn (record n has key n % 1000 and
+# sequence number n), 100-byte values (100 MB).
+RECORDS = 1_000_000
+VALUE_BYTES = 100
+# What may remain besides one record per key: the uncleaned head (the active segment, at most one
+# 1 MiB segment, about 7,500 records of 100 bytes with their overhead, and whatever was appended
+# since the cleaner's last look).
+HEAD = 12_000
 COMPACTION_TIMEOUT = 90  # several log.cleaner.backoff.ms (15 s) periods
 TOMBSTONED = KEYS[:10]
 LIVE = KEYS[10:]
