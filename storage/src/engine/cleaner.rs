@@ -371,7 +371,11 @@ impl Storage {
                 .clean_partition(&topic, &p, &blocks, range, s, now_ms, &mut report)
                 .await;
             report.millis += started.elapsed().as_millis() as u64;
-            r?;
+            // One partition's failure (an unreadable batch, a store error) must not keep the
+            // others from being cleaned; it is tried again next pass.
+            if let Err(e) = r {
+                tracing::warn!(topic = %topic.name, partition = p.index, error = %e, "log cleaner could not clean a partition");
+            }
         }
         if report.partitions > 0 {
             tracing::info!(?report, "log cleaner pass");
@@ -405,10 +409,11 @@ impl Storage {
                 split = split_head(&raw, p.last_stable_offset(), now_ms, &s).map(|x| (*newest, x));
             }
         }
-        let upto = match (&split, range.end) {
-            (Some((newest, _)), _) => newest.last_offset + 1,
-            (None, 0) => return Ok(()),
-            (None, end) => blocks[end - 1].last_offset + 1,
+        let upto = match &split {
+            Some((newest, _)) => newest.last_offset + 1,
+            // Only the head was a candidate, and nothing in it can be cleaned yet.
+            None if range.first_dirty >= range.end => return Ok(()),
+            None => blocks[range.end - 1].last_offset + 1,
         };
         let aborted = Arc::new(Aborted::new(p.aborted_between(p.log_start_offset(), upto)));
         // 1. The offset map over the dirty blocks, as many as fit.
