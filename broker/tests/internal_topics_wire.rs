@@ -203,3 +203,94 @@ async fn internal_topics_are_created_listed_written_and_guarded() {
     assert_eq!(get("cleanup.policy").as_deref(), Some("compact"));
     assert_eq!(get("segment.bytes").as_deref(), Some("104857600"));
 }
+
+/// A classic group's membership after its rebalance is in its partition of `__consumer_offsets` as
+/// Kafka writes it: GroupMetadataKey version 2, GroupMetadataValue version 3.
+#[tokio::test]
+async fn a_classic_group_is_written_as_group_metadata() {
+    let b = start_with_settings(|a| a.set("group_initial_rebalance_delay_ms", 0)).await;
+    let mut c = Client::connect(b.addr).await;
+    find(&mut c, 0, "probe").await;
+    let join = |member: String| {
+        JoinGroupRequest::default()
+            .with_group_id(group("probe"))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(20_000)
+            .with_member_id(s(&member))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+            )
+            .with_name(s("range"))
+            .with_metadata(Bytes::from_static(&[9, 9]))])
+    };
+    let first: JoinGroupResponse = c.must(ApiKey::JoinGroup, 5, &join(String::new())).await;
+    let j: JoinGroupResponse = c
+        .must(ApiKey::JoinGroup, 5, &join(first.member_id.to_string()))
+        .await;
+    assert_eq!(j.error_code, 0);
+    let sync = SyncGroupRequest::default()
+        .with_group_id(group("probe"))
+        .with_generation_id(j.generation_id)
+        .with_member_id(j.member_id.clone())
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(j.member_id.clone())
+                .with_assignment(Bytes::from_static(&[7, 7, 7])),
+        ]);
+    let r: SyncGroupResponse = c.must(ApiKey::SyncGroup, 3, &sync).await;
+    assert_eq!(r.error_code, 0);
+
+    let mut key = vec![0u8, 2, 0, 5];
+    key.extend_from_slice(b"probe");
+    let mut found = None;
+    for _ in 0..100 {
+        let log = offsets_log(&mut c, 36, 1).await;
+        found = log
+            .into_iter()
+            .rev()
+            .find(|(k, v)| k.as_ref() == key.as_slice() && v.is_some());
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = found.expect("a GroupMetadata record").1.unwrap();
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let s = &v[at..at + n];
+        at += n;
+        s.to_vec()
+    };
+    assert_eq!(take(2), [0, 3], "version 3");
+    let str_at = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]) as usize;
+    let n = str_at(&take(2));
+    assert_eq!(take(n), b"consumer");
+    assert_eq!(
+        i32::from_be_bytes(take(4).try_into().unwrap()),
+        j.generation_id
+    );
+    let n = str_at(&take(2));
+    assert_eq!(take(n), b"range");
+    let n = str_at(&take(2));
+    assert_eq!(take(n), j.member_id.as_bytes(), "leader");
+    take(8); // current state timestamp
+    assert_eq!(
+        i32::from_be_bytes(take(4).try_into().unwrap()),
+        1,
+        "one member"
+    );
+    let n = str_at(&take(2));
+    assert_eq!(take(n), j.member_id.as_bytes());
+    assert_eq!(take(2), [0xff, 0xff], "no group.instance.id");
+    let n = str_at(&take(2));
+    take(n); // client id
+    let n = str_at(&take(2));
+    take(n); // client host
+    assert_eq!(i32::from_be_bytes(take(4).try_into().unwrap()), 20_000);
+    assert_eq!(i32::from_be_bytes(take(4).try_into().unwrap()), 10_000);
+    assert_eq!(take(4), [0, 0, 0, 2]);
+    assert_eq!(take(2), [9, 9], "subscription");
+    assert_eq!(take(4), [0, 0, 0, 3]);
+    assert_eq!(take(3), [7, 7, 7], "assignment");
+    assert_eq!(at, v.len());
+}

@@ -108,7 +108,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn metadata_for(&self, protocol: &str) -> Bytes {
+    pub(super) fn metadata_for(&self, protocol: &str) -> Bytes {
         self.protocols
             .iter()
             .find(|p| p.name == protocol)

@@ -10,13 +10,16 @@
 //! written after each commit is durable there, so a crash between the two can leave the log
 //! without the last commits, never the group. Records are Kafka's (coordinator-common's
 //! OffsetCommitKey version 1, OffsetCommitValue version 3, the newest non-flexible one, which
-//! every reader of the topic decodes); group metadata records (key version 2) are not written.
+//! every reader of the topic decodes). A classic group's membership is written too, as Kafka
+//! writes it after each rebalance: GroupMetadataKey version 2, GroupMetadataValue version 3, and a
+//! tombstone when the group goes. KIP-848 groups' records (key versions 3-8) are not written.
 
 use std::sync::Arc;
 use streamhouse_protocol::batch::BatchHeader;
 use streamhouse_protocol::control::plain_batch;
 use streamhouse_storage::{AppendBatch, Storage};
 
+use super::classic::ClassicGroup;
 use super::view::{CommittedOffset, TopicPartition};
 
 pub const TOPIC: &str = "__consumer_offsets";
@@ -60,6 +63,62 @@ pub fn commit_value(o: &CommittedOffset) -> Vec<u8> {
     v.extend_from_slice(&o.leader_epoch.to_be_bytes());
     put_str(&mut v, metadata);
     v.extend_from_slice(&o.commit_ms.to_be_bytes());
+    v
+}
+
+/// GroupMetadataKey version 2: the group.
+pub fn group_key(group: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + group.len());
+    k.extend_from_slice(&2i16.to_be_bytes());
+    put_str(&mut k, group);
+    k
+}
+
+fn put_nullable_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(out, s),
+        None => out.extend_from_slice(&(-1i16).to_be_bytes()),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// GroupMetadataValue version 3 of a classic group (Kafka's GroupMetadataManager.groupMetadataValue):
+/// protocol type, generation, protocol, leader, current state timestamp, and each member with its
+/// subscription (its metadata for the chosen protocol) and assignment.
+pub fn group_value(g: &ClassicGroup, now_ms: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    v.extend_from_slice(&3i16.to_be_bytes());
+    put_str(&mut v, g.protocol_type.as_deref().unwrap_or(""));
+    v.extend_from_slice(&g.generation.to_be_bytes());
+    put_nullable_str(&mut v, g.protocol_name.as_deref());
+    put_nullable_str(&mut v, g.leader.as_deref());
+    v.extend_from_slice(&g.empty_since_ms.unwrap_or(now_ms).to_be_bytes());
+    let mut members: Vec<_> = g.members.values().collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
+    v.extend_from_slice(&(members.len() as i32).to_be_bytes());
+    for m in members {
+        put_str(&mut v, &m.id);
+        put_nullable_str(&mut v, m.instance_id.as_deref());
+        put_str(&mut v, &m.client_id);
+        put_str(&mut v, &m.client_host);
+        v.extend_from_slice(
+            &(m.rebalance_timeout.as_millis().min(i32::MAX as u128) as i32).to_be_bytes(),
+        );
+        v.extend_from_slice(
+            &(m.session_timeout.as_millis().min(i32::MAX as u128) as i32).to_be_bytes(),
+        );
+        let subscription = g
+            .protocol_name
+            .as_deref()
+            .map(|p| m.metadata_for(p))
+            .unwrap_or_default();
+        put_bytes(&mut v, &subscription);
+        put_bytes(&mut v, &m.assignment);
+    }
     v
 }
 

@@ -23,7 +23,7 @@ use super::offsets::ExpiredOffset;
 use super::offsets_log::{self, LogRecord};
 use super::{
     persisted, remove_if, restore, with_group, with_new_group, CommittedOffset, Directory, Group,
-    TopicPartition,
+    GroupKind, TopicPartition,
 };
 use parking_lot::Mutex;
 
@@ -297,6 +297,7 @@ fn log_records(batch: &[Queued], dir: &Directory) -> Vec<LogRecord> {
                 })
                 .unwrap_or_default();
                 out.extend(all.iter().map(|at| tombstone(group, at)));
+                out.push((group.clone(), offsets_log::group_key(group), None));
             }
             Op::DeleteTopic { topic } => {
                 let groups: Vec<(String, Arc<Mutex<Group>>)> = dir
@@ -314,7 +315,24 @@ fn log_records(batch: &[Queued], dir: &Directory) -> Vec<LogRecord> {
                     );
                 }
             }
-            Op::SaveGroup { .. } | Op::Barrier => {}
+            // A classic group with a protocol type, as Kafka stores it after a rebalance; a group
+            // gone meanwhile leaves a tombstone.
+            Op::SaveGroup { group } => {
+                let value = with_group(dir, group, |g| match &g.kind {
+                    GroupKind::Classic(c) if c.protocol_type.is_some() => {
+                        Some(offsets_log::group_value(c, super::now_ms()))
+                    }
+                    _ => None,
+                });
+                match value {
+                    Some(Some(v)) => {
+                        out.push((group.clone(), offsets_log::group_key(group), Some(v)))
+                    }
+                    Some(None) => {}
+                    None => out.push((group.clone(), offsets_log::group_key(group), None)),
+                }
+            }
+            Op::Barrier => {}
         }
     }
     out
